@@ -1,0 +1,175 @@
+"""Checks on the composed config, run before anything heavy is built.
+
+Hydra already rejects unknown group options and unknown keys; these checks add types and ranges.
+Each failure is a GenlabError whose message names the key, the value given, what is accepted
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from genlab import GenlabError
+
+PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "64-true")
+MODELS = ("ae", "vae", "cvae")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _get(cfg: DictConfig, key: str, default: Any = "__missing__") -> Any:
+    value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+    return value
+
+
+def _fail(key: str, value: Any, accepted: str, fix: str = "") -> None:
+    shown = f"'{value}' ({type(value).__name__})" if isinstance(value, str) else repr(value)
+    raise GenlabError(
+        f"Invalid config: {key}={shown}. {key} must be {accepted}."
+        + (f" {fix}" if fix else f" Fix it on the command line, e.g. `{key}=...`.")
+    )
+
+
+def _check(cfg, key: str, ok: Callable[[Any], bool], accepted: str, fix: str = "") -> None:
+    value = _get(cfg, key)
+    if value == "__missing__":
+        return
+    if not ok(value):
+        _fail(key, value, accepted, fix)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise GenlabError on the first invalid setting, before any data or model is built."""
+    name = _get(cfg, "model.name", None)
+    if name not in MODELS:
+        _fail("model.name", name, f"one of {', '.join(MODELS)} (chosen with model=NAME)")
+
+    _check(
+        cfg,
+        "seed",
+        lambda v: v is None or (_is_int(v) and 0 <= v < 2**32),
+        "an integer in [0, 2**32) or null",
+    )
+    _check(
+        cfg,
+        "model.latent_dim",
+        lambda v: _is_int(v) and v >= 1,
+        "an integer >= 1",
+        "e.g. model.latent_dim=16.",
+    )
+    _check(
+        cfg,
+        "model.beta",
+        lambda v: _is_number(v) and v >= 0,
+        "a number >= 0",
+        "e.g. model.beta=1 (the true ELBO) or model.beta=0.025.",
+    )
+    _check(
+        cfg,
+        "model.likelihood",
+        lambda v: v in ("bernoulli", "gaussian"),
+        "one of bernoulli, gaussian",
+    )
+    _check(
+        cfg,
+        "model.gaussian_sigma",
+        lambda v: v is None or (_is_number(v) and v > 0),
+        "a number > 0, or null to learn it",
+    )
+    _check(
+        cfg,
+        "model.reduction",
+        lambda v: v in ("sum", "mean"),
+        "one of sum (true per-image ELBO), mean (per-pixel / per-latent means)",
+    )
+    _check(cfg, "model.arch", lambda v: v in ("mlp", "conv"), "one of mlp, conv")
+    _check(
+        cfg,
+        "model.label_encoding",
+        lambda v: v in ("onehot", "embedding"),
+        "one of onehot, embedding",
+    )
+    _check(
+        cfg,
+        "model.mlp.hidden",
+        lambda v: isinstance(v, list | ListConfig) and all(_is_int(h) and h >= 1 for h in v),
+        "a list of positive integers",
+    )
+    _check(
+        cfg,
+        "model.conv.channels",
+        lambda v: (
+            isinstance(v, list | ListConfig)
+            and len(v) >= 1
+            and all(_is_int(h) and h >= 1 for h in v)
+        ),
+        "a non-empty list of positive integers",
+    )
+    _check(
+        cfg,
+        "model.optimizer.lr",
+        lambda v: _is_number(v) and v > 0,
+        "a number > 0",
+        "e.g. model.optimizer.lr=1e-3.",
+    )
+
+    _check(cfg, "data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+    _check(cfg, "data.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+    _check(cfg, "data.val_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+    _check(
+        cfg,
+        "data.image_shape",
+        lambda v: (
+            isinstance(v, list | ListConfig)
+            and len(v) == 3
+            and all(_is_int(s) and s >= 1 for s in v)
+        ),
+        "a list [channels, height, width] of positive integers",
+    )
+
+    model_shape = _get(cfg, "model.image_shape", None)
+    data_shape = _get(cfg, "data.image_shape", None)
+    if model_shape is not None and list(model_shape) != list(data_shape):
+        raise GenlabError(
+            f"Invalid config: model.image_shape={list(model_shape)} does not fit the data "
+            f"({cfg.data.name} images are {list(data_shape)}). The model reads its input shape "
+            "from the data config: drop the model.image_shape override."
+        )
+
+    _check(
+        cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"
+    )
+    _check(
+        cfg,
+        "trainer.max_epochs",
+        lambda v: _is_int(v) and (v >= 1 or v == -1),
+        "an integer >= 1 (or -1 for no limit)",
+    )
+    _check(
+        cfg,
+        "trainer.devices",
+        lambda v: (
+            v == "auto"
+            or (_is_int(v) and (v >= 1 or v == -1))
+            or (isinstance(v, list | ListConfig) and len(v) > 0)
+        ),
+        "a positive integer, -1, 'auto' or a list of device indices",
+    )
+    _check(
+        cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v) and v >= 1, "an integer >= 1"
+    )
+    _check(
+        cfg,
+        "trainer.gradient_clip_val",
+        lambda v: v is None or (_is_number(v) and v > 0),
+        "a number > 0, or null for no clipping",
+    )

@@ -1,0 +1,74 @@
+"""Build the loggers named in `cfg.logger`. W&B never blocks: without an API key it logs offline."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from genlab import GenlabError
+
+log = logging.getLogger("genlab")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def wandb_api_key_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if mode not in WANDB_MODES:
+        raise GenlabError(
+            f"Invalid config: logger.wandb.mode='{mode}'. "
+            f"It must be one of {', '.join(WANDB_MODES)}."
+        )
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled") and mode == "auto":
+        return "disabled" if os.environ["WANDB_MODE"] == "disabled" else "offline"
+    if mode == "auto":
+        return "online" if wandb_api_key_available() else "offline"
+    return mode
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+
+    loggers = []
+    for key, spec in (cfg.get("logger") or {}).items():
+        if spec is None:
+            continue
+        spec = OmegaConf.to_container(spec, resolve=True)
+        if not isinstance(spec, dict) or "_target_" not in spec:
+            raise GenlabError(
+                f"Invalid config: logger.{key} has no _target_. Choose loggers with "
+                "logger=csv, logger=wandb, logger=tensorboard or a list like logger=[csv,wandb]."
+            )
+        if spec["_target_"].endswith("WandbLogger"):
+            mode = resolve_wandb_mode(spec.pop("mode", "auto"))
+            if mode == "disabled":
+                continue
+            if mode == "offline":
+                log.warning(
+                    "W&B: no API key found (WANDB_API_KEY or `wandb login`), logging offline. "
+                    "Upload later with `wandb sync %s/wandb/offline-run-*`.",
+                    spec.get("save_dir", "."),
+                )
+            spec["offline"] = mode == "offline"
+        loggers.append(instantiate(spec))
+    return loggers
+
+
+def finish_loggers(loggers: list) -> None:
+    """Close W&B runs so the next job of a sweep starts its own run."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()

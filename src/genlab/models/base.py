@@ -1,0 +1,96 @@
+"""What every genlab LightningModule shares: the optimizer from config, `stage/name` metrics that
+are exact dataset averages (also across DDP ranks), and preview grids sent to the loggers."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from genlab import GenlabError
+from genlab.viz.grids import log_images
+
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-3}
+
+
+class GenerativeModule(pl.LightningModule):
+    """Subclasses set `metric_names` and implement `compute_terms` and `preview_images`."""
+
+    metric_names: tuple[str, ...] = ("loss",)
+    preview_count = 32  # images per preview grid
+
+    def __init__(self, image_shape, optimizer: dict | None = None):
+        super().__init__()
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.optimizer_cfg = dict(optimizer or DEFAULT_OPTIMIZER)
+        # MeanMetric keeps a weighted sum and count, synchronised across ranks at compute(),
+        # so val/test numbers are averages over every image exactly once.
+        self.eval_metrics = nn.ModuleDict(
+            {f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in self.metric_names}
+        )
+        self._preview_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- to implement --------------------------------------------------------------------------
+    def compute_terms(self, x, y) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return (scalar training loss, {metric name: per-image values})."""
+        raise NotImplementedError
+
+    def preview_images(self, x, y) -> dict[str, torch.Tensor]:
+        """Return {name: images in [0, 1]} to show in the loggers after each validation."""
+        return {}
+
+    # -- shared loop ---------------------------------------------------------------------------
+    def _check_shape(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise GenlabError(
+                f"this {type(self).__name__} was built for images of shape "
+                f"{list(self.image_shape)} "
+                f"but got {list(x.shape[1:])}: use the data config it was trained on."
+            )
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self._check_shape(x)
+        loss, terms = self.compute_terms(x, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        for name, values in terms.items():
+            self.log(f"train/{name}", values.mean(), on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, stage: str, batch) -> None:
+        x, y = batch
+        self._check_shape(x)
+        loss, terms = self.compute_terms(x, y)
+        self.eval_metrics[f"{stage}_loss"].update(loss.detach(), weight=x.shape[0])
+        for name, values in terms.items():
+            self.eval_metrics[f"{stage}_{name}"].update(values.detach())
+        for name in self.metric_names:
+            metric = self.eval_metrics[f"{stage}_{name}"]
+            self.log(
+                f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss"
+            )
+
+    def validation_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            x, y = batch
+            self._preview_batch = (x[: self.preview_count], y[: self.preview_count])
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if (
+            self._preview_batch is None
+            or not self.trainer.is_global_zero
+            or self.trainer.sanity_checking
+        ):
+            return
+        for name, images in self.preview_images(*self._preview_batch).items():
+            log_images(self.loggers, f"val/{name}", images, step=self.global_step)
+
+    def configure_optimizers(self):
+        from hydra.utils import instantiate
+
+        return instantiate(self.optimizer_cfg, params=self.parameters())

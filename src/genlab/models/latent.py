@@ -1,0 +1,83 @@
+"""The encoder/decoder machinery shared by AE, VAE and CVAE.
+
+A LatentModel owns an encoder (image -> features), a head (features [+ label] -> latent
+parameters), a decoder ([z + label] -> logits) and the decoder likelihood. Subclasses only say
+what the head outputs and how the loss is made.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from genlab.models.base import GenerativeModule
+from genlab.models.objectives import reconstruction_nll
+from genlab.nets.backbone import build_backbone
+
+DEFAULT_MLP = {"hidden": [512, 256]}
+DEFAULT_CONV = {"channels": [32, 64, 128], "fc_dim": 256}
+
+
+class LatentModel(GenerativeModule):
+    head_factor = 1  # latent parameters per latent dim (1 for a code, 2 for mean + log-variance)
+
+    def __init__(
+        self,
+        *,
+        image_shape,
+        num_classes: int = 10,
+        latent_dim: int = 16,
+        arch: str = "mlp",
+        mlp: dict | None = None,
+        conv: dict | None = None,
+        likelihood: str = "bernoulli",
+        gaussian_sigma: float | None = None,
+        reduction: str = "sum",
+        optimizer: dict | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(image_shape, optimizer)
+        self.num_classes, self.latent_dim = num_classes, latent_dim
+        self.likelihood, self.reduction = likelihood, reduction
+        self.input_dim = math.prod(self.image_shape)
+        cond_dim = self.condition_dim()
+        self.encoder, self.decoder = build_backbone(
+            arch, self.image_shape, latent_dim + cond_dim, mlp or DEFAULT_MLP, conv or DEFAULT_CONV
+        )
+        self.head = nn.Linear(self.encoder.out_dim + cond_dim, self.head_factor * latent_dim)
+        channels = self.image_shape[0]
+        if likelihood == "gaussian" and gaussian_sigma is None:
+            self.log_sigma = nn.Parameter(torch.full((channels,), math.log(0.1)))
+        else:
+            sigma = gaussian_sigma if gaussian_sigma is not None else 1.0
+            self.register_buffer("log_sigma", torch.full((channels,), math.log(sigma)))
+
+    # Conditioning hooks: unconditional by default, CVAE overrides both.
+    def condition_dim(self) -> int:
+        return 0
+
+    def condition(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        return None
+
+    @staticmethod
+    def _with(v: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return v if c is None else torch.cat([v, c.to(v.dtype)], dim=1)
+
+    def encode_head(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self._with(self.encoder(x), self.condition(y)))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder logits for latent codes z (and labels y for conditional models)."""
+        return self.decoder(self._with(z, self.condition(y)))
+
+    def decode_images(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean images in [0, 1] for latent codes z."""
+        return torch.sigmoid(self.decode(z, y).float())
+
+    def recon_terms(self, logits: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "recon": reconstruction_nll(logits, x, self.likelihood, self.log_sigma),
+            "mse": (torch.sigmoid(logits.float()) - x).pow(2).flatten(1).mean(1),
+        }

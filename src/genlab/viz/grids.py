@@ -1,0 +1,57 @@
+"""Image grids: one function builds them, one writes PNGs, one sends them to the loggers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def originals_above_reconstructions(
+    originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = 8
+) -> torch.Tensor:
+    """Interleave rows: `per_row` originals, then their reconstructions right below, and so on."""
+    n = len(originals) - len(originals) % per_row or len(originals)
+    per_row = min(per_row, n)
+    rows = torch.stack(
+        [
+            originals[:n].view(-1, per_row, *originals.shape[1:]),
+            reconstructions[:n].view(-1, per_row, *originals.shape[1:]).to(originals.dtype),
+        ],
+        dim=1,
+    )
+    return rows.reshape(-1, *originals.shape[1:])
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """[N, C, H, W] images in [0, 1] -> one [3, H', W'] image (nrow defaults to a square)."""
+    from torchvision.utils import make_grid as tv_make_grid
+
+    images = images.detach().float().clamp(0, 1).cpu()
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+    return tv_make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Write images as one PNG grid, atomically (a reader never sees a half-written file)."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    save_image(make_grid(images, nrow), tmp)
+    tmp.replace(path)
+    return path
+
+
+def log_images(loggers, key: str, images: torch.Tensor, step: int, nrow: int | None = None) -> None:
+    """Send a grid to every logger that shows images (TensorBoard, W&B); CSV ignores it."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    grid = make_grid(images, nrow)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, grid, global_step=step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[grid.permute(1, 2, 0).numpy()], step=step)

@@ -1,0 +1,67 @@
+"""Bad input fails before training, with one message naming the key and what is accepted."""
+
+import pytest
+
+from genlab import GenlabError
+from genlab.config import validate
+from genlab.train import run
+
+BAD = [
+    ("model.beta=-1", r"model\.beta=-1.*a number >= 0"),
+    ("model.beta=abc", r"model\.beta='abc' \(str\).*a number >= 0"),
+    ("model.latent_dim=0", r"model\.latent_dim=0.*an integer >= 1"),
+    ("model.latent_dim=2.5", r"model\.latent_dim=2\.5.*an integer >= 1"),
+    ("data.batch_size=0", r"data\.batch_size=0.*an integer >= 1"),
+    ("model.optimizer.lr=-1", r"model\.optimizer\.lr=-1.*a number > 0"),
+    ("trainer.precision=17", r"trainer\.precision=17.*one of 32, 32-true, 16-mixed, bf16-mixed"),
+    ("model.likelihood=poisson", r"model\.likelihood='poisson'.*bernoulli, gaussian"),
+    ("model.reduction=median", r"model\.reduction='median'.*sum.*mean"),
+    ("model.arch=resnet", r"model\.arch='resnet'.*mlp, conv"),
+    ("data.val_fraction=1.5", r"data\.val_fraction=1\.5.*\[0, 1\)"),
+    ("seed=-3", r"seed=-3.*an integer in \[0, 2\*\*32\)"),
+    (
+        "model.image_shape=[3,32,32]",
+        r"model\.image_shape=\[3, 32, 32\] does not fit.*\[1, 28, 28\]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_values_are_named(compose, override, message):
+    cfg = compose(override)
+    with pytest.raises(GenlabError, match=message):
+        validate(cfg)
+
+
+def test_run_fails_before_touching_the_run_dir(compose, tmp_path):
+    with pytest.raises(GenlabError):
+        run(compose("model.latent_dim=0"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_fails_before_training(compose, tmp_path):
+    cfg = compose(f"paths.data_dir={tmp_path / 'empty'}", "data=mnist")
+    with pytest.raises(GenlabError, match="Dataset 'mnist' not found.*data=fashion_mnist"):
+        run(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_defaults_are_valid(compose):
+    for overrides in (["model=ae"], ["model=vae"], ["model=cvae", "data=cifar10"]):
+        validate(compose(*overrides))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "model", "data", "beta"),
+    [
+        ("seed_ae_mnist", "ae", "mnist", None),
+        ("seed_vae_mnist", "vae", "mnist", 0.025),
+        ("seed_vae_cifar10", "vae", "cifar10", 1e-4),
+    ],
+)
+def test_seed_presets_compose(compose, experiment, model, data, beta):
+    cfg = compose(f"experiment={experiment}")
+    validate(cfg)
+    assert (cfg.model.name, cfg.data.name, cfg.model.reduction) == (model, data, "mean")
+    assert cfg.model.get("beta") == beta
+    assert list(cfg.model.image_shape) == list(cfg.data.image_shape)
