@@ -9,6 +9,7 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
+from genlab.secrets import masked_argv, redact
 
 log = logging.getLogger("genlab")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -43,7 +44,7 @@ def build_loggers(cfg: DictConfig) -> list:
     for key, spec in (cfg.get("logger") or {}).items():
         if spec is None:
             continue
-        spec = OmegaConf.to_container(spec, resolve=True)
+        spec = redact(OmegaConf.to_container(spec, resolve=True))
         if not isinstance(spec, dict) or "_target_" not in spec:
             raise GenlabError(
                 f"Invalid config: logger.{key} has no _target_. Choose loggers with "
@@ -60,7 +61,11 @@ def build_loggers(cfg: DictConfig) -> list:
                     spec.get("save_dir", "."),
                 )
             spec["offline"] = mode == "offline"
-        loggers.append(instantiate(spec))
+        logger = instantiate(spec)
+        if spec["_target_"].endswith("WandbLogger"):
+            with masked_argv():  # W&B records the command line when its run starts
+                _ = logger.experiment
+        loggers.append(logger)
     return loggers
 
 

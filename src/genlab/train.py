@@ -36,7 +36,11 @@ def build_model(cfg: DictConfig):
 
 
 def build_callbacks(cfg: DictConfig) -> list:
+    """The configured callbacks plus genlab's own: RNG state in checkpoints (exact resume),
+    a checkpoint on SIGTERM/SIGINT, and a stop at the first non-finite loss."""
     from hydra.utils import instantiate
+
+    from genlab.callbacks import CheckpointOnInterrupt, DivergenceGuard, RNGState
 
     callbacks = []
     for spec in (cfg.get("callbacks") or {}).values():
@@ -46,7 +50,8 @@ def build_callbacks(cfg: DictConfig) -> list:
         if cfg.data.get("val_fraction", 0.1) == 0 and "monitor" in spec:
             spec["monitor"] = None  # no validation split: keep the latest checkpoint instead
         callbacks.append(instantiate(spec))
-    return callbacks
+    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    return [*callbacks, RNGState(), CheckpointOnInterrupt(checkpoint_dir), DivergenceGuard()]
 
 
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
@@ -55,7 +60,11 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
     spec = OmegaConf.to_container(cfg.trainer, resolve=True)
     if cfg.data.get("val_fraction", 0.1) == 0:
         spec["limit_val_batches"] = 0
-    return instantiate(spec, logger=loggers or False, callbacks=callbacks)
+    from genlab.checkpoints import AtomicCheckpointIO
+
+    return instantiate(
+        spec, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
 
 
 def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0) -> list[Path]:
@@ -95,14 +104,25 @@ def _floats(metrics: dict) -> dict[str, float]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train (and test) the model described by `cfg`; return the final metrics."""
+    """Train (and test) the model described by `cfg`; return the final metrics.
+
+    Raises GenlabError for anything the user can fix, TrainingInterrupted after SIGTERM/SIGINT
+    (a checkpoint has been written), TrainingDiverged on a non-finite loss.
+    """
     validate(cfg)
 
     import lightning.pytorch as pl
 
+    from genlab.callbacks import CheckpointOnInterrupt, TrainingInterrupted
+    from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
     from genlab.loggers import build_loggers, finish_loggers
+    from genlab.secrets import redact
 
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path:
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        check_compatible(load_checkpoint(ckpt_path), model_cfg, ckpt_path)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -112,11 +132,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     try:
         trainer = build_trainer(cfg, loggers, build_callbacks(cfg))
+        run_config = redact(OmegaConf.to_container(cfg, resolve=True))
         if trainer.is_global_zero:
             output_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+            OmegaConf.save(OmegaConf.create(run_config), output_dir / "config.yaml")
+        for logger in loggers:
+            logger.log_hyperparams({k: v for k, v in run_config.items() if k != "paths"})
 
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except (SystemExit, KeyboardInterrupt):
+            guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
+            if guard.interruption is not None:
+                raise guard.interruption from None
+            raise
+        if trainer.interrupted:
+            guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
+            raise guard.interruption or TrainingInterrupted("signal", 1, None, trainer.global_step)
         metrics = _floats(trainer.callback_metrics)
 
         if cfg.get("test", True):

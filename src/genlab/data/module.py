@@ -36,12 +36,23 @@ class InMemoryBatches:
         shuffle: bool,
         seed: int = 0,
         epoch_fn: Callable[[], int] = lambda: 0,
+        progress_fn: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
     ):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.epoch_fn, self.rank, self.world_size = epoch_fn, rank, world_size
+        self.epoch_fn, self.progress_fn = epoch_fn, progress_fn
+        self.rank, self.world_size = rank, world_size
+        self._resume: dict | None = None
+
+    # Lightning saves these with checkpoints (its `_Stateful` protocol): a run interrupted
+    # mid-epoch resumes at the next unseen batch of the same permutation.
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch_fn(), "batches_done": self.progress_fn()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
 
     def indices(self) -> torch.Tensor:
         n = len(self.images)
@@ -60,7 +71,11 @@ class InMemoryBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.indices()
-        for start in range(0, len(order), self.batch_size):
+        skip, self._resume = self._resume, None
+        first = 0
+        if skip is not None and skip["epoch"] == self.epoch_fn():
+            first = skip["batches_done"] * self.batch_size
+        for start in range(first, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             yield self.images[idx], self.labels[idx]
 
@@ -152,6 +167,11 @@ class ImageDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             seed=self.seed,
             epoch_fn=(lambda: trainer.current_epoch) if trainer else (lambda: 0),
+            progress_fn=(
+                (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+                if trainer
+                else (lambda: 0)
+            ),
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )

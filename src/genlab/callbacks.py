@@ -1,0 +1,159 @@
+"""Callbacks every genlab run gets: exact resume, checkpoint on interruption, divergence stop."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import threading
+from collections import deque
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from genlab import GenlabError
+
+log = logging.getLogger("genlab")
+
+
+class TrainingDiverged(GenlabError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM / SIGINT stopped training after a checkpoint was written."""
+
+    def __init__(self, signal_name: str, exit_code: int, checkpoint: Path | None, step: int):
+        self.signal_name, self.exit_code, self.checkpoint, self.step = (
+            signal_name,
+            exit_code,
+            checkpoint,
+            step,
+        )
+        where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint written"
+        super().__init__(
+            f"Interrupted by {signal_name} at step {step}; {where}. Resume with "
+            f"ckpt_path={checkpoint or 'last'}."
+        )
+
+
+class RNGState(pl.Callback):
+    """Saves the global RNG states with each checkpoint and restores them on resume, so that a
+    resumed run draws the same noise (reparameterisation, augmentation) as an uninterrupted one."""
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        kind, keys, *rest = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+        python = state["python"]
+        random.setstate((python[0], tuple(python[1]), python[2]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointOnInterrupt(pl.Callback):
+    """On SIGTERM (Slurm preemption, `kill`) or SIGINT (Ctrl-C), finish the current batch, write
+    `last.ckpt` at that step and stop. Resuming from it continues at the next batch, bit for bit.
+
+    SIGTERM is caught by Lightning's own signal handler; SIGINT is turned into the same graceful
+    stop here (a second Ctrl-C aborts at once), because a KeyboardInterrupt lands at an arbitrary
+    point inside a step and would leave no exact place to resume from.
+    """
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+        self.interruption: TrainingInterrupted | None = None
+        self._sigint_seen = False
+        self._previous_sigint = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._make_sigint_handler(trainer))
+
+    def _make_sigint_handler(self, trainer):
+        def handler(signum, frame):
+            if self._sigint_seen:
+                raise KeyboardInterrupt
+            self._sigint_seen = True
+            log.warning(
+                "Ctrl-C: stopping after this batch and writing a checkpoint "
+                "(press Ctrl-C again to abort without one)."
+            )
+            # Lightning's loops poll this flag at batch boundaries (private API, Lightning 2.6).
+            trainer._signal_connector.received_sigterm = True
+
+        return handler
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_sigint()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore_sigint()
+        if isinstance(exception, SIGTERMException):
+            name, code = ("SIGINT", 130) if self._sigint_seen else ("SIGTERM", 143)
+        elif isinstance(exception, KeyboardInterrupt):
+            name, code = "SIGINT", 130
+        else:
+            return
+        path = None
+        if trainer.state.fn == "fit":
+            path = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(path)
+        self.interruption = TrainingInterrupted(name, code, path, trainer.global_step)
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops at the first non-finite training loss, naming the step, the recent losses and the
+    settings most likely to blame. The last good checkpoint is left as it was."""
+
+    def __init__(self, history: int = 5):
+        self.recent: deque[tuple[int, float]] = deque(maxlen=history)
+        self.step = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.step = trainer.global_step  # the optimizer step this batch's loss belongs to
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach())
+        if math.isfinite(value):
+            self.recent.append((self.step, value))
+            return
+        hp = pl_module.hparams
+        lr = (hp.get("optimizer") or {}).get("lr")
+        suspects = [f"model.optimizer.lr={lr} (try 3-10x smaller)"]
+        if "beta" in hp:
+            suspects.append(f"model.beta={hp['beta']}")
+        suspects.append(f"trainer.precision={trainer.precision} (try 32-true)")
+        if not trainer.gradient_clip_val:
+            suspects.append("trainer.gradient_clip_val=null (try 1.0)")
+        before = ", ".join(f"step {s}: {v:.4g}" for s, v in self.recent) or "none (first step)"
+        last_ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+        raise TrainingDiverged(
+            f"Training diverged: the loss is {value} at step {self.step} "
+            f"(epoch {trainer.current_epoch}, batch {batch_idx}). Losses just before: {before}. "
+            f"Most likely to blame: {'; '.join(suspects)}. The last good checkpoint is kept: "
+            f"{last_ckpt}."
+        )

@@ -1,0 +1,61 @@
+"""Keep secrets out of everything genlab writes.
+
+Values of environment variables that look like credentials (WANDB_API_KEY, *_KEY, *_TOKEN,
+*_SECRET, *PASSWORD*) are replaced by *** in saved configs, logged hyperparameters and
+Hydra's own record of the run, wherever they were interpolated or typed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+_SECRET_NAME = re.compile(r"(API_KEY|_KEY|_TOKEN|_SECRET|PASSWORD|PASSWD)$|^WANDB_API_KEY$", re.I)
+MASK = "***"
+
+
+def secret_values() -> list[str]:
+    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6}
+    return sorted(values, key=len, reverse=True)  # longest first: no partial masking
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """A copy of a nested dict/list/str structure with secret values masked."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, str):
+        for s in secrets:
+            obj = obj.replace(s, MASK)
+        return obj
+    if isinstance(obj, dict):
+        return {redact(k, secrets): redact(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(redact(v, secrets) for v in obj)
+    return obj
+
+
+def redact_files(paths) -> None:
+    """Mask secrets inside text files written by others (Hydra's .hydra/*.yaml)."""
+    secrets = secret_values()
+    if not secrets:
+        return
+    for path in map(Path, paths):
+        if path.is_file():
+            text = path.read_text()
+            masked = redact(text, secrets)
+            if masked != text:
+                path.write_text(masked)
+
+
+@contextlib.contextmanager
+def masked_argv():
+    """sys.argv with secrets masked, for libraries that record the command line (W&B)."""
+    original = sys.argv
+    sys.argv = redact(list(original))
+    try:
+        yield
+    finally:
+        sys.argv = original

@@ -1,0 +1,204 @@
+"""Nothing lost: exact resume, interruption, divergence, safe checkpoints, secrets."""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, REPO
+
+from genlab import GenlabError
+from genlab.callbacks import TrainingDiverged
+from genlab.train import run
+
+SMALL = ["model.mlp.hidden=[64]", "model.latent_dim=4", "test=false", "save_images=false"]
+STEPS_PER_EPOCH = 9  # 288 training images, batch 32
+
+
+def _ckpt(run_dir: Path, name="last.ckpt"):
+    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+def _assert_same_training_state(a: dict, b: dict):
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for sa, sb in zip(
+        a["optimizer_states"][0]["state"].values(),
+        b["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        for k in sa:
+            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
+
+
+def test_resume_is_bit_identical_to_straight_training(compose, tmp_path):
+    straight = run(compose(*SMALL, "trainer.max_epochs=2", run_dir=tmp_path / "straight"))
+    run(compose(*SMALL, run_dir=tmp_path / "first"))
+    resumed = run(
+        compose(
+            *SMALL,
+            "trainer.max_epochs=2",
+            f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}",
+            run_dir=tmp_path / "resumed",
+        )
+    )
+    _assert_same_training_state(_ckpt(tmp_path / "straight"), _ckpt(tmp_path / "resumed"))
+    for key in ("val/elbo", "val/kl", "val/recon", "train/loss_epoch"):
+        assert straight[key] == resumed[key], key
+
+
+def test_ckpt_path_last_resumes_this_run_dir(compose, tmp_path):
+    run_dir = tmp_path / "job"
+    run(compose(*SMALL, "ckpt_path=last", run_dir=run_dir))  # nothing yet: starts fresh
+    assert _ckpt(run_dir)["global_step"] == STEPS_PER_EPOCH
+    run(compose(*SMALL, "ckpt_path=last", "trainer.max_epochs=2", run_dir=run_dir))
+    assert _ckpt(run_dir)["global_step"] == 2 * STEPS_PER_EPOCH
+
+
+def _train_cli(*args, env=None, timeout=300):
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(REPO / "tests"),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def straight_cli_run(data_root, tmp_path_factory):
+    """Two uninterrupted epochs through the CLI: the reference for the interrupted runs."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    result = _train_cli(
+        *SMALL,
+        *FAST,
+        f"paths.data_dir={data_root}",
+        "data=mnist",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+@pytest.mark.parametrize(("signum", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_mid_epoch_checkpoints_and_resumes_exactly(
+    data_root, tmp_path, straight_cli_run, signum, code
+):
+    common = [
+        *SMALL,
+        *FAST,
+        f"paths.data_dir={data_root}",
+        "data=mnist",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={tmp_path / 'a'}",
+    ]
+    killed = _train_cli(
+        *common,
+        "+callbacks.preempt._target_=helpers.SelfSignal",
+        "+callbacks.preempt.step=13",
+        f"+callbacks.preempt.signum={signum}",
+    )
+    assert killed.returncode == code, killed.stderr[-2000:]
+    assert f"Interrupted by {signum} at step 13" in killed.stderr
+    assert _ckpt(tmp_path / "a")["global_step"] == 13  # mid-epoch 2 (9 steps per epoch)
+    resumed = _train_cli(*common, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_training_state(_ckpt(tmp_path / "a"), _ckpt(straight_cli_run))
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    from genlab.checkpoints import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        io.save_checkpoint({"global_step": 2, "w": Boom()}, path)
+    assert io.load_checkpoint(path)["global_step"] == 1  # the previous checkpoint survives
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
+
+
+def test_non_finite_loss_stops_with_a_diagnosis(compose, tmp_path):
+    cfg = compose(
+        *SMALL,
+        "trainer.max_epochs=3",
+        "+callbacks.poison._target_=helpers.PoisonWeights",
+        "+callbacks.poison.step=12",
+    )
+    with pytest.raises(TrainingDiverged) as err:
+        run(cfg)
+    message = str(err.value)
+    assert "loss is nan at step 12" in message and "epoch 1" in message
+    assert "step 11:" in message  # the values just before
+    assert "model.optimizer.lr=0.001" in message and "model.beta=1.0" in message
+    assert "trainer.precision=32-true" in message
+    kept = _ckpt(tmp_path / "run")
+    assert kept["global_step"] == STEPS_PER_EPOCH  # the last good checkpoint, not overwritten
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_with_code_is_refused_unexecuted(compose, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": {}, "payload": _RunsCode(marker)}, f)
+    with pytest.raises(GenlabError, match="Refusing to load"):
+        run(compose(*SMALL, f"ckpt_path={evil}"))
+    assert not marker.exists()
+
+
+def test_checkpoint_of_another_model_is_refused(compose, tmp_path):
+    run(compose(*SMALL, "model=ae", run_dir=tmp_path / "ae"))
+    with pytest.raises(GenlabError, match="model type of ae.*configured for vae"):
+        run(compose(*SMALL, f"ckpt_path={tmp_path / 'ae'}"))  # a run dir works as ckpt_path
+    with pytest.raises(GenlabError, match="does not exist"):
+        run(compose(*SMALL, f"ckpt_path={tmp_path / 'nope.ckpt'}"))
+
+
+def test_secrets_never_reach_outputs(data_root, tmp_path):
+    secret, wandb_key = "sk-genlab-test-0123456789", "wandbkey-fake-9876543210"
+    result = _train_cli(
+        *SMALL,
+        *FAST,
+        f"paths.data_dir={data_root}",
+        "data=mnist",
+        "logger=[csv,wandb]",
+        "logger.wandb.mode=offline",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        "tags=[${oc.env:MY_SERVICE_TOKEN}]",
+        f"+notes={secret}",
+        env={"MY_SERVICE_TOKEN": secret, "WANDB_API_KEY": wandb_key},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.suffix == ".ckpt" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        assert secret.encode() not in data and wandb_key.encode() not in data, path
+    assert secret not in result.stdout + result.stderr
+    assert "***" in (tmp_path / "r" / "config.yaml").read_text()
