@@ -90,3 +90,12 @@ def _offline_wandb(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def write_inverted_mnist_family(folder: Path) -> None:
+    """The IDX files of `write_mnist_family` with every image inverted (255 - x): the same shape
+    and labels but clearly another distribution (bright backgrounds), for anomaly detection."""
+    for split, n, seed in (("train", N_TRAIN, 0), ("t10k", N_TEST, 1)):
+        images, labels = class_images(n, (28, 28, 1), seed)
+        write_idx(folder / f"{split}-images-idx3-ubyte", 255 - images[..., 0])
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from genlab import GenlabError
@@ -157,3 +158,16 @@ class DivergenceGuard(pl.Callback):
             f"Most likely to blame: {'; '.join(suspects)}. The last good checkpoint is kept: "
             f"{last_ckpt}."
         )
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights, which validation uses and checkpoints store as their
+    `state_dict` (the raw weights go to `current_model_state`, restored on resume).
+
+    Outside fitting (test, sampling) a checkpoint's `state_dict` is already the EMA weights;
+    Lightning's callback would load the raw weights over them there, so that case is skipped.
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.state.fn == "fit":
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

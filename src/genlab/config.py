@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from genlab import GenlabError
 
 PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "64-true")
-MODELS = ("ae", "vae", "cvae")
+MODELS = ("ae", "vae", "cvae", "ddpm")
 
 
 def _is_int(v: Any) -> bool:
@@ -145,6 +145,9 @@ def validate(cfg: DictConfig) -> None:
             "from the data config: drop the model.image_shape override."
         )
 
+    if name == "ddpm":
+        _validate_ddpm(cfg)
+
     _check(
         cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"
     )
@@ -172,4 +175,68 @@ def validate(cfg: DictConfig) -> None:
         "trainer.gradient_clip_val",
         lambda v: v is None or (_is_number(v) and v > 0),
         "a number > 0, or null for no clipping",
+    )
+
+
+def _validate_ddpm(cfg: DictConfig) -> None:
+    _check(
+        cfg,
+        "model.timesteps",
+        lambda v: _is_int(v) and v >= 1,
+        "an integer >= 1 (T)",
+        "e.g. model.timesteps=1000.",
+    )
+    timesteps = cfg.model.timesteps
+    _check(cfg, "model.schedule", lambda v: v in ("linear", "cosine"), "one of linear, cosine")
+    _check(cfg, "model.prediction", lambda v: v in ("eps", "x0", "v"), "one of eps, x0, v")
+    _check(cfg, "model.variance", lambda v: v in ("beta", "beta_tilde"), "one of beta, beta_tilde")
+    _check(
+        cfg,
+        "model.sample_steps",
+        lambda v: v is None or (_is_int(v) and 1 <= v <= timesteps),
+        f"an integer between 1 and model.timesteps={timesteps}",
+        f"Use {timesteps} for ancestral sampling or fewer (e.g. 50) for DDIM.",
+    )
+    _check(cfg, "model.eta", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _check(cfg, "model.guidance_scale", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    if _get(cfg, "model.guidance_scale", 0) and not _get(cfg, "model.conditional", False):
+        raise GenlabError(
+            f"Invalid config: model.guidance_scale={cfg.model.guidance_scale} needs a "
+            "class-conditional model: add model.conditional=true, or set model.guidance_scale=0."
+        )
+    _check(
+        cfg,
+        "model.ema_decay",
+        lambda v: v is None or (_is_number(v) and 0 < v < 1),
+        "a number in (0, 1), or null for no EMA",
+    )
+    _check(
+        cfg, "model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"
+    )
+    mults = _get(cfg, "model.unet.channel_mults", [1])
+    _check(
+        cfg,
+        "model.unet.channel_mults",
+        lambda v: (
+            isinstance(v, list | ListConfig)
+            and len(v) >= 1
+            and all(_is_int(m) and m >= 1 for m in v)
+        ),
+        "a non-empty list of positive integers",
+    )
+    _, height, width = cfg.data.image_shape
+    factor = 2 ** (len(mults) - 1)
+    if height != width or height % factor:
+        raise GenlabError(
+            f"Invalid config: the U-Net with model.unet.channel_mults={list(mults)} halves the "
+            f"image {len(mults) - 1} times, so the image size must be square and divisible by "
+            f"{factor}, but {cfg.data.name} images are {height}x{width}. Use fewer levels "
+            f"(e.g. model.unet.channel_mults=[1,2,2] for 28x28)."
+        )
+    sizes = [height // 2**i for i in range(len(mults))]
+    _check(
+        cfg,
+        "model.unet.attn_resolutions",
+        lambda v: isinstance(v, list | ListConfig) and all(r in sizes for r in v),
+        f"a list drawn from the U-Net's feature-map sizes {sizes}",
     )

@@ -40,7 +40,7 @@ def build_callbacks(cfg: DictConfig) -> list:
     a checkpoint on SIGTERM/SIGINT, and a stop at the first non-finite loss."""
     from hydra.utils import instantiate
 
-    from genlab.callbacks import CheckpointOnInterrupt, DivergenceGuard, RNGState
+    from genlab.callbacks import EMA, CheckpointOnInterrupt, DivergenceGuard, RNGState
 
     callbacks = []
     for spec in (cfg.get("callbacks") or {}).values():
@@ -50,6 +50,8 @@ def build_callbacks(cfg: DictConfig) -> list:
         if cfg.data.get("val_fraction", 0.1) == 0 and "monitor" in spec:
             spec["monitor"] = None  # no validation split: keep the latest checkpoint instead
         callbacks.append(instantiate(spec))
+    if cfg.model.get("ema_decay"):
+        callbacks.append(EMA(decay=cfg.model.ema_decay))
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     return [*callbacks, RNGState(), CheckpointOnInterrupt(checkpoint_dir), DivergenceGuard()]
 
@@ -69,7 +71,7 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
 
 def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0) -> list[Path]:
     """samples.png (from the prior; not for an AE) and reconstructions.png (test images above
-    their reconstructions) in the run dir."""
+    their reconstructions; not for a DDPM) in the run dir."""
     import torch
 
     from genlab.viz.grids import originals_above_reconstructions, save_grid
@@ -89,13 +91,9 @@ def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0
                 nrow=8,
             )
         )
-    written.append(
-        save_grid(
-            originals_above_reconstructions(x, model.reconstruct(x, y), per_row=8),
-            output_dir / "reconstructions.png",
-            nrow=8,
-        )
-    )
+    if hasattr(model, "reconstruct"):
+        recon = originals_above_reconstructions(x, model.reconstruct(x, y), per_row=8)
+        written.append(save_grid(recon, output_dir / "reconstructions.png", nrow=8))
     return written
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from genlab import GenlabError
-from genlab.viz.grids import log_images
+from genlab.viz.grids import log_images, shows_images
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 
@@ -29,7 +29,6 @@ class GenerativeModule(pl.LightningModule):
         self.eval_metrics = nn.ModuleDict(
             {f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in self.metric_names}
         )
-        self._preview_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- to implement --------------------------------------------------------------------------
     def compute_terms(self, x, y) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -72,23 +71,28 @@ class GenerativeModule(pl.LightningModule):
             )
 
     def validation_step(self, batch, batch_idx):
-        if batch_idx == 0:
+        if batch_idx == 0 and self._should_preview():
+            # Previews are drawn here, while weight-averaging callbacks (EMA) have their
+            # averaged weights swapped in for validation.
             x, y = batch
-            self._preview_batch = (x[: self.preview_count], y[: self.preview_count])
+            x, y = x[: self.preview_count], y[: self.preview_count]
+            for name, images in self.preview_images(x, y).items():
+                log_images(self.loggers, f"val/{name}", images, step=self.global_step)
         self._eval_step("val", batch)
+
+    def _should_preview(self) -> bool:
+        trainer = self.trainer
+        every = int(getattr(self, "preview_every_n_epochs", 1) or 0)
+        return (
+            trainer.is_global_zero
+            and not trainer.sanity_checking
+            and shows_images(self.loggers)
+            and every > 0
+            and (trainer.current_epoch + 1) % every == 0
+        )
 
     def test_step(self, batch, batch_idx):
         self._eval_step("test", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        if (
-            self._preview_batch is None
-            or not self.trainer.is_global_zero
-            or self.trainer.sanity_checking
-        ):
-            return
-        for name, images in self.preview_images(*self._preview_batch).items():
-            log_images(self.loggers, f"val/{name}", images, step=self.global_step)
 
     def configure_optimizers(self):
         from hydra.utils import instantiate

@@ -45,6 +45,13 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return path
 
 
+def shows_images(loggers) -> bool:
+    """Whether any logger displays images (so previews are worth computing)."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    return any(isinstance(lg, TensorBoardLogger | WandbLogger) for lg in loggers)
+
+
 def log_images(loggers, key: str, images: torch.Tensor, step: int, nrow: int | None = None) -> None:
     """Send a grid to every logger that shows images (TensorBoard, W&B); CSV ignores it."""
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger

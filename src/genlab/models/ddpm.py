@@ -1,0 +1,262 @@
+"""Denoising diffusion probabilistic model (Ho et al. 2020), as seed 003 walks through it.
+
+Training is Algorithm 1 (the "simple" loss: MSE between the network output and its target at a
+uniformly drawn timestep); sampling is Algorithm 2 (ancestral, T steps) or DDIM (Song et al.
+2021) with `sample_steps` < T. The schedule, samplers and bound are plain tensor math in
+genlab.diffusion; this file wires them to a U-Net and to Lightning. Images are mapped from the
+data's [0, 1] to [-1, 1]. EMA of the weights (Lightning's EMAWeightAveraging, added by
+genlab.train when `ema_decay` is set) is what validation, test, sampling and checkpoints use.
+
+Optional class conditioning: a label embedding added to the time embedding, trained with labels
+dropped to a "null" label with probability `cond_drop_prob`, so that sampling can apply
+classifier-free guidance (Ho & Salimans 2022): eps = eps(x, y) + w * (eps(x, y) - eps(x, null)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from genlab.diffusion import DiffusionSchedule, ddim_sample, ddpm_sample, vlb_terms
+from genlab.models.base import GenerativeModule
+from genlab.nets.unet import UNet
+
+# Test-set variational bound in bits/dim, and its parts: L_T, sum of L_{t-1}, L_0.
+BPD_PARTS = ("bpd", "bpd_prior", "bpd_diffusion", "bpd_decoder")
+DEFAULT_UNET = {
+    "base_channels": 32,
+    "channel_mults": [1, 2, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.1,
+}
+
+
+class DDPM(GenerativeModule):
+    metric_names = ("loss",)
+
+    def __init__(
+        self,
+        *,
+        image_shape,
+        num_classes: int = 10,
+        timesteps: int = 1000,
+        schedule: str = "linear",
+        prediction: str = "eps",
+        variance: str = "beta",
+        clip_x0: bool = True,
+        sample_steps: int | None = None,
+        eta: float = 0.0,
+        unet: dict | None = None,
+        conditional: bool = False,
+        cond_drop_prob: float = 0.1,
+        guidance_scale: float = 0.0,
+        ema_decay: float | None = 0.9999,
+        warmup_steps: int = 5000,
+        grad_clip: float | None = 1.0,
+        test_bpd_images: int | None = 256,
+        bpd_t_chunk: int = 10,
+        preview_steps: int = 50,
+        preview_every_n_epochs: int = 1,
+        optimizer: dict | None = None,
+        name: str = "ddpm",
+    ):
+        super().__init__(image_shape, optimizer)
+        self.save_hyperparameters()
+        c, h, w = self.image_shape
+        self.num_classes, self.conditional = num_classes, conditional
+        self.prediction, self.variance, self.clip_x0 = prediction, variance, clip_x0
+        self.sample_steps = sample_steps or timesteps
+        self.eta, self.guidance_scale = eta, guidance_scale
+        self.preview_every_n_epochs = preview_every_n_epochs
+        self.schedule = DiffusionSchedule.from_name(schedule, timesteps)
+        self.net = UNet(
+            in_channels=c,
+            image_size=h,
+            num_classes=num_classes if conditional else None,
+            **{**DEFAULT_UNET, **(unet or {})},
+        )
+        self._check_sampling(self.sample_steps, guidance_scale)
+        for part in BPD_PARTS:
+            self.eval_metrics[f"test_{part}"] = MeanMetric()
+
+    def _check_sampling(self, steps: int, guidance_scale: float) -> None:
+        T = self.schedule.timesteps
+        if not 1 <= steps <= T:
+            raise ValueError(f"sample_steps={steps} must be between 1 and timesteps={T}")
+        if guidance_scale and not self.conditional:
+            raise ValueError(
+                f"guidance_scale={guidance_scale} needs a class-conditional model "
+                "(train with model.conditional=true)"
+            )
+
+    # -- training ------------------------------------------------------------------------------
+    def _labels_for_training(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        drop = torch.rand(y.shape[0], device=y.device) < self.hparams.cond_drop_prob
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def compute_terms(self, x, y, generator: torch.Generator | None = None):
+        x0 = x * 2 - 1
+        t = torch.randint(
+            0, self.schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator
+        )
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        labels = self._labels_for_training(y) if generator is None else self._eval_labels(y)
+        output = self.net(x_t, t, labels)
+        target = self.schedule.target(x0, noise, t, self.prediction)
+        per_image = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)
+        return per_image.mean(), {}
+
+    def _eval_labels(self, y):
+        return y if self.conditional else None
+
+    def _eval_step(self, stage: str, batch) -> None:
+        # A fixed generator per batch: held-out losses see the same t and noise every epoch,
+        # so their curve shows the model, not the draw.
+        x, y = batch
+        self._check_shape(x)
+        index = getattr(self, "_eval_batch_index", 0)
+        generator = torch.Generator(device=x.device).manual_seed(index)
+        loss, _ = self.compute_terms(x, y, generator=generator)
+        self.eval_metrics[f"{stage}_loss"].update(loss.detach(), weight=x.shape[0])
+        self.log(f"{stage}/loss", self.eval_metrics[f"{stage}_loss"], on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_batch_index = batch_idx
+        super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_batch_index = batch_idx
+        super().test_step(batch, batch_idx)
+        limit = self.hparams.test_bpd_images
+        seen = batch_idx * self.trainer.datamodule.eval_batch_size if self.trainer.datamodule else 0
+        if limit is None or seen < limit:
+            x, y = batch
+            x = x if limit is None else x[: max(0, limit - seen)]
+            self._update_bpd(x, y[: len(x)])
+
+    def _update_bpd(self, x, y) -> None:
+        labels = self._eval_labels(y)
+        denoise = lambda x_t, t: self.net(
+            x_t, t, None if labels is None else labels.repeat(len(x_t) // len(labels))
+        )
+        terms = vlb_terms(
+            denoise,
+            x * 2 - 1,
+            self.schedule,
+            prediction=self.prediction,
+            variance=self.variance,
+            t_batch_chunk=self.hparams.bpd_t_chunk,
+        )
+        per_dim = math.log(2) * terms.num_dims
+        parts = {
+            "bpd": terms.bits_per_dim,
+            "bpd_prior": terms.prior_nats / per_dim,
+            "bpd_diffusion": terms.kl_sum_nats / per_dim,
+            "bpd_decoder": terms.decoder_nats / per_dim,
+        }
+        for name, values in parts.items():
+            metric = self.eval_metrics[f"test_{name}"]
+            metric.update(values.float())
+            self.log(f"test/{name}", metric, on_epoch=True)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        warmup = max(1, int(self.hparams.warmup_steps))
+        # Linear warm-up of the learning rate over the first steps (Ho et al.: 5000).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
+        clip = gradient_clip_val or self.hparams.grad_clip
+        if clip:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=clip,
+                gradient_clip_algorithm=gradient_clip_algorithm or "norm",
+            )
+
+    # -- sampling ------------------------------------------------------------------------------
+    def denoise_fn(self, labels: torch.Tensor | None = None, guidance_scale: float = 0.0):
+        """The callable the samplers call: the network, with labels and guidance folded in."""
+        if labels is None or not self.conditional:
+            return lambda x_t, t: self.net(x_t, t, None)
+        if not guidance_scale:
+            return lambda x_t, t: self.net(x_t, t, labels)
+        null = torch.full_like(labels, self.num_classes)
+
+        def guided(x_t, t):
+            both = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+            cond, uncond = both.chunk(2)
+            return cond + guidance_scale * (cond - uncond)
+
+        return guided
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+        x_T: torch.Tensor | None = None,
+        return_trajectory_at=None,
+        progress: bool = False,
+    ):
+        """n images in [0, 1]. `sampler`: "ddpm" (ancestral, T steps) or "ddim" (`steps`
+        steps); by default ancestral when steps == T, DDIM when fewer."""
+        steps = steps or self.sample_steps
+        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        self._check_sampling(steps, guidance_scale)
+        sampler = sampler or ("ddpm" if steps == self.schedule.timesteps else "ddim")
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {sampler!r}; choose ddpm or ddim")
+        was_training = self.training
+        self.eval()
+        common = dict(
+            prediction=self.prediction,
+            clip_x0=self.clip_x0,
+            generator=generator,
+            device=self.device,
+            x_T=x_T,
+            return_trajectory_at=return_trajectory_at,
+            progress=progress,
+        )
+        fn, shape = self.denoise_fn(labels, guidance_scale), (n, *self.image_shape)
+        try:
+            if sampler == "ddpm":
+                out = ddpm_sample(fn, shape, self.schedule, variance=self.variance, **common)
+            else:
+                eta = self.eta if eta is None else eta
+                out = ddim_sample(fn, shape, self.schedule, steps=steps, eta=eta, **common)
+        finally:
+            self.train(was_training)
+        if return_trajectory_at is not None:
+            images, trajectory = out
+            return (images + 1) / 2, {t: (v + 1) / 2 for t, v in trajectory.items()}
+        return (out + 1) / 2
+
+    def preview_labels(self, n: int) -> torch.Tensor | None:
+        return torch.arange(n, device=self.device) % self.num_classes if self.conditional else None
+
+    def preview_images(self, x, y):
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        steps = min(self.hparams.preview_steps, self.schedule.timesteps)
+        return {"samples": self.sample(len(x), self.preview_labels(len(x)), generator, steps=steps)}
