@@ -57,6 +57,8 @@ FAST = [
     "data.eval_batch_size=64",
     "data.download=false",
     "data.system_dirs=[]",
+    "eval.num_samples=64",
+    "eval.kid_subset_size=32",
 ]
 
 

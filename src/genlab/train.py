@@ -52,6 +52,21 @@ def build_callbacks(cfg: DictConfig) -> list:
         callbacks.append(instantiate(spec))
     if cfg.model.get("ema_decay"):
         callbacks.append(EMA(decay=cfg.model.ema_decay))
+    quality = cfg.get("eval") or {}
+    if quality.get("sample_quality") and cfg.model.name != "ae" and cfg.get("test", True):
+        from genlab.metrics.quality import SampleQuality
+
+        callbacks.append(
+            SampleQuality(
+                dataset=cfg.data.name,
+                data_dir=cfg.paths.data_dir,
+                num_samples=quality.num_samples,
+                domain=quality.domain,
+                inception_weights=quality.inception_weights,
+                kid_subset_size=quality.kid_subset_size,
+                batch_size=quality.batch_size,
+            )
+        )
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     return [*callbacks, RNGState(), CheckpointOnInterrupt(checkpoint_dir), DivergenceGuard()]
 

@@ -98,6 +98,7 @@ class ImageDataModule(pl.LightningDataModule):
         on_device: str | bool = "auto",
         hflip: bool = False,
         system_dirs: Sequence[str] = (),
+        binarize: str | None = None,
         **model_hints,  # keys only models read (likelihood, default_arch)
     ):
         super().__init__()
@@ -109,7 +110,26 @@ class ImageDataModule(pl.LightningDataModule):
         self.seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         self.download, self.on_device, self.hflip = download, on_device, hflip
         self.system_dirs = list(system_dirs)
+        if binarize not in (None, "dynamic", "static"):
+            raise GenlabError(
+                f"Invalid config: data.binarize='{binarize}'. It must be null, dynamic or static."
+            )
+        self.binarize = binarize
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_name(cls, name: str, data_dir, **overrides) -> ImageDataModule:
+        """The data module `python train.py data=NAME` builds, for tools outside training."""
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        from genlab.cli import CONF_DIR
+
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[f"data={name}", f"paths.data_dir={data_dir}"])
+        spec = OmegaConf.to_container(cfg.data, resolve=True)
+        spec.pop("_target_")
+        return cls(seed=0, **{**spec, **overrides})
 
     # -- loading -------------------------------------------------------------------------------
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +165,15 @@ class ImageDataModule(pl.LightningDataModule):
             self.splits["val"] = (images[val], labels[val])
         if stage in (None, "test", "predict") and "test" not in self.splits:
             self.splits["test"] = self._load(train=False)
+        if self.binarize:
+            # Binarised once with a per-split seed; re-binarising 0/255 data changes nothing.
+            fixed = ("train", "val", "test") if self.binarize == "static" else ("val", "test")
+            for i, split in enumerate(fixed):
+                if split in self.splits:
+                    x, y = self.splits[split]
+                    rng = torch.Generator().manual_seed(self.split_seed + 1 + i)
+                    on = torch.rand(x.shape, generator=rng) < x.float() / 255
+                    self.splits[split] = (on.to(torch.uint8) * 255, y)
         device = self._storage_device()
         self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in self.splits.items()}
 
@@ -188,7 +217,10 @@ class ImageDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         images = images.float().div_(255.0)
-        if self.hflip and self.trainer is not None and self.trainer.training:
+        training = self.trainer is not None and self.trainer.training
+        if self.binarize == "dynamic" and training:
+            images = torch.bernoulli(images)
+        if self.hflip and training:
             flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
             images = torch.where(flip, images.flip(-1), images)
         return images, labels

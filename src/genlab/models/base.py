@@ -57,14 +57,19 @@ class GenerativeModule(pl.LightningModule):
             self.log(f"train/{name}", values.mean(), on_step=False, on_epoch=True)
         return loss
 
+    def eval_terms(self, stage: str, x, y) -> dict[str, torch.Tensor]:
+        """Extra per-image metrics computed only on val/test (e.g. importance-sampled NLL)."""
+        return {}
+
     def _eval_step(self, stage: str, batch) -> None:
         x, y = batch
         self._check_shape(x)
         loss, terms = self.compute_terms(x, y)
+        terms.update(self.eval_terms(stage, x, y))
         self.eval_metrics[f"{stage}_loss"].update(loss.detach(), weight=x.shape[0])
         for name, values in terms.items():
             self.eval_metrics[f"{stage}_{name}"].update(values.detach())
-        for name in self.metric_names:
+        for name in ("loss", *terms):
             metric = self.eval_metrics[f"{stage}_{name}"]
             self.log(
                 f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss"

@@ -7,20 +7,26 @@ the loss reduction are.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from genlab.metrics.likelihood import iwae_log_likelihood, nats_to_bits_per_dim
 from genlab.models.latent import LatentModel
 from genlab.models.objectives import gaussian_kl, normalised_beta, training_objective
 from genlab.viz.grids import originals_above_reconstructions
 
 
 class VAE(LatentModel):
-    metric_names = ("loss", "recon", "kl", "elbo", "mse")
+    metric_names = ("loss", "recon", "kl", "elbo", "mse", "nll", "bpd")
     head_factor = 2
 
-    def __init__(self, *, beta: float = 1.0, **kwargs):
+    def __init__(
+        self, *, beta: float = 1.0, iwae_k_val: int = 5, iwae_k_test: int = 1000, **kwargs
+    ):
         super().__init__(**kwargs)
         self.beta = beta
+        self.iwae_k = {"val": iwae_k_val, "test": iwae_k_test}
         self.save_hyperparameters()
         self.beta_norm = normalised_beta(beta, self.reduction, self.input_dim, self.latent_dim)
 
@@ -49,6 +55,19 @@ class VAE(LatentModel):
             latent_dim=self.latent_dim,
         )
         return loss, terms
+
+    def eval_terms(self, stage, x, y):
+        """Importance-sampled NLL (IWAE bound, K = iwae_k_val / iwae_k_test) in nats per image,
+        and in bits per dimension of the 8-bit images."""
+        k = self.iwae_k.get(stage, 0)
+        if not k:
+            return {}
+        nll = -iwae_log_likelihood(self, x, y if self.condition_dim() else None, k=k)
+        if self.likelihood == "bernoulli":
+            bpd = nll / (self.input_dim * math.log(2))
+        else:
+            bpd = nats_to_bits_per_dim(nll, self.input_dim)
+        return {"nll": nll, "bpd": bpd}
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator=None) -> torch.Tensor:
