@@ -65,3 +65,27 @@ def test_seed_presets_compose(compose, experiment, model, data, beta):
     assert (cfg.model.name, cfg.data.name, cfg.model.reduction) == (model, data, "mean")
     assert cfg.model.get("beta") == beta
     assert list(cfg.model.image_shape) == list(cfg.data.image_shape)
+
+
+def test_run_dirs_cannot_collide(tmp_path):
+    """Two runs started in the same second (parallel jobs) get different dirs: the name holds
+    microseconds and the process id."""
+    import os
+    import re
+
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    import genlab.resolvers  # noqa: F401
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"paths.output_root={tmp_path}"], return_hydra_config=True
+        )
+    HydraConfig.instance().set_config(cfg)
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    name = run_dir.rsplit("/", 1)[-1]
+    assert re.fullmatch(rf"\d\d-\d\d-\d\d-\d{{6}}_{os.getpid()}_vae-fashion_mnist", name), name
+    assert run_dir.startswith(f"{tmp_path}/runs/")
