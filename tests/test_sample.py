@@ -25,7 +25,7 @@ def px(cells: int) -> int:
     return cells * (SIDE + PAD) + PAD
 
 
-def _train(data_root, run_dir, *overrides):
+def _train(data_root, run_dir, *overrides, mlp=True):
     from hydra import compose, initialize_config_dir
 
     import genlab.resolvers  # noqa: F401
@@ -38,7 +38,7 @@ def _train(data_root, run_dir, *overrides):
                 f"paths.data_dir={data_root}",
                 f"paths.output_dir={run_dir}",
                 *FAST,
-                "model.mlp.hidden=[64]",
+                *(["model.mlp.hidden=[64]"] if mlp else []),  # a DDPM has no MLP
                 "test=false",
                 "save_images=false",
                 *overrides,
@@ -318,3 +318,270 @@ def test_bad_input_is_refused_with_a_clear_message(runs, tmp_path, case, make, m
     with pytest.raises(GenlabError, match=message):
         sample(path, task, out, **options)
     assert not out.exists()
+
+
+# -- DDPM -----------------------------------------------------------------------------------------
+T, SAMPLE_STEPS = 50, 10
+TINY_DDPM = [
+    "model=ddpm",
+    f"model.timesteps={T}",
+    f"model.sample_steps={SAMPLE_STEPS}",
+    "model.unet.base_channels=8",
+    "model.unet.channel_mults=[1,2]",
+    "model.warmup_steps=1",
+    "model.test_bpd_images=8",
+    "model.bpd_t_chunk=25",
+    "model.ema_decay=0.9",
+    "data=mnist",
+]
+
+
+@pytest.fixture(scope="module")
+def ddpm_runs(data_root, tmp_path_factory):
+    """A tiny unconditional and a tiny class-conditional DDPM (1 epoch, EMA on)."""
+    root = tmp_path_factory.mktemp("ddpm_runs")
+    return {
+        "ddpm": _train(data_root, root / "ddpm", *TINY_DDPM, mlp=False),
+        "cddpm": _train(data_root, root / "cddpm", *TINY_DDPM, "model.conditional=true", mlp=False),
+    }
+
+
+def tiles(path, rows, cols):
+    """The [rows, cols, H, W] grey levels (0..1) of a grid PNG."""
+    grid = pixels(path)[..., 0].float() / 255
+    out = torch.empty(rows, cols, SIDE, SIDE)
+    for r in range(rows):
+        for c in range(cols):
+            top, left = PAD + r * (SIDE + PAD), PAD + c * (SIDE + PAD)
+            out[r, c] = grid[top : top + SIDE, left : left + SIDE]
+    return out
+
+
+DDPM_GEOMETRY = [
+    ("ddpm", "samples", {"n": 3}, (px(3), px(3))),
+    ("ddpm", "samples", {"n": 2, "sampler": "ddpm"}, (px(2), px(2))),
+    ("ddpm", "samples", {"n": 2, "sampler": "ddim", "steps": 4, "eta": 1.0}, (px(2), px(2))),
+    ("cddpm", "samples", {"n": 2, "label": 3, "guidance_scale": 1.5}, (px(2), px(2))),
+    ("ddpm", "interpolate", {"n": 2, "steps": 5}, (px(5), px(2))),
+    ("cddpm", "interpolate", {"n": 2, "steps": 3, "mode": "linear"}, (px(3), px(2))),
+    ("cddpm", "classes", {"n": 2}, (px(2), px(10))),
+]
+
+
+@pytest.mark.parametrize(("model", "task", "options", "expected"), DDPM_GEOMETRY)
+def test_ddpm_task_writes_png_of_the_grid_geometry(
+    ddpm_runs, tmp_path, model, task, options, expected
+):
+    written = sample(ddpm_runs[model], task, tmp_path, **options)
+    assert [p.name for p in written] == [f"{task}.png"]
+    assert size(written[0]) == expected
+    assert [p.name for p in tmp_path.iterdir()] == [f"{task}.png"]
+
+
+@pytest.mark.parametrize(
+    ("options", "reverse_cols", "forward_cols"),
+    [
+        ({}, SAMPLE_STEPS + 1, 11),  # 10 of the 10 DDIM steps, + the sample; x_0 + 10 levels
+        ({"steps": 4}, 5, 11),  # DDIM visits only 4 timesteps
+        ({"sampler": "ddpm", "strip_steps": 3}, 4, 4),
+    ],
+)
+def test_denoise_writes_both_strips_and_never_overwrites(
+    ddpm_runs, tmp_path, options, reverse_cols, forward_cols
+):
+    first = sample(ddpm_runs["ddpm"], "denoise", tmp_path, n=2, **options)
+    again = sample(ddpm_runs["ddpm"], "denoise", tmp_path, n=2, **options)
+    assert [p.name for p in first] == ["denoise_reverse.png", "denoise_forward.png"]
+    assert [p.name for p in again] == ["denoise-1_reverse.png", "denoise-1_forward.png"]
+    assert [size(p) for p in first] == [(px(reverse_cols), px(2)), (px(forward_cols), px(2))]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, again, strict=True))
+    assert len(list(tmp_path.iterdir())) == 4  # no temp files left
+
+
+def test_ddpm_seeds_and_samplers(ddpm_runs, tmp_path):
+    run_dir = ddpm_runs["ddpm"]
+    first = sample(run_dir, "samples", tmp_path, n=3)[0]
+    again = sample(run_dir, "samples", tmp_path, n=3)[0]
+    other = sample(run_dir, "samples", tmp_path, n=3, seed=1)[0]
+    assert first.read_bytes() == again.read_bytes()
+    assert not torch.equal(pixels(first), pixels(other))
+    # ancestral sampling (all T steps, fresh noise) and DDIM from the same seed differ, and each
+    # is repeatable, the stochastic ones included
+    ddpm = [sample(run_dir, "samples", tmp_path, n=3, sampler="ddpm")[0] for _ in range(2)]
+    noisy = [sample(run_dir, "samples", tmp_path, n=3, eta=1.0)[0] for _ in range(2)]
+    assert ddpm[0].read_bytes() == ddpm[1].read_bytes()
+    assert noisy[0].read_bytes() == noisy[1].read_bytes()
+    images = [pixels(p) for p in (first, ddpm[0], noisy[0])]
+    assert not torch.equal(images[0], images[1]) and not torch.equal(images[0], images[2])
+    # guidance changes a conditional model's samples; labels cycle over classes by default
+    cond = sample(ddpm_runs["cddpm"], "samples", tmp_path / "c", n=3)[0]
+    guided = sample(ddpm_runs["cddpm"], "samples", tmp_path / "c", n=3, guidance_scale=3.0)[0]
+    assert not torch.equal(pixels(cond), pixels(guided))
+
+
+def test_ddim_interpolation_ends_are_the_ddim_samples_of_the_draws(ddpm_runs, tmp_path):
+    n, cols, seed = 2, 4, 3
+    [path] = sample(ddpm_runs["ddpm"], "interpolate", tmp_path, n=n, steps=cols, seed=seed)
+    model = load_run(ddpm_runs["ddpm"], "cpu").model
+    draws = torch.randn(2 * n, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+    grid = tiles(path, n, cols)
+    for column, x_T in ((0, draws[0::2]), (cols - 1, draws[1::2])):
+        plain = model.sample(n, x_T=x_T, sampler="ddim", steps=SAMPLE_STEPS, eta=0.0)[:, 0]
+        assert (grid[:, column] - plain).abs().max() <= 1 / 255 + 1e-6
+    assert not torch.equal(grid[:, 1], grid[:, 0]) and not torch.equal(grid[:, 1], grid[:, -1])
+
+
+def test_denoise_strips_go_from_noise_to_image_and_from_data_to_noise(ddpm_runs, tmp_path):
+    n, seed = 4, 2
+    reverse, forward = sample(ddpm_runs["ddpm"], "denoise", tmp_path, n=n, seed=seed)
+    rev, fwd = tiles(reverse, n, 11), tiles(forward, n, 11)
+    # reverse: starts at the seeded x_T (the first draw), shown as (x + 1) / 2 clipped to [0, 1]
+    x_T = torch.randn(n, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+    assert (rev[:, 0] - ((x_T + 1) / 2).clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
+    # forward: the first column is test images exactly
+    loaded = load_run(ddpm_runs["ddpm"], "cpu")
+    test_images = loaded.test_split()[0][:, 0].float() / 255
+    for image in fwd[:, 0]:
+        assert ((test_images - image).abs().amax((1, 2)) < 1e-6).any()
+    # ... and the last (t = T - 1, alpha_bar ~ 0) is N(0, 1) noise mapped the same way: mean
+    # 1/2, about 2 P(Z > 1) = 32% of pixels clipped, nothing left of the image.
+    last = fwd[:, -1]
+    assert float(loaded.model.schedule.alpha_bars[-1]) < 1e-3
+    assert abs(float(last.mean()) - 0.5) < 0.03
+    clipped = float(((last == 0) | (last == 1)).float().mean())
+    assert abs(clipped - 0.317) < 0.04
+    data = fwd[:, 0] - fwd[:, 0].mean()
+    correlation = (data * (last - last.mean())).sum() / (data.norm() * (last - last.mean()).norm())
+    assert abs(float(correlation)) < 0.1
+    # in between, the image fades: correlation with x_0 falls along the row
+    assert float(((fwd[:, 1] - fwd[:, 0]).abs()).mean()) < float((last - fwd[:, 0]).abs().mean())
+
+
+def test_loaded_ddpm_has_the_ema_weights(ddpm_runs):
+    from genlab.checkpoints import load_checkpoint
+
+    loaded = load_run(ddpm_runs["ddpm"], "cpu")
+    ckpt = load_checkpoint(loaded.checkpoint)
+    ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    weights = loaded.model.state_dict()
+    assert ema.keys() <= weights.keys()
+    assert all(torch.equal(weights[k], ema[k]) for k in ema)
+    assert any(not torch.equal(weights[k], raw[k]) for k in raw if k in weights)
+
+
+def test_ddpm_cli_with_an_unquoted_checkpoint_path(ddpm_runs, tmp_path, monkeypatch, capsys):
+    # Lightning names checkpoints epoch=…: such a path works unquoted. The script runs in this
+    # process (runpy), which spares the ~10 s a fresh interpreter spends importing lightning.
+    import runpy
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    [ckpt] = (ddpm_runs["ddpm"] / "checkpoints").glob("epoch=*.ckpt")
+    out = tmp_path / "cli"
+    args = [f"run={ckpt}", "task=samples", "n=2", f"out_dir={out}", "device=cpu"]
+    monkeypatch.setattr(sys, "argv", [str(REPO / "sample.py"), *args])
+    monkeypatch.chdir(REPO)
+    try:
+        runpy.run_path(str(REPO / "sample.py"), run_name="__main__")
+    finally:
+        GlobalHydra.instance().clear()
+    assert f"wrote {out / 'samples.png'}" in capsys.readouterr().out
+    assert size(out / "samples.png") == (px(2), px(2))
+    assert not (REPO / ".hydra").exists() and not (REPO / "sample.log").exists()
+
+
+def test_cli_quotes_paths_and_prechecks_keys():
+    import importlib.util
+
+    from genlab.cli import precheck
+
+    spec = importlib.util.spec_from_file_location("sample_script", REPO / "sample.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.quote_paths(["run=a/epoch=1.ckpt", "task=samples", "n=2"]) == [
+        "run='a/epoch=1.ckpt'",
+        "task=samples",
+        "n=2",
+    ]
+    already = ['run="a/epoch=1.ckpt"', "out_dir=plain", "run=${oc.env:X}=1"]
+    assert script.quote_paths(already) == already
+    precheck(script.quote_paths(["run=a/epoch=1.ckpt", "sampler=ddim"]), "sample")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("sample", overrides=script.quote_paths(["run=/x/epoch=1-step=2.ckpt"]))
+    assert cfg.run == "/x/epoch=1-step=2.ckpt"
+    with pytest.raises(GenlabError, match="Unknown config key 'samplr'. Did you mean 'sampler'"):
+        precheck(["run=x", "samplr=ddim"], "sample")
+
+
+def test_bad_options_fail_before_torch_is_imported(tmp_path):
+    code = (
+        "import sys\n"
+        "from genlab import GenlabError\n"
+        "from genlab.sample import run\n"
+        "for bad in ({'sampler': 'dd'}, {'eta': -1}, {'guidance_scale': 'x'}, {'steps': 0}):\n"
+        "    try:\n"
+        f"        run({{'run': {str(tmp_path)!r}, **bad}})\n"
+        "    except GenlabError as err:\n"
+        "        print(err)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "False", result.stderr[-2000:]
+    assert [line.split(".")[0] for line in lines[:-1]] == [
+        "Invalid option: sampler='dd'",
+        "Invalid option: eta=-1",
+        "Invalid option: guidance_scale='x'",
+        "Invalid option: steps=0",
+    ]
+
+
+REFUSED_BY_DDPM = ["reconstructions", "manifold", "traverse", "latent_scatter", "anomaly"]
+
+
+@pytest.mark.parametrize("task", REFUSED_BY_DDPM)
+def test_ddpm_refuses_latent_code_tasks(ddpm_runs, tmp_path, task):
+    with pytest.raises(
+        GenlabError,
+        match=f"task={task} is not available for this ddpm .*DDPM has no .*"
+        r"A ddpm can do: task=samples, interpolate, denoise\.$",
+    ):
+        sample(ddpm_runs["ddpm"], task, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+BAD_DDPM = [
+    (
+        "classes_unconditional",
+        ("ddpm", "classes", {}),
+        "unconditional.*model.conditional=true.*A ddpm can do: task=samples, interpolate, denoise",
+    ),
+    (
+        "conditional_can_do_classes",
+        ("cddpm", "traverse", {}),
+        "A ddpm can do: task=samples, interpolate, classes, denoise",
+    ),
+    ("vae_denoise", ("vae", "denoise", {}), "diffusion model.*model=ddpm.*A vae can do"),
+    ("vae_sampler", ("vae", "samples", {"sampler": "ddim"}), "sampler=ddim steer a diffusion"),
+    ("steps_above_T", ("ddpm", "samples", {"steps": T + 1}), f"steps=51.*between 1 and .*T={T}"),
+    ("interpolate_1_step", ("ddpm", "interpolate", {"steps": 1}), "steps=1.*>= 2 for task=interp"),
+    ("guidance_unconditional", ("ddpm", "samples", {"guidance_scale": 2}), "class-conditional"),
+    ("ancestral_steps", ("ddpm", "samples", {"sampler": "ddpm", "steps": 5}), "all T=50 steps"),
+    ("ancestral_eta", ("ddpm", "denoise", {"sampler": "ddpm", "eta": 0.5}), "has no eta"),
+    ("interpolate_ddpm", ("ddpm", "interpolate", {"sampler": "ddpm"}), "deterministic DDIM"),
+    ("interpolate_eta", ("cddpm", "interpolate", {"eta": 1}), "eta=1 fresh noise"),
+    ("label_unconditional", ("ddpm", "samples", {"label": 1}), "label=1 picks a class.*uncond"),
+    ("label_range", ("cddpm", "denoise", {"label": 10}), r"label=10.*class index in 0\.\.9"),
+    ("strip_steps", ("ddpm", "denoise", {"strip_steps": 0}), "strip_steps must be an integer"),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "message"), BAD_DDPM, ids=[b[0] for b in BAD_DDPM])
+def test_bad_ddpm_input_is_refused(ddpm_runs, runs, tmp_path, case, args, message):
+    model, task, options = args
+    run_dir = {**runs, **ddpm_runs}[model]
+    with pytest.raises(GenlabError, match=message):
+        sample(run_dir, task, tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()

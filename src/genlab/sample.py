@@ -1,10 +1,11 @@
 """Turn a trained run into pictures: `run(cfg)` loads a run or checkpoint, does one task
-(samples, reconstructions, interpolate, manifold, traverse, latent_scatter, classes, anomaly) and
-writes PNGs without overwriting anything.
+(samples, reconstructions, interpolate, manifold, traverse, latent_scatter, classes, anomaly,
+denoise) and writes PNGs without overwriting anything.
 
 The `sample.py` script at the top of the repo is a thin Hydra wrapper around `run`. Each task is
-one function; `TASKS` says which model types it serves and why it refuses the others, so a new
-model (DDPM) or task is one more entry. `load_run` is the loader any sampling code can share.
+one function per model family (latent-variable models: AE, VAE, CVAE; diffusion: DDPM); `TASKS`
+says which model types it serves and why it refuses the others, so a new model or task is one more
+entry. `load_run` is the loader any sampling code can share.
 Importing this module is cheap: torch is imported inside functions, so bad input fails fast.
 """
 
@@ -30,6 +31,7 @@ MODEL_CLASSES = {
     "ae": "genlab.models.AE",
     "vae": "genlab.models.VAE",
     "cvae": "genlab.models.CVAE",
+    "ddpm": "genlab.models.DDPM",
 }
 
 # fmt: off
@@ -51,10 +53,30 @@ AE_NOT_GENERATIVE = (
     "001, lecture 004). Train a VAE to sample: `python train.py model=vae`."
 )
 
+# Why a DDPM refuses the latent-code tasks: its latent x_T is noise with the image's own shape,
+# reached by the fixed forward (noising) process, not inferred by an encoder.
+DDPM_NO_ENCODER = (
+    "A DDPM has no encoder: its latent x_T is noise of the image's own shape, reached by the "
+    "fixed forward noising process, not inferred from an image."
+)
+DDPM_REFUSALS = {
+    "reconstructions": f"{DDPM_NO_ENCODER} task=denoise shows that forward process on test images.",
+    "manifold": f"{DDPM_NO_ENCODER} It has no low-dimensional latent plane to draw.",
+    "traverse": f"{DDPM_NO_ENCODER} Its latent dims are pixels of noise, with no meaning to vary "
+    "one at a time; task=interpolate walks between noise draws instead.",
+    "latent_scatter": f"{DDPM_NO_ENCODER} There are no latent means of test images to plot.",
+    "anomaly": "A DDPM has no reconstruction error to score test images with; its likelihood bound "
+    "on the test set (test/bpd, bits per dim) is in the run's metrics.json.",
+}
+
 
 # -- options ---------------------------------------------------------------------------------------
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _invalid(key: str, value: Any, accepted: str) -> GenlabError:
@@ -76,14 +98,22 @@ def check_options(opts: DictConfig) -> None:
         ("n", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null)"),
         ("seed", lambda v: _is_int(v) and 0 <= v < 2**63, "an integer >= 0"),
         ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        ("steps", lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
-        ("mode", lambda v: v in ("linear", "slerp"), "one of linear, slerp"),
-        ("overwrite", lambda v: isinstance(v, bool), "true or false"),
+        ("steps", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null)"),
+        ("mode", lambda v: v is None or v in ("linear", "slerp"), "one of linear, slerp (or null)"),
         (
-            "traverse_range",
-            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
-            "a number > 0",
+            "sampler",
+            lambda v: v is None or v in ("ddpm", "ddim"),
+            "one of ddpm, ddim (or null: the model's own choice)",
         ),
+        ("eta", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null)"),
+        (
+            "guidance_scale",
+            lambda v: v is None or (_is_number(v) and v >= 0),
+            "a number >= 0 (or null)",
+        ),
+        ("strip_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("overwrite", lambda v: isinstance(v, bool), "true or false"),
+        ("traverse_range", lambda v: _is_number(v) and v > 0, "a number > 0"),
         ("label", lambda v: v is None or (_is_int(v) and v >= 0), "a class index >= 0 or null"),
         ("max_images", lambda v: v is None or (_is_int(v) and v >= 2), "an integer >= 2 or null"),
         (
@@ -98,6 +128,9 @@ def check_options(opts: DictConfig) -> None:
     for key, ok, accepted in checks:
         if key in opts and not ok(opts[key]):
             raise _invalid(key, opts[key], accepted)
+    steps = opts.get("steps")
+    if task == "interpolate" and steps is not None and steps < 2:
+        raise _invalid("steps", steps, "an integer >= 2 for task=interpolate (both ends are shown)")
 
 
 def pick_device(name: str):
@@ -130,10 +163,13 @@ def _best_checkpoint(folder: Path) -> Path | None:
     kept = sorted(folder.glob("epoch=*.ckpt"))
     if len(kept) > 1 and (folder / "last.ckpt").is_file():
         # save_top_k > 1: the newest checkpoint's callback state names the best one.
-        import torch
+        from genlab.checkpoints import load_checkpoint
 
-        state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
-        for cb in (state.get("callbacks") or {}).values():
+        try:
+            state = load_checkpoint(folder / "last.ckpt")
+        except GenlabError:  # a damaged last.ckpt must not hide the intact epoch=*.ckpt files
+            state = {}
+        for cb in ((state.get("callbacks") if isinstance(state, dict) else None) or {}).values():
             best = Path(str(cb.get("best_model_path", "") if isinstance(cb, dict) else ""))
             if best.name and (folder / best.name).is_file():
                 return folder / best.name
@@ -181,19 +217,19 @@ def _init_kwargs(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
 def load_model(ckpt: Path, device="cpu"):
     """(model in eval mode on `device`, its type name) from a genlab checkpoint.
 
-    Loaded with torch.load(weights_only=True): a checkpoint can execute no code, so files
-    from anyone are safe to open.
+    Loaded with genlab.checkpoints.load_checkpoint (torch.load with weights_only=True): a
+    checkpoint can execute no code, so files from anyone are safe to open. The weights are the
+    checkpoint's `state_dict`, which for a run trained with EMA (a DDPM) holds the averaged
+    weights; the raw ones under `current_model_state` are only for resuming training.
     """
-    import pickle
-
-    import torch
     from hydra.utils import get_class
 
+    from genlab.checkpoints import load_checkpoint
+
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GenlabError(f"{ckpt} is not a readable PyTorch checkpoint ({first}).") from None
+        state = load_checkpoint(ckpt)
+    except ValueError as err:  # load_checkpoint converts torch's usual errors; not this one
+        raise GenlabError(f"{ckpt} is not a readable PyTorch checkpoint ({err}).") from None
     hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
     if not isinstance(hparams, dict) or "state_dict" not in state:
         raise GenlabError(
@@ -281,7 +317,7 @@ class LoadedRun:
     """
 
     model: Any
-    name: str  # model type: ae | vae | cvae
+    name: str  # model type: ae | vae | cvae | ddpm
     checkpoint: Path
     run_dir: Path | None
     cfg: DictConfig | None
@@ -516,15 +552,23 @@ class Job:
         return label
 
     def save_grid(self, images, nrow: int, stem: str | None = None) -> list[Path]:
+        return self.save_grids({".png": (images, nrow)}, stem)
+
+    def save_grids(self, grids: Mapping[str, tuple[Any, int]], stem: str | None = None):
+        """Several grids {suffix: (images, nrow)} as `<stem><suffix>` files under one free name
+        (e.g. denoise_reverse.png and denoise_forward.png, then denoise-1_reverse.png, ...)."""
         from torchvision.utils import save_image
 
         from genlab.viz.grids import make_grid
 
-        grid = make_grid(images, nrow)
+        def writer(images, nrow):
+            grid = make_grid(images, nrow)
+            return lambda p: save_image(grid, p, format="png")
+
         return write_outputs(
             self.out_dir,
             stem or self.opts.task,
-            {".png": lambda p: save_image(grid, p, format="png")},
+            {suffix: writer(images, nrow) for suffix, (images, nrow) in grids.items()},
             self.opts.overwrite,
         )
 
@@ -794,6 +838,225 @@ def anomaly(job: Job) -> list[Path]:
     )
 
 
+# -- diffusion (DDPM) tasks ------------------------------------------------------------------------
+# A DDPM's "latent" is the starting noise x_T, of the image's shape. Every task draws it from one
+# seeded generator and then lets the sampler continue with that generator, so a picture depends
+# only on seed (and, for the stochastic samplers, on batch_size: each chunk draws its own
+# step noise in turn).
+@dataclass(frozen=True)
+class SamplerPlan:
+    sampler: str  # ddpm (ancestral, all T steps) | ddim
+    steps: int
+    eta: float  # DDIM noise; 0 for ancestral, which has none to set
+    guidance_scale: float
+
+    def visited(self, timesteps: int) -> list[int]:
+        """The code timesteps the sampler feeds the network, in sampling order."""
+        from genlab.diffusion import ddim_timesteps
+
+        if self.sampler == "ddpm":
+            return list(range(timesteps - 1, -1, -1))
+        return ddim_timesteps(timesteps, self.steps)
+
+    def describe(self) -> str:
+        if self.sampler == "ddpm":
+            what = f"ancestral sampling, {self.steps} steps"
+        else:
+            what = f"DDIM, {self.steps} steps, eta={self.eta:g}"
+        return what + (f", guidance {self.guidance_scale:g}" if self.guidance_scale else "")
+
+
+def _sampler_plan(job: Job, steps: int | None, deterministic: bool = False) -> SamplerPlan:
+    """Resolve sampler/steps/eta/guidance_scale against the model's own defaults and limits.
+    `deterministic`: the task needs the DDIM map x_T -> x_0 with eta = 0 (interpolation)."""
+    model, opts = job.model, job.opts
+    T = model.schedule.timesteps  # steps <= T is checked before any task runs (_check_supported)
+    sampler = opts.sampler
+    if deterministic:
+        if sampler == "ddpm" or opts.eta:
+            what = "sampler=ddpm" if sampler == "ddpm" else f"eta={opts.eta}"
+            raise GenlabError(
+                f"task={opts.task} needs the deterministic DDIM map from x_T to an image (eta=0): "
+                f"with {what} fresh noise enters at every step, so nearby x_T would not give "
+                "nearby images. Drop that option."
+            )
+        return SamplerPlan("ddim", model.sample_steps, 0.0, _guidance(job))
+    if sampler == "ddpm":
+        if steps not in (None, T):
+            raise GenlabError(
+                f"sampler=ddpm is ancestral sampling (Ho et al. Algorithm 2): it takes all T={T} "
+                f"steps, so steps={steps} does not apply. Use sampler=ddim steps={steps} for fewer "
+                "steps, or drop steps=."
+            )
+        steps = T
+    else:
+        steps = steps or model.sample_steps
+        sampler = sampler or ("ddpm" if steps == T else "ddim")  # the model's own rule
+    if sampler == "ddpm":
+        if opts.eta is not None:
+            raise GenlabError(
+                f"eta={opts.eta} sets the noise of DDIM steps, but this is ancestral sampling "
+                f"(sampler=ddpm, or steps = T = {T}), which has no eta: use sampler=ddim, or drop "
+                "eta=."
+            )
+        return SamplerPlan("ddpm", T, 0.0, _guidance(job))
+    eta = float(model.eta if opts.eta is None else opts.eta)
+    return SamplerPlan("ddim", steps, eta, _guidance(job))
+
+
+def _guidance(job: Job) -> float:
+    value = job.opts.guidance_scale
+    return float(job.model.guidance_scale if value is None else value)
+
+
+def _diffusion_labels(job: Job, count: int, per: int = 1):
+    """Labels for `count` groups of `per` images: none for an unconditional DDPM; label=, else
+    classes cycling over the groups (like the CVAE's samples)."""
+    import torch
+
+    if not job.model.conditional:
+        return None
+    if job.opts.label is None:
+        labels = torch.arange(count, device=job.device) % job.model.num_classes
+    else:
+        labels = torch.full((count,), job.class_label(), device=job.device)
+    return labels.repeat_interleave(per)
+
+
+def _noise(job: Job, count: int, generator):
+    import torch
+
+    shape = (count, *job.run.image_shape)
+    return torch.randn(shape, generator=generator, device=job.device)
+
+
+def _diffuse(job: Job, x_T, labels, plan: SamplerPlan, generator, trajectory_at=None):
+    """Images in [0, 1] on the CPU sampled from the given x_T, batch by batch; with
+    `trajectory_at`, also {t: x_t in [0, 1]} for those visited timesteps."""
+    import sys
+
+    import torch
+
+    images, frames = [], {}
+    for a, b in job.chunks(len(x_T), "sampling"):
+        out = job.model.sample(
+            len(x_T[a:b]),
+            labels=None if labels is None else labels[a:b],
+            generator=generator,
+            steps=plan.steps,
+            sampler=plan.sampler,
+            eta=plan.eta,
+            guidance_scale=plan.guidance_scale,
+            x_T=x_T[a:b],
+            return_trajectory_at=trajectory_at,
+            progress=sys.stderr.isatty(),  # a step bar on a terminal, silence in logs and tests
+        )
+        if trajectory_at is not None:
+            out, trajectory = out
+            for t, x_t in trajectory.items():
+                frames.setdefault(t, []).append(x_t.cpu())
+        images.append(out.cpu())
+    images = torch.cat(images)
+    if trajectory_at is None:
+        return images
+    return images, {t: torch.cat(parts) for t, parts in frames.items()}
+
+
+def diffusion_samples(job: Job) -> list[Path]:
+    """n x n samples. Conditional DDPM: labels cycle over the classes (each column one class
+    when n is a multiple of the class count), or all `label=`."""
+    n = job.n
+    plan = _sampler_plan(job, job.opts.steps)
+    generator = job.generator()
+    x_T = _noise(job, n * n, generator)
+    images = _diffuse(job, x_T, _diffusion_labels(job, n * n), plan, generator)
+    print(f"samples: {plan.describe()}")
+    return job.save_grid(images, nrow=n)
+
+
+def diffusion_class_rows(job: Job) -> list[Path]:
+    """One row per class, n samples each; column j starts from the same x_T in every row, so a
+    column shows what one noise draw becomes in each class."""
+    import torch
+
+    n, classes = job.n, job.model.num_classes
+    plan = _sampler_plan(job, job.opts.steps)
+    generator = job.generator()
+    x_T = _noise(job, n, generator).repeat(classes, 1, 1, 1)
+    labels = torch.arange(classes, device=job.device).repeat_interleave(n)
+    images = _diffuse(job, x_T, labels, plan, generator)
+    print(f"classes: {plan.describe()}")
+    return job.save_grid(images, nrow=n)
+
+
+def diffusion_interpolate(job: Job) -> list[Path]:
+    """Rows: n pairs of independent x_T draws (the seeded draw of 2n noise images, split into
+    even and odd); columns: `steps` points on the path between them (slerp unless mode=linear),
+    each mapped to an image by deterministic DDIM (eta=0, the model's sample_steps), so the ends
+    are exactly the DDIM samples of the two draws. Conditional: one class per row."""
+    import torch
+
+    n, cols = job.n, job.opts.steps or 10
+    plan = _sampler_plan(job, None, deterministic=True)
+    generator = job.generator()
+    ends = _noise(job, 2 * n, generator).flatten(1)
+    a, b = ends[0::2].unsqueeze(1), ends[1::2].unsqueeze(1)
+    t = torch.linspace(0, 1, cols, device=job.device).view(1, cols, 1)
+    # Slerp by default: two draws of N(0, I) in D dims have norm ~sqrt(D) and are nearly
+    # orthogonal, so the straight line between them dips to norm ~sqrt(D/2) midway, noise the
+    # model never saw at t = T; the great circle keeps the typical norm.
+    path = (1 - t) * a + t * b if job.opts.mode == "linear" else _slerp(a, b, t)
+    path[:, 0], path[:, -1] = a[:, 0], b[:, 0]  # the exact draws, free of slerp's rounding
+    x_T = path.reshape(n * cols, *job.run.image_shape)
+    images = _diffuse(job, x_T, _diffusion_labels(job, n, per=cols), plan, generator)
+    print(f"interpolate: {plan.describe()}")
+    return job.save_grid(images, nrow=cols)
+
+
+def _evenly_spaced(timesteps: list[int], count: int) -> list[int]:
+    """`count` of `timesteps` evenly spaced by position, always with the largest and smallest,
+    in descending order (the order the reverse process visits them)."""
+    from genlab.diffusion import ddim_timesteps
+
+    ascending = sorted(timesteps)
+    picks = ddim_timesteps(len(ascending), min(count, len(ascending)))
+    return [ascending[i] for i in picks]
+
+
+def denoise(job: Job) -> list[Path]:
+    """Seed 003's two strips, one row per image. `_reverse`: n samples, x_t at `strip_steps`
+    evenly spaced timesteps the sampler visits (from x_T), then the final sample.
+    `_forward`: n test images x_0, then x_t ~ q(x_t | x_0) at `strip_steps` evenly spaced
+    timesteps up to T - 1, where little of the image is left."""
+    from genlab.viz.grids import rows_of_columns
+
+    n, model, k = job.n, job.model, int(job.opts.strip_steps)
+    T = model.schedule.timesteps
+    plan = _sampler_plan(job, job.opts.steps)
+    shown = _evenly_spaced(plan.visited(T), k)
+    noised = _evenly_spaced(list(range(T)), k)[::-1]  # ascending: the forward direction
+    x0, _ = job.test_images(n)
+    generator = job.generator()
+    x_T = _noise(job, n, generator)
+    forward_noise = _noise(job, n * len(noised), generator).view(len(noised), n, *x0.shape[1:])
+    images, frames = _diffuse(job, x_T, _diffusion_labels(job, n), plan, generator, shown)
+    reverse = rows_of_columns([frames[t] for t in shown] + [images])
+
+    columns = [x0.cpu()]
+    for t, noise in zip(noised, forward_noise, strict=True):
+        x_t = model.schedule.q_sample(x0 * 2 - 1, t, noise)
+        columns.append(((x_t + 1) / 2).cpu())
+    forward = rows_of_columns(columns)
+    print(
+        f"denoise: reverse ({plan.describe()}): x_t at t = {', '.join(map(str, shown))}, then "
+        f"the sample; forward: x_0, then x_t at t = {', '.join(map(str, noised))} "
+        f"(code timesteps 0..{T - 1}; t = {T - 1} is x_T)"
+    )
+    return job.save_grids(
+        {"_reverse.png": (reverse, len(shown) + 1), "_forward.png": (forward, len(noised) + 1)}
+    )
+
+
 # -- the dispatch table ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Task:
@@ -801,14 +1064,35 @@ class Task:
     handlers: Mapping[str, Callable[[Job], list[Path]]]  # model type -> function
     default_n: int | None = None  # None: the task does not use n
     refusals: Mapping[str, str] = field(default_factory=dict)  # model type -> why not
+    # model type -> check(model) -> why this particular model cannot (None: it can), for
+    # refusals that depend on how a model was trained rather than on its type.
+    limits: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+
+    def refusal(self, name: str, model: Any) -> str | None:
+        """Why a `name` model cannot do this task ("" when no reason is recorded), or None."""
+        if name not in self.handlers:
+            return self.refusals.get(name, "")
+        limit = self.limits.get(name)
+        return limit(model) if limit is not None and model is not None else None
 
 
 _ALL = ("ae", "vae", "cvae")
 
+
+def _needs_conditional_ddpm(model) -> str | None:
+    if model.conditional:
+        return None
+    return (
+        "This DDPM is unconditional: it was trained without labels, so it cannot be asked for a "
+        "class. Train a class-conditional one with `python train.py model=ddpm "
+        "model.conditional=true`."
+    )
+
+
 TASKS: dict[str, Task] = {
     "samples": Task(
-        "n x n images decoded from prior samples",
-        {"vae": prior_samples, "cvae": prior_samples},
+        "n x n images from the prior (DDPM: from noise, sampler=ddpm|ddim, steps=)",
+        {"vae": prior_samples, "cvae": prior_samples, "ddpm": diffusion_samples},
         default_n=8,
         refusals={"ae": AE_NOT_GENERATIVE},
     ),
@@ -816,55 +1100,112 @@ TASKS: dict[str, Task] = {
         "n rows of n test images above their reconstructions",
         dict.fromkeys(_ALL, reconstructions),
         default_n=8,
+        refusals={"ddpm": DDPM_REFUSALS["reconstructions"]},
     ),
     "interpolate": Task(
-        "n pairs of test images, `steps` latent interpolants each (mode=linear|slerp)",
-        dict.fromkeys(_ALL, interpolate),
+        "n pairs of test images (DDPM: of x_T draws), `steps` interpolants each",
+        {**dict.fromkeys(_ALL, interpolate), "ddpm": diffusion_interpolate},
         default_n=8,
     ),
     "manifold": Task(
-        "the decoded latent plane of a 2-d latent, n x n", dict.fromkeys(_ALL, manifold), 12
+        "the decoded latent plane of a 2-d latent, n x n",
+        dict.fromkeys(_ALL, manifold),
+        12,
+        refusals={"ddpm": DDPM_REFUSALS["manifold"]},
     ),
     "traverse": Task(
-        "one row per latent dim, n values from -r to r", dict.fromkeys(_ALL, traverse), 9
+        "one row per latent dim, n values from -r to r",
+        dict.fromkeys(_ALL, traverse),
+        9,
+        refusals={"ddpm": DDPM_REFUSALS["traverse"]},
     ),
     "latent_scatter": Task(
-        "test latent means in 2-d by class (PCA when k > 2)", dict.fromkeys(_ALL, latent_scatter)
+        "test latent means in 2-d by class (PCA when k > 2)",
+        dict.fromkeys(_ALL, latent_scatter),
+        refusals={"ddpm": DDPM_REFUSALS["latent_scatter"]},
     ),
     "classes": Task(
         "one row of n samples per class",
-        {"cvae": class_rows},
+        {"cvae": class_rows, "ddpm": diffusion_class_rows},
         default_n=8,
         refusals={
-            "ae": "Only a class-conditional model draws a chosen class: train model=cvae.",
-            "vae": "A VAE cannot be asked for a class: train model=cvae.",
+            "ae": "Only a class-conditional model draws a chosen class: train model=cvae "
+            "(or model=ddpm model.conditional=true).",
+            "vae": "A VAE cannot be asked for a class: train model=cvae "
+            "(or model=ddpm model.conditional=true).",
         },
+        limits={"ddpm": _needs_conditional_ddpm},
     ),
     "anomaly": Task(
-        "reconstruction-error histograms and AUROC vs anomaly_data", dict.fromkeys(_ALL, anomaly)
+        "reconstruction-error histograms and AUROC vs anomaly_data",
+        dict.fromkeys(_ALL, anomaly),
+        refusals={"ddpm": DDPM_REFUSALS["anomaly"]},
+    ),
+    "denoise": Task(
+        "the reverse (x_T to sample) and forward (test image to noise) strips, n rows each",
+        {"ddpm": denoise},
+        default_n=4,
+        refusals=dict.fromkeys(
+            _ALL,
+            "task=denoise shows the noising and denoising processes of a diffusion model: "
+            "train one with `python train.py model=ddpm`.",
+        ),
     ),
 }
 
+# Options that only steer a diffusion sampler; refused for other models rather than ignored.
+DDPM_OPTIONS = ("sampler", "eta", "guidance_scale")
+# Tasks whose `steps=` is the sampler's step count for a DDPM (interpolate: images per row).
+SAMPLER_STEPS_TASKS = ("samples", "classes", "denoise")
 
-def tasks_for(model_type: str) -> list[str]:
-    return [name for name, task in TASKS.items() if model_type in task.handlers]
+
+def tasks_for(model_type: str, model: Any = None) -> list[str]:
+    """The tasks a model of this type can do (given `model`: this model in particular)."""
+    return [name for name, task in TASKS.items() if task.refusal(model_type, model) is None]
 
 
-def _check_supported(task_name: str, run: LoadedRun, mode: str) -> None:
+def _check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
+    """Refuse, before any work, what this model cannot do or options that do not apply to it."""
     task = TASKS[task_name]
-    can = ", ".join(tasks_for(run.name))
-    if run.name not in task.handlers:
-        why = task.refusals.get(run.name, "")
+    why = task.refusal(run.name, run.model)
+    if why is not None:
+        can = ", ".join(tasks_for(run.name, run.model))
         raise GenlabError(
             f"task={task_name} is not available for this {run.name} ({run.checkpoint}). "
             + (f"{why} " if why else "")
             + f"A {run.name} can do: task={can}."
         )
-    if task_name == "interpolate" and mode == "slerp" and run.name == "ae":
+    if task_name == "interpolate" and opts.mode == "slerp" and run.name == "ae":
         raise GenlabError(
             "mode=slerp follows great circles of a Gaussian latent (a VAE's or CVAE's prior); an "
             "AE's codes have no such distribution, so slerp means nothing there: use mode=linear."
         )
+    if run.name != "ddpm":
+        given = [f"{k}={opts[k]}" for k in DDPM_OPTIONS if opts[k] is not None]
+        if given:
+            raise GenlabError(
+                f"{', '.join(given)} steer a diffusion sampler, but this {run.name} decodes "
+                "latent codes and has none: drop them (they apply to model=ddpm runs)."
+            )
+        return
+    model = run.model
+    T = model.schedule.timesteps
+    if task_name in SAMPLER_STEPS_TASKS and opts.steps is not None and opts.steps > T:
+        raise _invalid("steps", opts.steps, f"an integer between 1 and this DDPM's T={T}")
+    if opts.guidance_scale and not model.conditional:
+        raise GenlabError(
+            f"guidance_scale={opts.guidance_scale} needs a class-conditional DDPM (classifier-free "
+            "guidance mixes its predictions with and without the label), but this one is "
+            "unconditional: drop guidance_scale=, or train with model.conditional=true."
+        )
+    if opts.label is not None and task_name != "classes":
+        if not model.conditional:
+            raise GenlabError(
+                f"label={opts.label} picks a class, but this DDPM is unconditional: drop label=, "
+                "or train with model.conditional=true."
+            )
+        if opts.label >= model.num_classes:
+            raise _invalid("label", opts.label, f"a class index in 0..{model.num_classes - 1}")
 
 
 def options(cfg: DictConfig | Mapping) -> DictConfig:
@@ -889,7 +1230,7 @@ def run(cfg: DictConfig | Mapping) -> list[Path]:
     cfg = options(cfg)
     check_options(cfg)
     loaded = load_run(str(cfg.run), cfg.device)
-    _check_supported(cfg.task, loaded, cfg.mode)
+    _check_supported(cfg.task, loaded, cfg)
     task = TASKS[cfg.task]
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else loaded.home / "samples"
     n = None if task.default_n is None else (cfg.n or task.default_n)

@@ -62,3 +62,9 @@ def log_images(loggers, key: str, images: torch.Tensor, step: int, nrow: int | N
             logger.experiment.add_image(key, grid, global_step=step)
         elif isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[grid.permute(1, 2, 0).numpy()], step=step)
+
+
+def rows_of_columns(columns) -> torch.Tensor:
+    """Columns of [n, C, H, W] images -> [n * k, C, H, W] in row-major order, so that
+    make_grid(..., nrow=k) shows row i as image i of every column (a strip through time)."""
+    return torch.stack([c.detach().float().cpu() for c in columns], dim=1).flatten(0, 1)
