@@ -259,24 +259,9 @@ def _known_datasets() -> list[str]:
 
 
 def _compose_data(name: str, data_dir: str | None) -> DictConfig:
-    """The data config `python train.py data=NAME` would use, composed from conf/."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import MissingConfigException
+    from genlab.data.module import data_config
 
-    import genlab.resolvers  # noqa: F401  (train.yaml interpolates ${genlab_pid:})
-
-    overrides = [f"data={name}"] + ([f"paths.data_dir={data_dir}"] if data_dir else [])
-    try:
-        if GlobalHydra.instance().is_initialized():  # inside `python sample.py`
-            cfg = compose("train", overrides=overrides)
-        else:
-            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-                cfg = compose("train", overrides=overrides)
-    except MissingConfigException:
-        known = ", ".join(_known_datasets())
-        raise GenlabError(f"Unknown dataset {name!r}: choose one of {known}.") from None
-    return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    return data_config(name, data_dir)
 
 
 def _read_run_config(path: Path) -> DictConfig:
