@@ -202,3 +202,15 @@ def test_secrets_never_reach_outputs(data_root, tmp_path):
         assert secret.encode() not in data and wandb_key.encode() not in data, path
     assert secret not in result.stdout + result.stderr
     assert "***" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_resumed_run_continues_the_same_wandb_run(compose, tmp_path):
+    common = [*SMALL, "logger=[csv,wandb]", "logger.wandb.mode=offline"]
+    run(compose(*common, run_dir=tmp_path / "first"))
+    first = list((tmp_path / "first" / "wandb").glob("offline-run-*"))
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run(compose(*common, "trainer.max_epochs=2", f"ckpt_path={ckpt}", run_dir=tmp_path / "second"))
+    second = list((tmp_path / "second" / "wandb").glob("offline-run-*"))
+    assert len(first) == len(second) == 1
+    run_id = first[0].name.rsplit("-", 1)[-1]
+    assert second[0].name.endswith(f"-{run_id}")  # same W&B run id: the dashboard continues it

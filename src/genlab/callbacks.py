@@ -67,6 +67,30 @@ class RNGState(pl.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class RunIdentity(pl.Callback):
+    """Keeps the W&B run id in checkpoints, so a resumed training continues the same W&B run."""
+
+    def __init__(self):
+        self.wandb_run_id: str | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                self.wandb_run_id = logger.version
+
+    def state_dict(self) -> dict:
+        return {"wandb_run_id": self.wandb_run_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.wandb_run_id = self.wandb_run_id or state.get("wandb_run_id")
+
+
+def wandb_run_id_in(checkpoint: dict) -> str | None:
+    return ((checkpoint.get("callbacks") or {}).get("RunIdentity") or {}).get("wandb_run_id")
+
+
 class CheckpointOnInterrupt(pl.Callback):
     """On SIGTERM (Slurm preemption, `kill`) or SIGINT (Ctrl-C), finish the current batch, write
     `last.ckpt` at that step and stop. Resuming from it continues at the next batch, bit for bit.

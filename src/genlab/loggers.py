@@ -37,7 +37,8 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-def build_loggers(cfg: DictConfig) -> list:
+def build_loggers(cfg: DictConfig, wandb_resume_id: str | None = None) -> list:
+    """Instantiate cfg.logger's entries; a W&B logger continues run `wandb_resume_id` if given."""
     from hydra.utils import instantiate
 
     loggers = []
@@ -61,6 +62,8 @@ def build_loggers(cfg: DictConfig) -> list:
                     spec.get("save_dir", "."),
                 )
             spec["offline"] = mode == "offline"
+            if wandb_resume_id:
+                spec["id"], spec["resume"] = wandb_resume_id, "allow"
         logger = instantiate(spec)
         if spec["_target_"].endswith("WandbLogger"):
             with masked_argv():  # W&B records the command line when its run starts

@@ -40,7 +40,7 @@ def build_callbacks(cfg: DictConfig) -> list:
     a checkpoint on SIGTERM/SIGINT, and a stop at the first non-finite loss."""
     from hydra.utils import instantiate
 
-    from genlab.callbacks import EMA, CheckpointOnInterrupt, DivergenceGuard, RNGState
+    from genlab.callbacks import EMA, CheckpointOnInterrupt, DivergenceGuard, RNGState, RunIdentity
 
     callbacks = []
     for spec in (cfg.get("callbacks") or {}).values():
@@ -68,7 +68,13 @@ def build_callbacks(cfg: DictConfig) -> list:
             )
         )
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
-    return [*callbacks, RNGState(), CheckpointOnInterrupt(checkpoint_dir), DivergenceGuard()]
+    return [
+        *callbacks,
+        RNGState(),
+        RunIdentity(),
+        CheckpointOnInterrupt(checkpoint_dir),
+        DivergenceGuard(),
+    ]
 
 
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
@@ -126,23 +132,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     import lightning.pytorch as pl
 
-    from genlab.callbacks import CheckpointOnInterrupt, TrainingInterrupted
+    from genlab.callbacks import CheckpointOnInterrupt, TrainingInterrupted, wandb_run_id_in
     from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
     from genlab.loggers import build_loggers, finish_loggers
     from genlab.secrets import redact
 
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    wandb_resume_id = None
     if ckpt_path:
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-        check_compatible(load_checkpoint(ckpt_path), model_cfg, ckpt_path)
+        checkpoint = load_checkpoint(ckpt_path)
+        check_compatible(checkpoint, OmegaConf.to_container(cfg.model, resolve=True), ckpt_path)
+        wandb_resume_id = wandb_run_id_in(checkpoint)
+        del checkpoint
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # fails early (before the model or trainer) if data is missing
     model = build_model(cfg)
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, wandb_resume_id)
     try:
         trainer = build_trainer(cfg, loggers, build_callbacks(cfg))
         run_config = redact(OmegaConf.to_container(cfg, resolve=True))
@@ -152,15 +161,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:
             logger.log_hyperparams({k: v for k, v in run_config.items() if k != "paths"})
 
+        guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         except (SystemExit, KeyboardInterrupt):
-            guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
             if guard.interruption is not None:
                 raise guard.interruption from None
             raise
         if trainer.interrupted:
-            guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
             raise guard.interruption or TrainingInterrupted("signal", 1, None, trainer.global_step)
         metrics = _floats(trainer.callback_metrics)
 
