@@ -214,3 +214,12 @@ def test_resumed_run_continues_the_same_wandb_run(compose, tmp_path):
     assert len(first) == len(second) == 1
     run_id = first[0].name.rsplit("-", 1)[-1]
     assert second[0].name.endswith(f"-{run_id}")  # same W&B run id: the dashboard continues it
+
+
+def test_last_checkpoint_follows_every_epoch_not_only_improvements(compose, tmp_path):
+    # mode=max makes every later (lower-loss) epoch "worse", so Lightning's ModelCheckpoint keeps
+    # epoch 0 as best; last.ckpt must still be the latest epoch.
+    run(compose(*SMALL, "trainer.max_epochs=2", "callbacks.model_checkpoint.mode=max"))
+    assert _ckpt(tmp_path / "run")["global_step"] == 2 * STEPS_PER_EPOCH
+    best = list((tmp_path / "run" / "checkpoints").glob("epoch=*.ckpt"))
+    assert [p.name for p in best] == [f"epoch=000-step={STEPS_PER_EPOCH}.ckpt"]

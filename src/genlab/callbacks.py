@@ -67,6 +67,19 @@ class RNGState(pl.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class LatestCheckpoint(pl.Callback):
+    """Rewrites `last.ckpt` at the end of every training epoch. (Lightning's ModelCheckpoint only
+    refreshes its `last.ckpt` when the monitored metric improves, so a hard kill could resume
+    from an old epoch.)"""
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+
+
 class RunIdentity(pl.Callback):
     """Keeps the W&B run id in checkpoints, so a resumed training continues the same W&B run."""
 
@@ -175,7 +188,10 @@ class DivergenceGuard(pl.Callback):
         if not trainer.gradient_clip_val:
             suspects.append("trainer.gradient_clip_val=null (try 1.0)")
         before = ", ".join(f"step {s}: {v:.4g}" for s, v in self.recent) or "none (first step)"
-        last_ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+        latest = next((c for c in trainer.callbacks if isinstance(c, LatestCheckpoint)), None)
+        last_ckpt = latest.dirpath / "last.ckpt" if latest else "none"
+        if not Path(last_ckpt).is_file():
+            last_ckpt = "none yet"
         raise TrainingDiverged(
             f"Training diverged: the loss is {value} at step {self.step} "
             f"(epoch {trainer.current_epoch}, batch {batch_idx}). Losses just before: {before}. "

@@ -40,7 +40,14 @@ def build_callbacks(cfg: DictConfig) -> list:
     a checkpoint on SIGTERM/SIGINT, and a stop at the first non-finite loss."""
     from hydra.utils import instantiate
 
-    from genlab.callbacks import EMA, CheckpointOnInterrupt, DivergenceGuard, RNGState, RunIdentity
+    from genlab.callbacks import (
+        EMA,
+        CheckpointOnInterrupt,
+        DivergenceGuard,
+        LatestCheckpoint,
+        RNGState,
+        RunIdentity,
+    )
 
     callbacks = []
     for spec in (cfg.get("callbacks") or {}).values():
@@ -72,6 +79,7 @@ def build_callbacks(cfg: DictConfig) -> list:
         *callbacks,
         RNGState(),
         RunIdentity(),
+        LatestCheckpoint(checkpoint_dir),
         CheckpointOnInterrupt(checkpoint_dir),
         DivergenceGuard(),
     ]
