@@ -64,7 +64,14 @@ def _friendly(err: Exception, overrides: list[str], compose) -> str:
 
 
 def precheck(argv: list[str], config_name: str) -> None:
-    """Compose and validate the config for `argv`; raise GenlabError with a friendly message."""
+    """Compose and validate the config for `argv`; raise GenlabError with a friendly message.
+
+    A multirun (`-m`) is expanded and each job's config checked (genlab.sweep.precheck)."""
+    from genlab.sweep.precheck import check_multirun, is_multirun
+
+    if is_multirun(argv):
+        check_multirun(argv, config_name)
+        return
     overrides = _user_overrides(argv)
     if overrides is None:
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,10 +74,11 @@ def build_loggers(cfg: DictConfig, wandb_resume_id: str | None = None) -> list:
 
 
 def finish_loggers(loggers: list) -> None:
-    """Close W&B runs so the next job of a sweep starts its own run."""
+    """Close W&B runs so the next job of a sweep starts its own run. Called from a `finally`:
+    a run ended by an exception (divergence, interruption) is marked failed in W&B."""
     from lightning.pytorch.loggers import WandbLogger
 
     if any(isinstance(lg, WandbLogger) for lg in loggers):
         import wandb
 
-        wandb.finish()
+        wandb.finish(exit_code=1 if sys.exc_info()[0] is not None else 0)

@@ -1,0 +1,270 @@
+"""A multirun command line, checked before any job starts.
+
+`python train.py -m ...` is refused with one readable message (exit code 2, nothing written)
+when a swept key does not exist, a value is invalid, a grid is empty, the launcher's tools are
+missing (`sbatch` for hydra/launcher=slurm), or the sweeper would optimise a metric the runs never
+log. The sweep is expanded with Hydra's own override grammar (sweeper params from a sweep config
+plus the command line, last override of a key wins) and the jobs are composed through the
+compose API: all of them for grids up to MAX_COMPOSED jobs, else enough jobs that every value of
+every swept key is composed at least once (~0.1 s each).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from itertools import product
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from genlab import GenlabError
+from genlab.sweep.keys import label, sweeper_param_overrides
+
+MAX_COMPOSED = 24
+MULTIRUN_FLAGS = ("-m", "--multirun")
+_GRID = "BasicSweeper"
+
+
+def is_multirun(argv: list[str]) -> bool:
+    """A plain multirun: -m / --multirun and no other flag (--cfg, --help, ... are Hydra's)."""
+    flags = [a for a in argv if a.startswith("-")]
+    return bool(flags) and all(f in MULTIRUN_FLAGS for f in flags)
+
+
+def _values(override, sweeper: str) -> list[str]:
+    """Values of one swept override to compose: every value of a list/range/choice/glob, the
+    two ends of an interval (Optuna samples between them)."""
+    if override.is_discrete_sweep():
+        return list(override.sweep_string_iterator())
+    value = override.value()  # IntervalSweep
+    key = override.get_key_element()
+    if _GRID in sweeper:
+        raise GenlabError(
+            f"{key}={override.input_line.split('=', 1)[1]} is a range for a search, but this "
+            "sweep is a grid (Hydra's basic sweeper), which needs a list of values, e.g. "
+            f"{key}=1e-3,1e-2,1e-1. For random or Bayesian search use sweep=optuna_vae "
+            "(or hydra/sweeper=optuna)."
+        )
+    start, end = value.start, value.end
+    if start is None or end is None or end < start:
+        raise _empty(override)
+    if "log" in value.tags and start <= 0:
+        raise GenlabError(
+            f"{override.input_line}: a log-scale interval needs a start > 0 (got {start})."
+        )
+    return [str(start), str(end)] if end != start else [str(start)]
+
+
+def _empty(override) -> GenlabError:
+    return GenlabError(
+        f"Empty sweep: {override.input_line} gives no values, so the sweep would run nothing. "
+        f"Give at least one value, e.g. {override.get_key_element()}=1,2,3 or "
+        f"{override.get_key_element()}=range(1,4)."
+    )
+
+
+def _launcher_tools(hydra: DictConfig) -> None:
+    target = str(OmegaConf.select(hydra, "launcher._target_", default="") or "")
+    choice = OmegaConf.select(hydra, "runtime.choices", default={}) or {}
+    name = choice.get("hydra/launcher", target)
+    submitit = "submitit" in target or "Slurm" in target or "slurm" in str(name)
+    if submitit and importlib.util.find_spec("submitit") is None:
+        raise GenlabError(
+            f"hydra/launcher={name} needs submitit: pip install hydra-submitit-launcher."
+        )
+    if target.endswith("SlurmLauncher"):
+        missing = [tool for tool in ("sbatch", "sacct", "scancel") if shutil.which(tool) is None]
+        if missing:
+            raise GenlabError(
+                f"hydra/launcher={name} submits jobs to Slurm, but {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not on PATH here. Run the sweep on a "
+                "Slurm login node, or use hydra/launcher=local_parallel (several jobs at once on "
+                "this machine) or no launcher option (one job after another)."
+            )
+    if "joblib" in target.lower() and importlib.util.find_spec("joblib") is None:
+        raise GenlabError(f"hydra/launcher={name} needs joblib: pip install hydra-joblib-launcher.")
+    sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
+    if "optuna" in sweeper.lower() and importlib.util.find_spec("optuna") is None:
+        raise GenlabError("hydra/sweeper=optuna needs optuna: pip install hydra-optuna-sweeper.")
+
+
+def _is_ddp(trainer: DictConfig) -> bool:
+    strategy = str(trainer.get("strategy", "auto")).lower()
+    return "ddp" in strategy and "spawn" not in strategy and "fork" not in strategy
+
+
+def _slurm_layout(cfg: DictConfig, where: str) -> None:
+    """One Slurm task per DDP rank: tasks per node must equal trainer.devices."""
+    hydra = cfg.hydra
+    if not str(OmegaConf.select(hydra, "launcher._target_", default="")).endswith("SlurmLauncher"):
+        return
+    trainer = cfg.trainer
+    devices = trainer.get("devices", 1)
+    tasks = OmegaConf.select(hydra, "launcher.tasks_per_node", default=1)
+    nodes = OmegaConf.select(hydra, "launcher.nodes", default=1)
+    if not isinstance(devices, int) or devices < 1:
+        raise GenlabError(
+            f"trainer.devices={devices}{where}: with hydra/launcher=slurm give the number of "
+            "devices (processes) per node, e.g. trainer.devices=4; Slurm starts one task per "
+            "device."
+        )
+    if (devices > 1 or _is_ddp(trainer)) and tasks != devices:
+        raise GenlabError(
+            f"hydra.launcher.tasks_per_node={tasks} but trainer.devices={devices}{where}: under "
+            "Slurm each DDP rank is a Slurm task, so they must be equal. Drop the "
+            "tasks_per_node override (it follows trainer.devices)."
+        )
+    if nodes != trainer.get("num_nodes", 1):
+        raise GenlabError(
+            f"hydra.launcher.nodes={nodes} but trainer.num_nodes={trainer.get('num_nodes', 1)}"
+            f"{where}: they must be equal (drop the nodes override, it follows num_nodes)."
+        )
+
+
+def logged_metrics(cfg: DictConfig) -> set[str] | None:
+    """The metric names a run of `cfg` logs (None when its model class cannot be looked up)."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(cfg.model._target_)
+    except Exception:
+        return None
+    names = tuple(getattr(cls, "metric_names", ("loss",)))
+    stages = ["train"]
+    if (cfg.data.get("val_fraction", 0.1) or 0) > 0:
+        stages.append("val")
+    metrics = {f"{stage}/{name}" for stage in stages for name in names}
+    metrics |= {"train/loss_step", "train/loss_epoch"}
+    if cfg.get("test", True):
+        module = sys.modules.get(cls.__module__)
+        extra = tuple(getattr(module, "BPD_PARTS", ()))
+        metrics |= {f"test/{name}" for name in (*names, *extra)}
+        quality = cfg.get("eval") or {}
+        if quality.get("sample_quality") and cfg.model.get("name") != "ae":
+            for tag in ("", "_domain"):
+                metrics |= {f"test/{m}{tag}" for m in ("fid", "kid", "is", "quality_samples")}
+            metrics.add("test/domain_classifier_acc")
+    return metrics
+
+
+def _check_metric(cfg: DictConfig, where: str) -> None:
+    import difflib
+
+    name = cfg.get("optimize_metric")
+    known = logged_metrics(cfg)
+    if known is None:
+        return
+    if not name or name not in known:
+        close = difflib.get_close_matches(str(name), sorted(known), n=2, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise GenlabError(
+            f"optimize_metric={name}{where} is not a metric this run logs, so the sweeper would "
+            f"get nothing to optimise.{hint} A {cfg.model.get('name')} run logs: "
+            f"{', '.join(sorted(m for m in known if not m.startswith('train/loss_')))}."
+        )
+
+
+def check_multirun(argv: list[str], config_name: str) -> None:
+    """Raise GenlabError when the sweep in `argv` (with -m) cannot run as asked."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    import genlab.resolvers  # noqa: F401
+    from genlab.cli import CONF_DIR, _friendly
+    from genlab.config import validate
+    from genlab.sweep.keys import overrides_parser
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().hydra.config_loader
+        parser = overrides_parser(loader)
+
+        def compose(ov):
+            return hydra_compose(config_name, overrides=list(ov), return_hydra_config=True)
+
+        def parse(items: list[str]):
+            try:
+                return parser.parse_overrides(items)
+            except HydraException as err:
+                lines = [line for line in str(err).strip().splitlines() if line.strip()]
+                if "empty choice" in str(err):
+                    bad = lines[0].split("'", 1)[-1].rstrip("'")
+                    raise GenlabError(
+                        f"Empty sweep: {bad} gives no values, so the sweep would run nothing. "
+                        "Give at least one value, e.g. choice(1,2,3)."
+                    ) from None
+                raise GenlabError(". ".join(lines[:2])) from None
+
+        def composed(ov: list[str], where: str = ""):
+            try:
+                return compose(ov)
+            except (HydraException, OmegaConfBaseException) as err:
+                message = _friendly(err, ov, lambda o: hydra_compose(config_name, overrides=o))
+                raise GenlabError(message + where) from None
+
+        command_line = parse(overrides)
+        # The first value of each swept key: enough to compose the sweep config and read
+        # hydra.sweeper / hydra.launcher.
+        first = []
+        for o in command_line:
+            if o.is_sweep_override():
+                try:
+                    values = _values(o, "")
+                except GenlabError:
+                    values = []
+                if not values:
+                    raise _empty(o)
+                first.append(f"{o.get_key_element()}={values[0]}")
+            else:
+                first.append(o.input_line)
+        base = composed(first)
+        hydra = base.hydra
+        sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
+        _launcher_tools(hydra)
+
+        params = sweeper_param_overrides(OmegaConf.select(hydra, "sweeper.params"))
+        final: dict[str, Any] = {}
+        for o in parse(params) + command_line:
+            final[o.key_or_group] = o  # the last override of a key wins, as in Hydra
+        swept = {k: o for k, o in final.items() if o.is_sweep_override()}
+        fixed = [o.input_line for k, o in final.items() if k not in swept]
+        values = {}
+        for key, o in swept.items():
+            values[key] = _values(o, sweeper)
+            if not values[key]:
+                raise _empty(o)
+        if _GRID not in sweeper:
+            trials = OmegaConf.select(hydra, "sweeper.n_trials", default=1)
+            if isinstance(trials, int) and trials < 1:
+                raise GenlabError(
+                    f"hydra.sweeper.n_trials={trials}: the search would run nothing; give n_trials "
+                    ">= 1."
+                )
+
+        keys = list(swept)
+        grid = list(product(*[values[k] for k in keys]))
+        if len(grid) > MAX_COMPOSED:  # each value of each key once, not every combination
+            width = max(len(values[k]) for k in keys)
+            grid = [tuple(values[k][i % len(values[k])] for k in keys) for i in range(width)]
+        optimizing = _GRID not in sweeper or any(
+            o.key_or_group == "optimize_metric" for o in command_line
+        )
+        for combo in grid:
+            job = [f"{swept[k].get_key_element()}={v}" for k, v in zip(keys, combo, strict=True)]
+            text = label(dict(zip(keys, combo, strict=True)))
+            where = f" (in the sweep job {text})" if text else ""
+            cfg = composed(fixed + job, where)
+            try:
+                if config_name == "train":
+                    validate(cfg)
+            except GenlabError as err:
+                raise GenlabError(f"{err}{where}") from None
+            if config_name == "train":
+                _slurm_layout(cfg, where)
+        if optimizing and config_name == "train":
+            _check_metric(cfg, "")

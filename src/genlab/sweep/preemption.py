@@ -1,0 +1,97 @@
+"""Slurm time limits and preemption, for sweeps launched with `hydra/launcher=slurm`.
+
+submitit asks Slurm for its signal (USR2) `signal_delay_s` seconds before a job's time limit,
+and at preemption when the cluster sets `PreemptParameters=send_user_signal`. Its own handler
+requeues the job at once, which would lose the work since the last epoch-end checkpoint. Here
+the signal only asks Lightning to stop at the next batch boundary, exactly like SIGTERM:
+genlab's CheckpointOnInterrupt writes `last.ckpt`, and then submitit's handler is called to
+requeue the job (up to `max_num_timeout` times for time limits; preemptions do not count).
+The requeued job finds the checkpoint in its folder and resumes from it (genlab.sweep.job).
+
+A plain SIGTERM (preemption with `PreemptMode=REQUEUE`, `scancel`) already writes `last.ckpt`;
+Slurm itself requeues a preempted job, which resumes the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger("genlab")
+
+
+class _State:
+    signum: int | None = None  # the signal received, until handed over to submitit
+    submitit_handler: Any = None
+
+
+STATE = _State()
+
+
+def under_submitit_slurm() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def install(cfg: DictConfig) -> None:
+    """Add the stop-on-USR2 callback to this job's config when it runs under submitit/Slurm."""
+    if not under_submitit_slurm() or threading.current_thread() is not threading.main_thread():
+        return
+    with open_dict(cfg):
+        if cfg.get("callbacks") is None:
+            cfg.callbacks = {}
+        cfg.callbacks.slurm_preemption = {"_target_": f"{__name__}.StopOnRequeueSignal"}
+
+
+class StopOnRequeueSignal(pl.Callback):
+    """While fitting, submitit's requeue signal means: checkpoint at the next batch boundary."""
+
+    def __init__(self) -> None:
+        self._previous = None
+        self._signum: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        from submitit.core.job_environment import JobEnvironment
+
+        self._signum = JobEnvironment._usr_sig()
+        self._previous = signal.getsignal(self._signum)
+        STATE.submitit_handler = self._previous
+
+        def handler(signum, frame):
+            STATE.signum = signum
+            log.warning(
+                "Slurm signal %s: stopping after this batch, writing a checkpoint, then "
+                "requeueing this job.",
+                signal.Signals(signum).name,
+            )
+            # Lightning's loops poll this flag at batch boundaries (as for SIGTERM).
+            trainer._signal_connector.received_sigterm = True
+
+        signal.signal(self._signum, handler)
+
+    def _restore(self) -> None:
+        if self._signum is not None and self._previous is not None:
+            signal.signal(self._signum, self._previous)
+            self._previous = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+
+def hand_over() -> None:
+    """After genlab wrote its checkpoint: let submitit requeue the job (it exits the process)."""
+    if STATE.signum is None:
+        return
+    signum, STATE.signum = STATE.signum, None
+    if callable(STATE.submitit_handler):
+        STATE.submitit_handler(signum, None)

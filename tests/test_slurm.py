@@ -1,0 +1,164 @@
+"""Sweeps through `hydra/launcher=slurm` on a real single-node Slurm cluster
+(tests/slurm_cluster.py): a DDP sweep of two jobs, a job cancelled with scancel, a job preempted
+and requeued.
+
+Skipped only where Slurm is not installed and CI is not set; .ci/run installs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from slurm_cluster import LocalSlurm, missing_tools
+from test_sweep import job_dirs, status, tiny
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    missing = missing_tools()
+    reason = ""
+    if missing:
+        reason = (
+            f"Slurm is not installed here ({', '.join(missing)} missing): "
+            "apt-get install slurm-wlm munge slurmdbd mariadb-server"
+        )
+    elif os.geteuid() != 0:
+        reason = "the local Slurm cluster runs its daemons as root"
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Slurm tests (.ci/run installs Slurm): {reason}")
+        pytest.skip(reason)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def start_sweep(slurm, tmp_path, *args) -> subprocess.Popen:
+    env = {**slurm.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("WANDB_MODE", None)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=slurm", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_job(job_dir_glob: str, sweep_dir: Path, with_checkpoint: bool = False):
+    for d in sweep_dir.glob(job_dir_glob):
+        record = (d / "status.json").exists() and status(d)
+        ready = not with_checkpoint or (d / "checkpoints" / "last.ckpt").exists()
+        if record and record["status"] == "running" and ready:
+            return record["slurm_job_id"]
+    return None
+
+
+def test_ddp_sweep_on_slurm_with_a_cancelled_job(slurm, data_root, tmp_path):
+    """Two DDP jobs, each one Slurm job of 2 tasks = 2 ranks. Job 0 completes; job 1 is
+    cancelled with scancel while it trains: it is reported as cancelled, and the sweep ends
+    (exit code 1) instead of waiting for it forever."""
+    sweep_dir = tmp_path / "sweep"
+    proc = start_sweep(
+        slurm,
+        tmp_path,
+        *tiny(data_root),
+        "trainer=ddp",
+        "test=false",
+        "trainer.max_epochs=1,1000",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    slurm_id = wait_for(lambda: running_job("1_*", sweep_dir), 240, "job 1 to run")
+    subprocess.run(["scancel", slurm_id], env=slurm.env, check=True)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 1, out[-4000:]
+    done, cancelled = job_dirs(sweep_dir)
+    assert [done.name, cancelled.name] == ["0_max_epochs=1", "1_max_epochs=1000"]
+
+    record = status(done)
+    assert record["status"] == "completed" and record["slurm_job_id"]
+    ckpt = torch.load(done / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 5  # 2 ranks share the 288 images: both trained
+    log = (done / "train.log").read_text()  # both tasks log the values they composed
+    assert "rank 0: trainer.max_epochs=1" in log and "rank 1: trainer.max_epochs=1" in log
+    assert (done / "samples.png").exists()
+
+    record = status(cancelled)
+    assert record["status"] == "cancelled" and "CANCELLED" in record["error"]
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert "| 0 | completed | 1 |" in report and "| 1 | cancelled | 1000 |" in report
+    assert "1 of 2 jobs completed" in out
+
+
+def test_preempted_job_checkpoints_is_requeued_and_resumes(slurm, data_root, tmp_path):
+    """USR2 (what submitit asks Slurm to send before a time limit or at preemption): the job
+    writes last.ckpt at the next batch, submitit requeues it, and it resumes from there."""
+    sweep_dir = tmp_path / "sweep"
+    epochs = 100
+    proc = start_sweep(
+        slurm,
+        tmp_path,
+        *tiny(data_root),
+        "test=false",
+        "save_images=false",
+        f"trainer.max_epochs={epochs}",
+        "model.beta=choice(1)",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    slurm_id = wait_for(
+        lambda: running_job("0_*", sweep_dir, with_checkpoint=True), 120, "a first checkpoint"
+    )
+    subprocess.run(["scancel", "--signal=USR2", slurm_id], env=slurm.env, check=True)
+
+    def pending_again():
+        state = subprocess.run(
+            ["squeue", "-h", "-j", slurm_id, "-o", "%T"],
+            env=slurm.env,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return state == "PENDING"
+
+    wait_for(pending_again, 60, "the requeued job")
+    # Slurm holds a requeued job back for a while (BeginTime); let it start now.
+    subprocess.run(
+        ["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], env=slurm.env, check=True
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    (job,) = job_dirs(sweep_dir)
+    record = status(job)
+    assert record["status"] == "completed" and record["attempts"] == 2
+    log = (job / "train.log").read_text()
+    assert "Slurm signal SIGUSR2: stopping after this batch" in log
+    interrupted_at = int(log.split("Interrupted by SIGTERM at step ")[1].split(";")[0])
+    assert "resumes from its newest checkpoint" in log
+    assert 0 < interrupted_at < epochs * 9
+    # The second attempt logs into csv/version_1, from the interrupted step to the end.
+    with open(job / "csv" / "version_1" / "metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert min(steps) >= interrupted_at and max(steps) == epochs * 9 - 1
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["val/elbo"] < 0
