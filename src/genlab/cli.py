@@ -30,7 +30,7 @@ def _suggest(word: str, choices) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def _friendly(err: Exception, overrides: list[str], compose) -> str:
+def _friendly(err: Exception, overrides: list[str], compose, new_keys_ok: bool = True) -> str:
     from omegaconf import OmegaConf
 
     text = str(err).strip()
@@ -46,11 +46,12 @@ def _friendly(err: Exception, overrides: list[str], compose) -> str:
             keys = list(node.keys()) if node is not None else []
         except Exception:
             keys = []
+        where = f"Keys under '{parent}'" if parent else "Top-level keys"
         return (
             f"Unknown config key '{full}'.{_suggest(leaf, keys)} "
-            + (f"Keys under '{parent}': {', '.join(map(str, keys))}. " if keys else "")
-            + f"To add a new key on purpose, write +{full}=..."
-        )
+            + (f"{where}: {', '.join(map(str, keys))}. " if keys else "")
+            + (f"To add a new key on purpose, write +{full}=..." if new_keys_ok else "")
+        ).strip()
     group = re.search(r"Could not find '(\w+)/([\w.-]+)'", text)
     if group:
         options = re.search(r"Available options in '\w+':\s*\n((?:\s+\S+\n?)+)", text)
@@ -90,7 +91,7 @@ def precheck(argv: list[str], config_name: str) -> None:
     try:
         cfg = compose(overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        raise GenlabError(_friendly(err, overrides, compose)) from None
+        raise GenlabError(_friendly(err, overrides, compose, config_name == "train")) from None
     if config_name == "train":
         validate(cfg)
 
