@@ -29,6 +29,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location)
 
 
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary name, then rename: readers never see a half-written file."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
     """torch.load with weights_only=True and a readable error for files that are not safe
     genlab checkpoints (arbitrary pickled objects are refused, never executed)."""

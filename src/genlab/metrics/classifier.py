@@ -118,8 +118,6 @@ def train_classifier(
             loss.backward()
             optimizer.step()
     accuracy = evaluate_accuracy(model.eval(), *datamodule.splits["test"])
-    out = Path(out or cache_path(data_dir, dataset))
-    out.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "state_dict": model.state_dict(),
         "dataset": dataset,
@@ -128,10 +126,9 @@ def train_classifier(
         "test_accuracy": accuracy,
         "epochs": epochs,
     }
-    tmp = out.with_name(f".{out.name}.partial")
-    torch.save(state, tmp)
-    tmp.replace(out)
-    return out, accuracy
+    from genlab.checkpoints import save_atomic
+
+    return save_atomic(state, out or cache_path(data_dir, dataset)), accuracy
 
 
 @torch.no_grad()

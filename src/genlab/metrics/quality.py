@@ -201,11 +201,10 @@ class SampleQuality(pl.Callback):
                 fid.update(batch, real=True)
             kid.update(batch, real=True)
         if cached is None and world == 1:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            from genlab.checkpoints import save_atomic
+
             state = {
                 k: getattr(fid, k).cpu()
                 for k in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
             }
-            tmp = path.with_name(f".{path.name}.partial")
-            torch.save(state, tmp)
-            tmp.replace(path)
+            save_atomic(state, path)
