@@ -3,6 +3,7 @@ asserted: these machines are shared and noisy)."""
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -19,7 +20,9 @@ def test_benchmark_suite_writes_json_and_markdown(data_root, tmp_path):
             "--quick",
             "--cases",
             "vae",
+            "switches",
             "startup",
+            "overhead",
             "--out",
             str(out),
             "--doc",
@@ -36,10 +39,35 @@ def test_benchmark_suite_writes_json_and_markdown(data_root, tmp_path):
     rows = results["throughput"]
     assert [r["batch_size"] for r in rows] == [32, 128]
     for row in rows:
-        speeds = row["images_per_s"]
+        speeds, runs = row["images_per_s"], row["runs"]
         assert set(speeds) == {"genlab", "plain_tensor_loop", "seed001_loop"}
         assert all(v > 0 for v in speeds.values())
-        assert row["ratio_to_floor"] == speeds["genlab"] / speeds["plain_tensor_loop"]
-    assert results["other"][0]["case"].startswith("startup") and results["other"][0]["seconds"] > 0
+        paired = [g / p for g, p in zip(runs["genlab"], runs["plain_tensor_loop"], strict=True)]
+        assert row["ratio_to_floor"] == statistics.median(paired)
+    (switches,) = results["switches"]
+    assert switches["case"] == "ddpm_small switches"
+    assert set(switches["ratio_to_off"]) == {"channels_last", "bf16-mixed"}
+    assert all(v > 0 for v in switches["images_per_s"].values())
+    other = {row["case"]: row for row in results["other"]}
+    assert other["startup: train.py --cfg job"]["seconds"] > 0
+    # the first-step clock really fired inside the child run (its stamp file was read)
+    assert other["startup: python train.py to its first training step"]["seconds"] > 0
+    overhead = other["Lightning fixed cost per step"]
+    assert overhead["ms_per_step"]["lightning"] > 0 and overhead["ms_per_step"]["plain"] > 0
     table = doc.read_text()
     assert "| vae MLP fashion_mnist | 32 |" in table and "train.py --cfg job" in table
+    target = next(line for line in table.splitlines() if "VAE batch 128: >= 0.85" in line)
+    ratio = rows[1]["ratio_to_floor"]
+    assert f"| {ratio:.2f} |" in target
+    assert ("| met |" in target) == (ratio >= 0.85)
+    assert "| ddpm_small switches | 2 |" in table
+
+
+def test_benchmark_rejects_unknown_cases():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--cases", "vea"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "unknown case(s) vea; choose from vae, ae" in result.stderr

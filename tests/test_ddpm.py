@@ -144,6 +144,7 @@ def test_bf16_mixed_precision_training(compose):
 BAD = [
     ("model.timesteps=0", r"model\.timesteps=0.*an integer >= 1"),
     ("model.schedule=quadratic", r"model\.schedule='quadratic'.*linear, cosine"),
+    ("model.timesteps=20", r"model\.timesteps=20 with model\.schedule=linear.*cosine"),
     ("model.prediction=score", r"model\.prediction='score'.*eps, x0, v"),
     ("model.sample_steps=51", r"model\.sample_steps=51.*between 1 and model\.timesteps=50"),
     ("model.sample_steps=0", r"model\.sample_steps=0.*between 1"),

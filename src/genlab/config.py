@@ -7,6 +7,7 @@ and how to fix it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +123,27 @@ def validate(cfg: DictConfig) -> None:
         "e.g. model.optimizer.lr=1e-3.",
     )
 
+    _check(
+        cfg,
+        "model.optimizer.fused",
+        lambda v: v is None or isinstance(v, bool),
+        "true, false or null (fused where the optimizer has it)",
+    )
+    if _get(cfg, "model.optimizer.fused", None) is True:
+        require_fused_optimizer(str(_get(cfg, "model.optimizer._target_", "")))
+        precision = str(_get(cfg, "trainer.precision", ""))
+        clipping = _get(cfg, "trainer.gradient_clip_val", None) or _get(
+            cfg, "model.grad_clip", None
+        )
+        if precision.endswith("-mixed") and clipping:
+            raise GenlabError(
+                f"Invalid config: model.optimizer.fused=true with trainer.precision={precision} "
+                "and gradient clipping: Lightning cannot clip a fused optimizer's gradients "
+                "under mixed precision. Set model.optimizer.fused=null (fused only where it "
+                "works), or turn clipping off."
+            )
+    _validate_speed(cfg)
+
     _check(cfg, "data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
     _check(cfg, "data.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
     _check(cfg, "data.val_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
@@ -178,6 +200,49 @@ def validate(cfg: DictConfig) -> None:
     )
 
 
+def require_fused_optimizer(target: str) -> None:
+    """Refuse model.optimizer.fused=true for an optimizer class without a fused kernel."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        has_fused = "fused" in inspect.signature(get_class(target)).parameters
+    except Exception:  # an unimportable class fails where it is instantiated, with its own error
+        return
+    if not has_fused:
+        raise GenlabError(
+            f"Invalid config: model.optimizer.fused=true, but {target} has no fused "
+            "implementation (torch has them for Adam, AdamW, SGD, Adagrad). Set "
+            "model.optimizer.fused=null (fused where available) or false."
+        )
+
+
+def _validate_speed(cfg: DictConfig) -> None:
+    for key in ("speed.compile", "speed.channels_last"):
+        _check(cfg, key, lambda v: isinstance(v, bool), "true or false")
+    if _get(cfg, "speed.channels_last", False) is True and _get(cfg, "model.arch", None) == "mlp":
+        raise GenlabError(
+            "Invalid config: speed.channels_last=true, but model.arch=mlp has no convolutions "
+            "for a memory layout to speed up. Use model.arch=conv, or speed.channels_last=false."
+        )
+    if _get(cfg, "speed.compile", False) is True:
+        import shutil
+
+        import torch
+
+        on_cpu = _get(cfg, "trainer.accelerator", "auto") == "cpu" or not torch.cuda.is_available()
+        compiler = os.environ.get("CXX") or next(
+            (c for c in ("g++", "c++", "clang++") if shutil.which(c)), None
+        )
+        if on_cpu and not compiler:
+            raise GenlabError(
+                "speed.compile=true on a CPU needs a C++ compiler for torch.compile, and none "
+                "was found (g++, c++, clang++ or $CXX). Install one (Debian: apt install g++) "
+                "or set speed.compile=false."
+            )
+
+
 def _validate_ddpm(cfg: DictConfig) -> None:
     _check(
         cfg,
@@ -188,6 +253,12 @@ def _validate_ddpm(cfg: DictConfig) -> None:
     )
     timesteps = cfg.model.timesteps
     _check(cfg, "model.schedule", lambda v: v in ("linear", "cosine"), "one of linear, cosine")
+    if _get(cfg, "model.schedule", None) == "linear" and timesteps <= 20:
+        raise GenlabError(
+            f"Invalid config: model.timesteps={timesteps} with model.schedule=linear. The linear "
+            "schedule scales its betas by 1000/T, so T <= 20 gives beta_T >= 1. Use "
+            "model.timesteps > 20, or model.schedule=cosine."
+        )
     _check(cfg, "model.prediction", lambda v: v in ("eps", "x0", "v"), "one of eps, x0, v")
     _check(cfg, "model.variance", lambda v: v in ("beta", "beta_tilde"), "one of beta, beta_tilde")
     _check(

@@ -159,6 +159,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()  # fails early (before the model or trainer) if data is missing
     model = build_model(cfg)
+    model.apply_speed_switches(**(cfg.get("speed") or {}))
     loggers = build_loggers(cfg, wandb_resume_id)
     try:
         trainer = build_trainer(cfg, loggers, build_callbacks(cfg))

@@ -37,6 +37,7 @@ DEFAULT_UNET = {
 
 class DDPM(GenerativeModule):
     metric_names = ("loss",)
+    networks = ("net",)
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ DEFAULT_CONV = {"channels": [32, 64, 128], "fc_dim": 256}
 
 class LatentModel(GenerativeModule):
     head_factor = 1  # latent parameters per latent dim (1 for a code, 2 for mean + log-variance)
+    networks = ("encoder", "decoder")
 
     def __init__(
         self,
