@@ -200,17 +200,22 @@ def validate(cfg: DictConfig) -> None:
     )
 
 
-def require_fused_optimizer(target: str) -> None:
-    """Refuse model.optimizer.fused=true for an optimizer class without a fused kernel."""
+def has_fused_kernel(optimizer_class) -> bool:
+    """Whether a torch.optim class takes `fused=` (torch 2.x: Adam, AdamW, SGD, Adagrad)."""
     import inspect
 
+    return "fused" in inspect.signature(optimizer_class).parameters
+
+
+def require_fused_optimizer(target: str) -> None:
+    """Refuse model.optimizer.fused=true for an optimizer class without a fused kernel."""
     from hydra.utils import get_class
 
     try:
-        has_fused = "fused" in inspect.signature(get_class(target)).parameters
+        optimizer_class = get_class(target)
     except Exception:  # an unimportable class fails where it is instantiated, with its own error
         return
-    if not has_fused:
+    if not has_fused_kernel(optimizer_class):
         raise GenlabError(
             f"Invalid config: model.optimizer.fused=true, but {target} has no fused "
             "implementation (torch has them for Adam, AdamW, SGD, Adagrad). Set "

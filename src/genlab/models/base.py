@@ -9,7 +9,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from genlab import GenlabError
-from genlab.config import require_fused_optimizer
+from genlab.config import has_fused_kernel, require_fused_optimizer
 from genlab.viz.grids import log_images, shows_images
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-3}
@@ -22,8 +22,6 @@ def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> to
     cannot clip the gradients of a fused optimizer under autocast). One kernel for all
     parameters instead of a handful of small ops per parameter makes MLP training steps on a
     CPU 1.1-1.5x faster (docs/benchmarks.md); the arithmetic is the same update."""
-    import inspect
-
     from hydra.utils import get_class
 
     spec = dict(spec)
@@ -31,7 +29,7 @@ def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> to
     cls = get_class(target)
     fused = spec.pop("fused", None)
     params = [p for p in parameters if p.requires_grad]
-    has_fused = "fused" in inspect.signature(cls).parameters
+    has_fused = has_fused_kernel(cls)
     if fused is None:
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
@@ -41,8 +39,8 @@ def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> to
             and not mixed_precision
             and all(p.is_floating_point() and p.device.type in devices for p in params)
         )
-    elif fused:
-        require_fused_optimizer(target)
+    elif fused and not has_fused:
+        require_fused_optimizer(target)  # raises, naming the class and the fix
     if has_fused:
         spec["fused"] = bool(fused)
     return cls(params, **spec)
