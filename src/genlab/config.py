@@ -27,6 +27,10 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _is_positive_int_list(v: Any) -> bool:
+    return isinstance(v, list | ListConfig) and all(_is_int(h) and h >= 1 for h in v)
+
+
 def _get(cfg: DictConfig, key: str, default: Any = "__missing__") -> Any:
     value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
     return value
@@ -102,17 +106,13 @@ def validate(cfg: DictConfig) -> None:
     _check(
         cfg,
         "model.mlp.hidden",
-        lambda v: isinstance(v, list | ListConfig) and all(_is_int(h) and h >= 1 for h in v),
+        _is_positive_int_list,
         "a list of positive integers",
     )
     _check(
         cfg,
         "model.conv.channels",
-        lambda v: (
-            isinstance(v, list | ListConfig)
-            and len(v) >= 1
-            and all(_is_int(h) and h >= 1 for h in v)
-        ),
+        lambda v: _is_positive_int_list(v) and len(v) >= 1,
         "a non-empty list of positive integers",
     )
     _check(
@@ -150,11 +150,7 @@ def validate(cfg: DictConfig) -> None:
     _check(
         cfg,
         "data.image_shape",
-        lambda v: (
-            isinstance(v, list | ListConfig)
-            and len(v) == 3
-            and all(_is_int(s) and s >= 1 for s in v)
-        ),
+        lambda v: _is_positive_int_list(v) and len(v) == 3,
         "a list [channels, height, width] of positive integers",
     )
 
@@ -293,11 +289,7 @@ def _validate_ddpm(cfg: DictConfig) -> None:
     _check(
         cfg,
         "model.unet.channel_mults",
-        lambda v: (
-            isinstance(v, list | ListConfig)
-            and len(v) >= 1
-            and all(_is_int(m) and m >= 1 for m in v)
-        ),
+        lambda v: _is_positive_int_list(v) and len(v) >= 1,
         "a non-empty list of positive integers",
     )
     _, height, width = cfg.data.image_shape
