@@ -99,14 +99,11 @@ def build_model(kind: str):
     raise ValueError(kind)
 
 
-def genlab_loop(kind, data, batch_size, steps, device, precision="32-true", **switches):
-    """train.py's own objects: the DataModule, the LightningModule (with the `speed:` switches
-    applied as train.py applies them) and a Trainer."""
+def timed_fit(model, device, steps, precision="32-true", **fit_kwargs) -> float:
+    """Seconds of `steps` Lightning training steps after WARMUP untimed ones, with a Trainer
+    that does nothing else (no logging, checkpoints, validation or progress bar)."""
     import lightning.pytorch as pl
 
-    dm = datamodule(data, batch_size)
-    model = build_model(kind)
-    model.apply_speed_switches(**switches)
     timer = {}
 
     class Timer(pl.Callback):
@@ -135,8 +132,17 @@ def genlab_loop(kind, data, batch_size, steps, device, precision="32-true", **sw
         use_distributed_sampler=False,
         callbacks=[Timer()],
     )
-    trainer.fit(model, datamodule=dm)
-    return steps * batch_size / (timer["end"] - timer["start"])
+    trainer.fit(model, **fit_kwargs)
+    return timer["end"] - timer["start"]
+
+
+def genlab_loop(kind, data, batch_size, steps, device, precision="32-true", **switches):
+    """train.py's own objects: the DataModule, the LightningModule (with the `speed:` switches
+    applied as train.py applies them) and a Trainer."""
+    model = build_model(kind)
+    model.apply_speed_switches(**switches)
+    dm = datamodule(data, batch_size)
+    return steps * batch_size / timed_fit(model, device, steps, precision, datamodule=dm)
 
 
 def plain_loop(kind, data, batch_size, steps, device, fused=True):
@@ -206,6 +212,10 @@ def alternate(runners: dict, repeats: int) -> dict[str, list[float]]:
     return results
 
 
+def medians(runs: dict) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
 def paired_ratio(runs: dict, a: str, b: str) -> float:
     """Median over repeats of a/b, each from runs made back to back: on machines whose speed
     drifts by 2x within minutes this is far steadier than a ratio of medians."""
@@ -223,7 +233,7 @@ def throughput_case(name, kind, data, batch_size, steps, repeats, device, with_s
     row = {
         "case": name,
         "batch_size": batch_size,
-        "images_per_s": {k: statistics.median(v) for k, v in runs.items()},
+        "images_per_s": medians(runs),
         "runs": runs,
         "ratio_to_floor": paired_ratio(runs, "genlab", "plain_tensor_loop"),
     }
@@ -253,7 +263,7 @@ def switches_case(kind, data, batch_size, steps, repeats, device, switches=tuple
     return {
         "case": f"{kind} switches",
         "batch_size": batch_size,
-        "images_per_s": {k: statistics.median(v) for k, v in runs.items()},
+        "images_per_s": medians(runs),
         "runs": runs,
         "ratio_to_off": {k: paired_ratio(runs, k, "off") for k in runs if k != "off"},
     }
@@ -271,7 +281,7 @@ def optimizer_case(kind, data, batch_size, steps, repeats, device):
     return {
         "case": f"optimizer {kind}",
         "batch_size": batch_size,
-        "images_per_s": {k: statistics.median(v) for k, v in runs.items()},
+        "images_per_s": medians(runs),
         "runs": runs,
         "fused_over_default": paired_ratio(runs, "fused", "default"),
     }
@@ -304,26 +314,8 @@ def overhead_case(steps, repeats, device):
             return (self.x for _ in range(self.n))
 
     def lightning_ms():
-        trainer = pl.Trainer(
-            accelerator=device,
-            devices=1,
-            max_steps=WARMUP + steps,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        model = OneParameter()
-        start = {}
-
-        class Timer(pl.Callback):
-            def on_train_batch_start(self, trainer, *args):
-                if trainer.global_step == WARMUP:
-                    start["t"] = time.perf_counter()
-
-        trainer.callbacks.append(Timer())
-        trainer.fit(model, train_dataloaders=Batches(WARMUP + steps))
-        return (time.perf_counter() - start["t"]) / steps * 1e3
+        batches = Batches(WARMUP + steps)
+        return timed_fit(OneParameter(), device, steps, train_dataloaders=batches) / steps * 1e3
 
     def plain_ms():
         model = OneParameter()
@@ -338,7 +330,7 @@ def overhead_case(steps, repeats, device):
         return (time.perf_counter() - start) / steps * 1e3
 
     runs = alternate({"lightning": lightning_ms, "plain": plain_ms}, repeats)
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    med = medians(runs)
     return {
         "case": "Lightning fixed cost per step",
         "ms_per_step": med,
@@ -370,7 +362,7 @@ def sampling_case(batch, timesteps, repeats, device, kind="ddpm_small"):
         },
         repeats,
     )
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    med = medians(runs)
     return {
         "case": f"sampling {kind} T={timesteps}",
         "batch_size": batch,
@@ -576,6 +568,11 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def section(title: str, columns: list[str]) -> list[str]:
+    """The lines that open a report section: its heading and a table header."""
+    return ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def markdown(results: dict) -> str:
     nan = float("nan")
     env = results["env"]
@@ -587,18 +584,13 @@ def markdown(results: dict) -> str:
         + "`; "
         + ", ".join(f"{k} {v}" for k, v in env.items())
         + ". Ratios are medians over repeats of runs made back to back (see docs/speed.md).",
-        "",
-        "## Targets",
-        "",
-        "| target | measured | status |",
-        "|---|---|---|",
+        *section("Targets", ["target", "measured", "status"]),
         *(f"| {t} | {m} | {st} |" for t, m, st in targets(results)),
-        "",
-        "## Training throughput",
-        "",
-        "| case | batch | genlab img/s | plain tensor loop img/s | seed 001 loop img/s | "
-        "genlab / floor | genlab / seed | floor / seed |",
-        "|---|---|---|---|---|---|---|---|",
+        *section(
+            "Training throughput",
+            ["case", "batch", "genlab img/s", "plain tensor loop img/s", "seed 001 loop img/s"]
+            + ["genlab / floor", "genlab / seed", "floor / seed"],
+        ),
     ]
     for row in results["throughput"]:
         m = row["images_per_s"]
@@ -609,13 +601,10 @@ def markdown(results: dict) -> str:
             f"{row.get('floor_over_seed001', nan):.2f} |"
         )
     if results.get("switches"):
-        lines += [
-            "",
-            "## Speed switches (genlab's training step, each switch on / all off)",
-            "",
-            "| case | batch | off img/s | switch | on img/s | on / off |",
-            "|---|---|---|---|---|---|",
-        ]
+        lines += section(
+            "Speed switches (genlab's training step, each switch on / all off)",
+            ["case", "batch", "off img/s", "switch", "on img/s", "on / off"],
+        )
         for row in results["switches"]:
             m = row["images_per_s"]
             for name, ratio in row["ratio_to_off"].items():
@@ -624,13 +613,10 @@ def markdown(results: dict) -> str:
                     f"{m[name]:.1f} | {ratio:.2f} |"
                 )
     if results.get("optimizer"):
-        lines += [
-            "",
-            "## Optimizer kernel (plain loop: fused Adam, genlab's default, / torch's default)",
-            "",
-            "| case | batch | fused img/s | default img/s | fused / default |",
-            "|---|---|---|---|---|",
-        ]
+        lines += section(
+            "Optimizer kernel (plain loop: fused Adam, genlab's default, / torch's default)",
+            ["case", "batch", "fused img/s", "default img/s", "fused / default"],
+        )
         for row in results["optimizer"]:
             m = row["images_per_s"]
             lines.append(
@@ -638,21 +624,18 @@ def markdown(results: dict) -> str:
                 f"{m['default']:.0f} | {row['fused_over_default']:.2f} |"
             )
     if results["sampling"]:
-        lines += [
-            "",
-            "## Sampling",
-            "",
-            "| case | batch | DDPM (T steps) img/s | DDIM-100 img/s | DDIM-50 img/s "
-            "| DDIM-50 / DDPM |",
-            "|---|---|---|---|---|---|",
-        ]
+        lines += section(
+            "Sampling",
+            ["case", "batch", "DDPM (T steps) img/s", "DDIM-100 img/s", "DDIM-50 img/s"]
+            + ["DDIM-50 / DDPM"],
+        )
         for row in results["sampling"]:
             m = row["images_per_s"]
             lines.append(
                 f"| {row['case']} | {row['batch_size']} | {m['ddpm_T']:.2f} | "
                 f"{m['ddim_100']:.2f} | {m['ddim_50']:.2f} | {row['ddim50_over_ddpm']:.1f} |"
             )
-    lines += ["", "## Start-up, memory, fixed costs", "", "| case | value |", "|---|---|"]
+    lines += section("Start-up, memory, fixed costs", ["case", "value"])
     for row in results["other"]:
         if "peak_rss_mb" in row:
             value = f"{row['peak_rss_mb']:.0f} MB peak RSS ({row['seconds']:.0f} s)"
