@@ -64,7 +64,9 @@ def test_fused_is_left_out_where_it_cannot_work():
         build_optimizer({"_target_": "torch.optim.RMSprop", "lr": 0.1, "fused": True}, params)
 
 
-def test_training_picks_the_fused_kernel_and_mixed_precision_does_not(compose, tmp_path):
+def test_training_picks_the_fused_kernel_and_mixed_precision_does_not(
+    compose, tmp_path, monkeypatch
+):
     """bf16-mixed with the DDPM's gradient clipping: Lightning refuses fused optimizers there."""
     captured = {}
     original = DDPM.configure_optimizers
@@ -74,22 +76,19 @@ def test_training_picks_the_fused_kernel_and_mixed_precision_does_not(compose, t
         captured[str(self.trainer.precision)] = result["optimizer"].defaults["fused"]
         return result
 
-    DDPM.configure_optimizers = spy
-    try:
-        for precision in ("32-true", "bf16-mixed"):
-            run(
-                compose(
-                    *TINY_DDPM,
-                    "data=mnist",
-                    f"trainer.precision={precision}",
-                    "trainer.max_steps=2",
-                    "test=false",
-                    "save_images=false",
-                    run_dir=tmp_path / precision,
-                )
+    monkeypatch.setattr(DDPM, "configure_optimizers", spy)
+    for precision in ("32-true", "bf16-mixed"):
+        run(
+            compose(
+                *TINY_DDPM,
+                "data=mnist",
+                f"trainer.precision={precision}",
+                "trainer.max_steps=2",
+                "test=false",
+                "save_images=false",
+                run_dir=tmp_path / precision,
             )
-    finally:
-        DDPM.configure_optimizers = original
+        )
     assert captured == {"32-true": True, "bf16-mixed": False}
 
 
