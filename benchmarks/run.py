@@ -88,13 +88,11 @@ def build_model(kind: str):
     if kind == "ddpm_small":
         return DDPM(image_shape=[1, 28, 28], ema_decay=None, warmup_steps=1)
     if kind == "ddpm_paper":
-        unet = dict(
-            base_channels=128,
-            channel_mults=[1, 2, 2, 2],
-            num_res_blocks=2,
-            attn_resolutions=[16],
-            dropout=0.1,
-        )
+        from genlab.nets.unet import PRESETS
+
+        # Ho et al.'s CIFAR-10 U-Net; the DDPM takes channels and image size from image_shape.
+        derived = ("in_channels", "image_size")
+        unet = {k: v for k, v in PRESETS["ddpm_cifar10"].items() if k not in derived}
         return DDPM(image_shape=[3, 32, 32], unet=unet, ema_decay=None, warmup_steps=1)
     raise ValueError(kind)
 
