@@ -159,7 +159,17 @@ def test_compiled_training_matches_eager(compose, tmp_path):
         torch.testing.assert_close(weights["compiled"][key], value, rtol=1e-4, atol=1e-5)
 
 
-def test_channels_last_run_trains_and_its_checkpoint_loads_plainly(compose, tmp_path):
+def test_channels_last_run_trains_and_its_checkpoint_loads_plainly(compose, tmp_path, monkeypatch):
+    from genlab.models.base import GenerativeModule
+
+    applied, original = [], GenerativeModule.apply_speed_switches
+
+    def record(self, **switches):
+        original(self, **switches)
+        conv = next(m for m in self.modules() if isinstance(m, torch.nn.Conv2d))
+        applied.append((switches, conv.weight.is_contiguous(memory_format=torch.channels_last)))
+
+    monkeypatch.setattr(GenerativeModule, "apply_speed_switches", record)
     run(
         compose(
             *TINY_CONV,
@@ -171,6 +181,7 @@ def test_channels_last_run_trains_and_its_checkpoint_loads_plainly(compose, tmp_
             "eval.sample_quality=false",
         )
     )
+    assert applied == [({"compile": False, "channels_last": True}, True)]  # train.py applied it
     from genlab.sample import load_model
 
     # sample.py builds a model without the switch from the checkpoint and loads its weights
