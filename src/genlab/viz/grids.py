@@ -52,16 +52,23 @@ def shows_images(loggers) -> bool:
     return any(isinstance(lg, TensorBoardLogger | WandbLogger) for lg in loggers)
 
 
+def to_uint8(grid: torch.Tensor) -> torch.Tensor:
+    """Floats in [0, 1] -> uint8 in [0, 255], rounded to the nearest level as `save_grid`'s PNGs
+    are. Loggers get these bytes, not floats: wandb 0.31 stores a float array as it is, so
+    [0, 1] became the levels 0 and 1 of 255 (a black picture), and TensorBoard truncates."""
+    return grid.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
 def log_images(loggers, key: str, images: torch.Tensor, step: int, nrow: int | None = None) -> None:
     """Send a grid to every logger that shows images (TensorBoard, W&B); CSV ignores it."""
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-    grid = make_grid(images, nrow)
+    pixels = to_uint8(make_grid(images, nrow))  # [3, H, W]
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(key, grid, global_step=step)
+            logger.experiment.add_image(key, pixels, global_step=step, dataformats="CHW")
         elif isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[grid.permute(1, 2, 0).numpy()], step=step)
+            logger.log_image(key=key, images=[pixels.permute(1, 2, 0).numpy()], step=step)
 
 
 def rows_of_columns(columns) -> torch.Tensor:
