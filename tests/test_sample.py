@@ -585,3 +585,158 @@ def test_bad_ddpm_input_is_refused(ddpm_runs, runs, tmp_path, case, args, messag
     with pytest.raises(GenlabError, match=message):
         sample(run_dir, task, tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()
+
+
+# -- every task with nothing but its defaults ------------------------------------------------------
+# The README's commands give only run=, task= and maybe n=: every other key keeps its
+# conf/sample.yaml value. These calls give run=, task= and out_dir= (so the shared run dirs stay
+# clean) and nothing else, not even device=, and check what the pictures hold, not only their size.
+# Default grid sizes, as documented (README task table, conf/sample.yaml): n per task, 10 images per
+# interpolation row, 10 strip steps (+ one column) for denoise, the tiny DDPM's 10 sample steps.
+N_SAMPLES = N_RECON = N_INTERP = N_CLASSES = 8
+N_MANIFOLD, N_TRAVERSE, N_DENOISE, INTERP_COLS, STRIP_COLS = 12, 9, 4, 10, 11
+SCATTER, HISTOGRAMS = (640, 520), (640, 420)
+DEFAULTS = [  # (model, task, grids as (columns, rows) or a figure size in pixels)
+    ("ae", "reconstructions", (N_RECON, 2 * N_RECON)),
+    ("ae", "interpolate", (INTERP_COLS, N_INTERP)),
+    ("ae", "manifold", (N_MANIFOLD, N_MANIFOLD)),
+    ("ae", "traverse", (N_TRAVERSE, 2)),
+    ("ae", "latent_scatter", SCATTER),
+    ("ae", "anomaly", HISTOGRAMS),
+    ("vae", "samples", (N_SAMPLES, N_SAMPLES)),
+    ("vae", "reconstructions", (N_RECON, 2 * N_RECON)),
+    ("vae", "interpolate", (INTERP_COLS, N_INTERP)),
+    ("vae", "manifold", (N_MANIFOLD, N_MANIFOLD)),
+    ("vae", "traverse", (N_TRAVERSE, 2)),
+    ("vae", "latent_scatter", SCATTER),
+    ("vae", "anomaly", HISTOGRAMS),
+    ("cvae", "samples", (N_SAMPLES, N_SAMPLES)),
+    ("cvae", "reconstructions", (N_RECON, 2 * N_RECON)),
+    ("cvae", "interpolate", (INTERP_COLS, N_INTERP)),
+    ("cvae", "traverse", (N_TRAVERSE, CVAE_K)),
+    ("cvae", "latent_scatter", SCATTER),
+    ("cvae", "classes", (N_CLASSES, 10)),
+    ("cvae", "anomaly", HISTOGRAMS),
+    ("ddpm", "samples", (N_SAMPLES, N_SAMPLES)),
+    ("ddpm", "interpolate", (INTERP_COLS, N_INTERP)),
+    ("ddpm", "denoise", (STRIP_COLS, N_DENOISE)),
+    ("cddpm", "samples", (N_SAMPLES, N_SAMPLES)),
+    ("cddpm", "interpolate", (INTERP_COLS, N_INTERP)),
+    ("cddpm", "classes", (N_CLASSES, 10)),
+    ("cddpm", "denoise", (STRIP_COLS, N_DENOISE)),
+]
+# The one task a model's type allows but this model cannot do: manifold needs latent_dim=2
+# (refused with a message, tested in BAD and by test_manifold_refusal_for_a_vae_above_2d).
+CANNOT = {("cvae", "manifold")}
+# The out-of-distribution set anomaly picks by default: mnist <-> fashion_mnist (the AE was
+# trained on mnist, the VAE and CVAE on the default fashion_mnist).
+ANOMALY_DEFAULT = {"ae": "fashion_mnist", "vae": "mnist", "cvae": "mnist"}
+
+
+def assert_grid_has_content(path, columns, rows):
+    assert size(path) == (px(columns), px(rows))
+    cells = tiles(path, rows, columns).flatten(0, 1)  # [cells, H, W], the white padding left out
+    # No blank or flat cell: each image has structure of its own (the 1-epoch runs: >= 0.026) ...
+    assert float(cells.flatten(1).std(1).min()) > 0.01
+    # ... and the grid is not one picture repeated, which gives exactly 0: cells differ pixel by
+    # pixel. The VAE's interpolations vary least (0.005-0.007): its 1-epoch test codes lie within
+    # ~0.3 prior standard deviations of each other, so the paths between them are short.
+    assert float(cells.std(0).mean()) > 0.002
+
+
+def assert_figure_has_content(path, expected, coloured_floor):
+    """A matplotlib figure of `expected` size whose data shows: axes and text are black on white,
+    the data (class colours, histogram bars) in colour; `coloured_floor` is the least share of
+    coloured pixels, above what the legend's markers alone give."""
+    assert size(path) == expected
+    rgb = pixels(path).float() / 255
+    assert float(rgb.std()) > 0.05
+    coloured = (rgb.amax(-1) - rgb.amin(-1)) > 0.25
+    assert float(coloured.float().mean()) > coloured_floor
+
+
+# Coloured share of the figures: the scatter's legend alone (its points all NaN, or all on one
+# spot) colours 0.23% of the pixels, the runs' 96 test codes 0.5-0.6%; histograms 15-25%.
+SCATTER_COLOURED, HISTOGRAMS_COLOURED = 0.004, 0.05
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "expected"), DEFAULTS, ids=[f"{m}-{t}" for m, t, _ in DEFAULTS]
+)
+def test_every_task_runs_with_its_defaults(
+    runs, ddpm_runs, tmp_path, capsys, model, task, expected
+):
+    written = run(
+        {"run": str({**runs, **ddpm_runs}[model]), "task": task, "out_dir": str(tmp_path)}
+    )
+    if task == "denoise":
+        assert [p.name for p in written] == ["denoise_reverse.png", "denoise_forward.png"]
+        for path in written:
+            assert_grid_has_content(path, *expected)
+    elif task == "anomaly":
+        stem = f"anomaly-{ANOMALY_DEFAULT[model]}"
+        assert [p.name for p in written] == [f"{stem}.png", f"{stem}.json"]
+        assert_figure_has_content(written[0], expected, HISTOGRAMS_COLOURED)
+        summary = json.loads(written[1].read_text())
+        assert 0 <= summary["auroc"] <= 1 and np.isfinite(summary["auroc"])
+        assert summary["in_distribution"]["n"] == summary["out_of_distribution"]["n"] == 96
+        assert f"AUROC {summary['auroc']:.4f}" in capsys.readouterr().out
+    else:
+        assert [p.name for p in written] == [f"{task}.png"]
+        if task == "latent_scatter":
+            assert_figure_has_content(written[0], expected, SCATTER_COLOURED)
+        else:
+            assert_grid_has_content(written[0], *expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+
+
+def test_the_defaults_cover_every_task_of_every_model(runs, ddpm_runs):
+    from genlab.sample import tasks_for
+
+    for model, path in {**runs, **ddpm_runs}.items():
+        loaded = load_run(path, "cpu")
+        covered = {task for m, task, _ in DEFAULTS if m == model}
+        can = {task for task in tasks_for(loaded.name, loaded.model) if (model, task) not in CANNOT}
+        assert covered == can, model
+
+
+def test_manifold_refusal_for_a_vae_above_2d(runs, tmp_path):
+    # README: "genlab: error: task=manifold draws ... latent_dim=16. Use task=traverse ...". A
+    # k=16 VAE with the tiny run's data is the run's checkpoint with freshly initialised weights
+    # of that size: no training needed to ask for its manifold.
+    from genlab.checkpoints import load_checkpoint
+    from genlab.models import VAE
+    from genlab.sample import _init_kwargs
+
+    readme = (REPO / "README.md").read_text()
+    documented = readme.split("$ python sample.py run=$RUN task=manifold\n", 1)[1].splitlines()[0]
+    wide = tmp_path / "vae16"
+    shutil.copytree(runs["vae"], wide, ignore=shutil.ignore_patterns("samples"))
+    for ckpt in (wide / "checkpoints").glob("*.ckpt"):
+        state = load_checkpoint(ckpt)
+        state["hyper_parameters"]["latent_dim"] = 16
+        model = VAE(**_init_kwargs(VAE, state["hyper_parameters"]))
+        state["state_dict"] = model.state_dict()
+        torch.save(state, ckpt)
+    with pytest.raises(GenlabError) as err:
+        run({"run": str(wide), "task": "manifold", "out_dir": str(tmp_path / "out")})
+    assert f"genlab: error: {err.value}" == documented
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_interpolate_as_the_readme_writes_it(runs, tmp_path, monkeypatch, capsys):
+    # `python sample.py run=$RUN task=interpolate mode=slerp n=6`: no steps=, so 10 per row.
+    import runpy
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    out = tmp_path / "cli"
+    args = [f"run={runs['vae']}", "task=interpolate", "mode=slerp", "n=6", f"out_dir={out}"]
+    monkeypatch.setattr(sys, "argv", [str(REPO / "sample.py"), *args])
+    monkeypatch.chdir(REPO)
+    try:
+        runpy.run_path(str(REPO / "sample.py"), run_name="__main__")
+    finally:
+        GlobalHydra.instance().clear()
+    assert f"wrote {out / 'interpolate.png'}" in capsys.readouterr().out
+    assert_grid_has_content(out / "interpolate.png", INTERP_COLS, 6)

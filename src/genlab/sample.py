@@ -44,6 +44,10 @@ CLASS_NAMES = {
 }
 # fmt: on
 
+# interpolate's images per row when `steps` is null (conf/sample.yaml): `steps` has no single
+# default, since for a DDPM's other tasks null means the model's own sample_steps.
+INTERPOLATE_STEPS = 10
+
 # Which dataset an in-distribution set is compared with by default (same image shape).
 DEFAULT_ANOMALY_DATA = {"fashion_mnist": "mnist", "mnist": "fashion_mnist"}
 
@@ -530,6 +534,13 @@ class Job:
                 out.append(self.model.decode_images(z[a:b], y).cpu())
         return torch.cat(out)
 
+    @property
+    def interpolants(self) -> int:
+        """interpolate's images per row, both ends included: `steps`, else INTERPOLATE_STEPS.
+        One place for every model, so no handler can read the null default as a number."""
+        steps = self.opts.steps
+        return INTERPOLATE_STEPS if steps is None else int(steps)
+
     def class_label(self) -> int:
         label = self.opts.label if self.opts.label is not None else 0
         if label >= self.model.num_classes:
@@ -604,7 +615,7 @@ def interpolate(job: Job) -> list[Path]:
     class, so the row morphs style within one class."""
     import torch
 
-    n, steps = job.n, int(job.opts.steps)
+    n, steps = job.n, job.interpolants
     x, y = job.test_images(2 * n)
     z = job.encode(x, y)
     a, b = z[0::2], z[1::2]
@@ -981,7 +992,7 @@ def diffusion_interpolate(job: Job) -> list[Path]:
     are exactly the DDIM samples of the two draws. Conditional: one class per row."""
     import torch
 
-    n, cols = job.n, job.opts.steps or 10
+    n, cols = job.n, job.interpolants
     plan = _sampler_plan(job, None, deterministic=True)
     generator = job.generator()
     ends = _noise(job, 2 * n, generator).flatten(1)
