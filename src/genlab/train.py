@@ -130,6 +130,15 @@ def _floats(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def _final(metrics: dict) -> dict[str, float]:
+    """The run's results: epoch means and val/test values, without the single-step values that
+    are only there as curves (a last `train/loss_step` read like a result beside the epoch mean).
+    """
+    from genlab.models.base import STEP_METRICS
+
+    return {k: v for k, v in _floats(metrics).items() if k not in STEP_METRICS}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) the model described by `cfg`; return the final metrics.
 
@@ -179,7 +188,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise
         if trainer.interrupted:
             raise guard.interruption or TrainingInterrupted("signal", 1, None, trainer.global_step)
-        metrics = _floats(trainer.callback_metrics)
+        metrics = _final(trainer.callback_metrics)
 
         if cfg.get("test", True):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None

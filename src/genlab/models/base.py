@@ -3,6 +3,8 @@ are exact dataset averages (also across DDP ranks), and preview grids sent to th
 
 from __future__ import annotations
 
+import inspect
+
 import lightning.pytorch as pl
 import torch
 from torch import nn
@@ -13,6 +15,11 @@ from genlab.config import has_fused_kernel, require_fused_optimizer
 from genlab.viz.grids import log_images, shows_images
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-3}
+# Values of single training steps, logged every `trainer.log_every_n_steps` steps: curves in the
+# loggers, not final results (genlab.train leaves them out of metrics.json). The epoch mean of
+# the loss is `train/loss_epoch`, the other `train/<name>` are epoch means too.
+STEP_LOSS, STEP_LR = "train/loss_step", "train/lr"
+STEP_METRICS = (STEP_LOSS, STEP_LR)
 
 
 def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> torch.optim.Optimizer:
@@ -67,6 +74,15 @@ class GenerativeModule(pl.LightningModule):
             {f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in self.metric_names}
         )
 
+    def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = False) -> None:
+        """Lightning's, but not sent to the loggers unless asked: genlab.train logs the whole run
+        config, which holds these under `model`. Lightning would log them once more at the top
+        level, where the model's `name` (vae) replaced the run's (vae-fashion_mnist).
+        Checkpoints keep them in `hyper_parameters` either way (genlab.sample reads `name`)."""
+        # The hparams are read from the calling __init__'s frame, one up from this override.
+        frame = frame or inspect.currentframe().f_back
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+
     # -- to implement --------------------------------------------------------------------------
     def compute_terms(self, x, y) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Return (scalar training loss, {metric name: per-image values})."""
@@ -109,8 +125,17 @@ class GenerativeModule(pl.LightningModule):
             self._train_count = 0
         self._train_totals += step_totals
         self._train_count += len(x)
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        every = self.trainer.log_every_n_steps
+        # Lightning writes step values after step s when (s + 1) % every == 0, at step s: log on
+        # exactly those steps, so each recorded point is the loss of the step it is plotted at
+        # (logging at s % every == 0 wrote a value one step stale, or none).
+        if every and (self.global_step + 1) % every == 0:
+            self.log(STEP_LOSS, loss, on_step=True, on_epoch=False, prog_bar=True)
+            if self.trainer.lr_scheduler_configs:
+                # Only a schedule makes the learning rate worth a curve (DDPM's warm-up); the
+                # rate this step used, before the scheduler moves it on.
+                lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+                self.log(STEP_LR, float(lr), on_step=True, on_epoch=False)
         return loss
 
     def on_train_epoch_start(self) -> None:
