@@ -139,6 +139,43 @@ def _final(metrics: dict) -> dict[str, float]:
     return {k: v for k, v in _floats(metrics).items() if k not in STEP_METRICS}
 
 
+def metrics_table(metrics: dict[str, float]) -> str:
+    """metrics.json as text: one aligned `name  value` line per metric, sorted by name."""
+    width = max(map(len, metrics), default=0)
+    return "\n".join(f"  {k:<{width}}  {metrics[k]:.6g}" for k in sorted(metrics))
+
+
+class _NoLightningTips(logging.Filter):
+    """Drops Lightning's advertisements ("💡 Tip: ... litlogger / litmodels"), printed at every
+    Trainer start with no setting to turn them off; its other INFO lines pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_NO_TIPS = _NoLightningTips()
+
+
+def tidy_lightning_logging() -> None:
+    """Each Lightning line once on the console (and once in Hydra's train.log), no tips.
+
+    The `lightning` package gives its logger a console handler of its own at import, whatever
+    is configured, and its records also propagate to the root logger: where the root has
+    handlers (Hydra's console + train.log, pytest), every Lightning INFO line was printed twice.
+    There the root's handlers alone print them; without any, Lightning's stay."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_module
+
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lightning_log = logging.getLogger(name)
+            for handler in list(lightning_log.handlers):
+                lightning_log.removeHandler(handler)
+            lightning_log.propagate = True
+    # The logger rank_zero_info writes through (a filter on a logger sees only its own records).
+    if _NO_TIPS not in rank_zero_module.log.filters:
+        rank_zero_module.log.addFilter(_NO_TIPS)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) the model described by `cfg`; return the final metrics.
 
@@ -148,6 +185,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
 
     import lightning.pytorch as pl
+
+    tidy_lightning_logging()
 
     from genlab.callbacks import CheckpointOnInterrupt, TrainingInterrupted, wandb_run_id_in
     from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
@@ -181,7 +220,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            # weights_only=True: Lightning reads checkpoints as safely as genlab.checkpoints does.
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except (SystemExit, KeyboardInterrupt):
             if guard.interruption is not None:
                 raise guard.interruption from None
@@ -192,7 +232,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         if cfg.get("test", True):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-            results = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+            results = trainer.test(
+                model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
+            )
             metrics.update(_floats(results[0]) if results else {})
 
         if trainer.is_global_zero:
@@ -201,6 +243,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 for path in write_images(model, datamodule, output_dir, seed=cfg.get("seed") or 0):
                     log.info("wrote %s", path)
             (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            # Lightning's own table is off (verbose=False): this one shows every final number.
+            log.info("final metrics (%s):\n%s", output_dir / "metrics.json", metrics_table(metrics))
         return metrics
     finally:
         finish_loggers(loggers)

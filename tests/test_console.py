@@ -1,0 +1,94 @@
+"""What `python train.py` prints: each Lightning line once, no notices genlab cannot act on, and
+the final metrics as one table; Hydra's train.log holds the same lines once."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import FAST, REPO
+
+# "[time][logger][LEVEL] - message" (Hydra's format) or "LEVEL: message" (Lightning's own).
+HYDRA_LINE = re.compile(r"^\[[^\]]+\]\[(?P<name>[^\]]+)\]\[(?P<level>[A-Z]+)\] - (?P<msg>.*)$")
+PLAIN_LINE = re.compile(r"^(?P<level>INFO|WARNING|ERROR): (?P<msg>.*)$")
+
+
+@pytest.fixture(scope="module")
+def cli_run(data_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("console") / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            *FAST,
+            "model.mlp.hidden=[64]",
+            "model.latent_dim=4",
+            f"paths.data_dir={data_root}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout + result.stderr, run_dir
+
+
+def _messages(text: str) -> list[str]:
+    """The message of every log line, whichever handler printed it."""
+    found = []
+    for line in text.splitlines():
+        match = HYDRA_LINE.match(line) or PLAIN_LINE.match(line)
+        if match:
+            found.append(match["msg"])
+    return found
+
+
+def test_each_lightning_line_is_printed_once(cli_run):
+    output, run_dir = cli_run
+    lightning = [m for m in _messages(output) if m.startswith(("GPU available", "`Trainer.fit`"))]
+    assert len(lightning) == 2, output  # both lines are there ...
+    messages = _messages(output)
+    repeated = {m for m in messages if messages.count(m) > 1}
+    assert not repeated, output  # ... and no line of any logger comes twice
+    log_lines = (run_dir / "train.log").read_text().splitlines()
+    lightning_in_log = [
+        line for line in log_lines if (m := HYDRA_LINE.match(line)) and m["name"] != "genlab"
+    ]
+    assert lightning_in_log and len(set(lightning_in_log)) == len(lightning_in_log)
+    assert any("GPU available" in line for line in lightning_in_log)
+
+
+def test_no_lightning_tips(cli_run):
+    output, run_dir = cli_run
+    for text in (output, (run_dir / "train.log").read_text()):
+        assert "litlogger" not in text and "💡" not in text
+
+
+# Lightning prints it from Trainer.save_checkpoint(path) without weights_only (a full checkpoint
+# is meant): genlab.callbacks' LatestCheckpoint and CheckpointOnInterrupt must pass
+# weights_only=False. Strict: drop this mark with that change.
+@pytest.mark.xfail(strict=True, reason="genlab.callbacks saves without weights_only=False")
+def test_no_weights_only_notice(cli_run):
+    output, run_dir = cli_run
+    for text in (output, (run_dir / "train.log").read_text()):
+        assert "weights_only" not in text
+
+
+def test_final_metrics_are_printed_as_one_table(cli_run):
+    output, run_dir = cli_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "test/elbo" in metrics and "val/elbo" in metrics
+    lines = output.splitlines()
+    (start,) = [i for i, line in enumerate(lines) if "final metrics" in line]
+    table = lines[start + 1 : start + 1 + len(metrics)]
+    rows = [line.split() for line in table]
+    assert [row[0] for row in rows] == sorted(metrics)  # one line per metric, sorted
+    for key, value in rows:
+        assert float(value) == pytest.approx(metrics[key], rel=1e-5, abs=1e-9), key
+    # aligned: every value starts in the same column
+    assert len({line.index(value) for line, (_, value) in zip(table, rows, strict=True)}) == 1
+    assert sum("final metrics" in line for line in (run_dir / "train.log").open()) == 1
