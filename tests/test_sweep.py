@@ -209,6 +209,22 @@ BAD_SWEEPS = [
         ["sweep=optuna_vae", "optimize_metric=val/elboo"],
         "optimize_metric=val/elboo is not a metric this run logs",
     ),
+    # Single-step values are curves only: run() returns the epoch mean, train/loss_epoch.
+    (
+        "step loss",
+        ["sweep=optuna_vae", "optimize_metric=train/loss"],
+        "optimize_metric=train/loss is not a metric this run logs",
+    ),
+    (
+        "step loss suggestion",
+        ["sweep=optuna_vae", "optimize_metric=train/loss_step"],
+        "Did you mean 'train/loss_epoch'?",
+    ),
+    (
+        "nll without importance samples",
+        ["sweep=optuna_vae", "optimize_metric=val/nll", "model.iwae_k_val=0"],
+        "optimize_metric=val/nll is not a metric this run logs",
+    ),
 ]
 
 
@@ -219,6 +235,37 @@ def test_precheck_refuses_bad_sweeps(case, args, message):
     with pytest.raises(GenlabError, match=None) as err:
         precheck(["-m", *args], "train")
     assert message in str(err.value)
+
+
+TINY_DDPM = [
+    "model=ddpm",
+    "model.timesteps=50",
+    "model.sample_steps=10",
+    "model.unet.base_channels=8",
+    "model.unet.channel_mults=[1,2]",
+    "model.unet.num_res_blocks=1",
+    "model.warmup_steps=1",
+    "model.test_bpd_images=16",
+    "model.bpd_t_chunk=25",
+]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=ae", "model.mlp.hidden=[64]"],
+        ["model.mlp.hidden=[64]", "model.latent_dim=4", "model.iwae_k_test=4", "eval.domain=false"],
+        TINY_DDPM + ["eval.sample_quality=false"],
+    ],
+    ids=["ae", "vae", "ddpm"],
+)
+def test_precheck_knows_exactly_what_run_returns(compose, overrides):
+    """What the precheck accepts as optimize_metric is what train.py hands the sweeper."""
+    from genlab.sweep.precheck import logged_metrics
+    from genlab.train import run
+
+    cfg = compose(*overrides, "save_images=false")
+    assert logged_metrics(cfg) == set(run(cfg))
 
 
 def test_slurm_tasks_must_match_ddp_devices(monkeypatch):

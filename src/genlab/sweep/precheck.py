@@ -123,8 +123,20 @@ def _slurm_layout(cfg: DictConfig, where: str) -> None:
         )
 
 
+# Per-image terms VAEs compute only on val/test (the importance-sampled likelihood of
+# genlab.models.vae.eval_terms), each stage only with model.iwae_k_<stage> > 0.
+IWAE_TERMS = ("nll", "bpd")
+
+
+def _runs_stage(cfg: DictConfig, limit_key: str) -> bool:
+    limit = cfg.trainer.get(limit_key)
+    return limit is None or limit != 0
+
+
 def logged_metrics(cfg: DictConfig) -> set[str] | None:
-    """The metric names a run of `cfg` logs (None when its model class cannot be looked up)."""
+    """The metric names `genlab.train.run(cfg)` returns (what train.py hands the sweeper and
+    writes to metrics.json), None when the model class cannot be looked up. Single-step curves
+    (train/loss_step, train/lr) are not among them: run() leaves them out."""
     from hydra.utils import get_class
 
     try:
@@ -132,37 +144,58 @@ def logged_metrics(cfg: DictConfig) -> set[str] | None:
     except Exception:
         return None
     names = tuple(getattr(cls, "metric_names", ("loss",)))
-    stages = ["train"]
-    if (cfg.data.get("val_fraction", 0.1) or 0) > 0:
-        stages.append("val")
-    metrics = {f"{stage}/{name}" for stage in stages for name in names}
-    metrics |= {"train/loss_step", "train/loss_epoch"}
-    if cfg.get("test", True):
+    iwae = tuple(n for n in names if n in IWAE_TERMS)
+    # Training logs the epoch means of the loss (as loss_epoch) and of compute_terms' terms.
+    metrics = {"train/loss_epoch"} | {f"train/{n}" for n in names if n not in (*iwae, "loss")}
+
+    def evaluated(stage: str) -> set[str]:
+        k = cfg.model.get(f"iwae_k_{stage}", 0) or 0
+        return {f"{stage}/{n}" for n in names if n not in iwae or k > 0}
+
+    if (cfg.data.get("val_fraction", 0.1) or 0) > 0 and _runs_stage(cfg, "limit_val_batches"):
+        metrics |= evaluated("val")
+    if cfg.get("test", True) and _runs_stage(cfg, "limit_test_batches"):
+        metrics |= evaluated("test")
         module = sys.modules.get(cls.__module__)
-        extra = tuple(getattr(module, "BPD_PARTS", ()))
-        metrics |= {f"test/{name}" for name in (*names, *extra)}
+        bpd_images = cfg.model.get("test_bpd_images", None)
+        if bpd_images is None or bpd_images > 0:  # a DDPM's variational bound, in bits/dim
+            metrics |= {f"test/{n}" for n in getattr(module, "BPD_PARTS", ())}
         quality = cfg.get("eval") or {}
         if quality.get("sample_quality") and cfg.model.get("name") != "ae":
-            for tag in ("", "_domain"):
+            spaces = []
+            if quality.get("domain"):
+                spaces.append("_domain")
+                metrics.add("test/domain_classifier_acc")
+            if quality.get("inception_weights") is not None:
+                spaces.append("")
+            for tag in spaces:
                 metrics |= {f"test/{m}{tag}" for m in ("fid", "kid", "is", "quality_samples")}
-            metrics.add("test/domain_classifier_acc")
     return metrics
 
 
 def _check_metric(cfg: DictConfig, where: str) -> None:
     import difflib
 
+    from genlab.models.base import STEP_METRICS
+
     name = cfg.get("optimize_metric")
     known = logged_metrics(cfg)
     if known is None:
         return
     if not name or name not in known:
-        close = difflib.get_close_matches(str(name), sorted(known), n=2, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        if str(name) in (*STEP_METRICS, "train/loss") and "train/loss_epoch" in known:
+            hint = (
+                f" Values of single steps ({', '.join(STEP_METRICS)}) are curves, not results; "
+                "the training loss a run returns is the epoch mean. Did you mean "
+                "'train/loss_epoch'?"
+            )
+        else:
+            close = difflib.get_close_matches(str(name), sorted(known), n=2, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise GenlabError(
             f"optimize_metric={name}{where} is not a metric this run logs, so the sweeper would "
             f"get nothing to optimise.{hint} A {cfg.model.get('name')} run logs: "
-            f"{', '.join(sorted(m for m in known if not m.startswith('train/loss_')))}."
+            f"{', '.join(sorted(known))}."
         )
 
 
