@@ -2,6 +2,7 @@
 the final metrics as one table; Hydra's train.log holds the same lines once."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -92,3 +93,46 @@ def test_final_metrics_are_printed_as_one_table(cli_run):
     # aligned: every value starts in the same column
     assert len({line.index(value) for line, (_, value) in zip(table, rows, strict=True)}) == 1
     assert sum("final metrics" in line for line in (run_dir / "train.log").open()) == 1
+
+
+# Silenced by genlab.train.quiet_known_warnings (why: see there); the srun one shows only where
+# Slurm's tools are installed (as on CI, which starts a Slurm cluster for tests/test_slurm.py).
+NOT_FOR_USERS = ("`isinstance(treespec, LeafSpec)` is deprecated", "`srun` command is available")
+
+
+def test_no_warnings_meant_for_lightning_developers(cli_run):
+    output, run_dir = cli_run
+    for text in (output, (run_dir / "train.log").read_text()):
+        for notice in NOT_FOR_USERS:
+            assert notice not in text, output
+
+
+def test_real_warnings_still_show(cli_run):
+    # 288 training images in batches of 32: nothing of train/loss_step reaches the loggers with
+    # log_every_n_steps=50, which a user with so little data wants to know (once).
+    output, _ = cli_run
+    assert output.count("The number of training batches (9) is smaller than the logging") == 1
+
+
+def test_lightning_step_count_note_is_dropped():
+    from genlab.train import _NO_TIPS
+
+    def record(msg):
+        return logging.LogRecord("lightning", logging.INFO, __file__, 1, msg, None, None)
+
+    note = "Loading `train_dataloader` to estimate number of stepping batches."
+    assert not _NO_TIPS.filter(record(note))
+    assert _NO_TIPS.filter(record("`Trainer.fit` stopped: `max_epochs=1` reached."))
+
+
+def test_test_stage_progress_reaches_train_log(cli_run):
+    # 96 test images in batches of 64: a start line, then the end line with the time taken.
+    output, run_dir = cli_run
+    log_lines = [
+        m["msg"]
+        for line in (run_dir / "train.log").read_text().splitlines()
+        if (m := HYDRA_LINE.match(line)) and m["name"] == "genlab"
+    ]
+    start = log_lines.index("testing: 2 batches")
+    assert re.fullmatch(r"test: 2/2 batches \(100%\) in [\d.]+ s", log_lines[start + 1])
+    assert log_lines.index(next(m for m in log_lines if m.startswith("final metrics"))) > start
