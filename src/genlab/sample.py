@@ -571,19 +571,20 @@ class Job:
 
 # -- tasks -----------------------------------------------------------------------------------------
 def prior_samples(job: Job) -> list[Path]:
-    """n x n decodes of z ~ N(0, I). CVAE: labels cycle over the classes (each column one class
-    when n is a multiple of the class count), or all `label=`."""
+    """n x n decodes of z drawn from the prior (VAE: N(0, I); CVAE: its class's p(z|y)). CVAE:
+    labels cycle over the classes (each column one class when n is a multiple of the class
+    count), or all `label=`."""
     import torch
 
     n, model = job.n, job.model
-    z = torch.randn(n * n, model.latent_dim, generator=job.generator(), device=job.device)
+    eps = torch.randn(n * n, model.latent_dim, generator=job.generator(), device=job.device)
     labels = None
     if job.run.name == "cvae":
         if job.opts.label is None:
             labels = model.preview_labels(n * n)
         else:
             labels = torch.full((n * n,), job.class_label(), device=job.device)
-    return job.save_grid(job.decode(z, labels), nrow=n)
+    return job.save_grid(job.decode(model.latent_from_noise(eps, labels), labels), nrow=n)
 
 
 def reconstructions(job: Job) -> list[Path]:
@@ -655,6 +656,8 @@ def manifold(job: Job) -> list[Path]:
     labels = None
     if job.run.name == "cvae":
         labels = torch.full((n * n,), job.class_label(), device=job.device)
+    if job.run.name != "ae":  # quantiles of the prior: the class's own p(z|y) for a CVAE
+        z = job.model.latent_from_noise(z, labels)
     return job.save_grid(job.decode(z, labels), nrow=n)
 
 
@@ -723,15 +726,17 @@ def latent_scatter(job: Job) -> list[Path]:
 
 
 def class_rows(job: Job) -> list[Path]:
-    """One row per class, n prior samples each; column j uses the same z in every row, so a
-    column shows one 'style' rendered as each class."""
+    """One row per class, n prior samples each; column j uses the same standard-normal draw in
+    every row (mapped through each class's prior p(z|y)), so a column shows one 'style'
+    rendered as each class."""
     import torch
 
     n, model = job.n, job.model
     classes = model.num_classes
-    z = torch.randn(n, model.latent_dim, generator=job.generator(), device=job.device)
+    eps = torch.randn(n, model.latent_dim, generator=job.generator(), device=job.device)
     labels = torch.arange(classes, device=job.device).repeat_interleave(n)
-    return job.save_grid(job.decode(z.repeat(classes, 1), labels), nrow=n)
+    z = model.latent_from_noise(eps.repeat(classes, 1), labels)
+    return job.save_grid(job.decode(z, labels), nrow=n)
 
 
 def reconstruction_scores(job: Job, images, labels, desc: str):

@@ -13,6 +13,8 @@ import math
 import torch
 from torch.distributions import Normal
 
+from genlab import interrupt
+
 
 @torch.no_grad()
 def iwae_log_likelihood(model, x: torch.Tensor, y=None, k: int = 1000, chunk: int = 100):
@@ -21,9 +23,16 @@ def iwae_log_likelihood(model, x: torch.Tensor, y=None, k: int = 1000, chunk: in
 
     mu, logvar = model.encode(x, y)
     mu, std = mu.float(), (0.5 * logvar.float()).exp()
-    q, prior = Normal(mu, std), Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    q = Normal(mu, std)
+    # p(z), or a CVAE's p(z|y); None (or a model without `prior`) is the standard normal.
+    prior_params = model.prior(y) if hasattr(model, "prior") else None
+    if prior_params is None:
+        prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    else:
+        prior = Normal(prior_params[0].float(), (0.5 * prior_params[1].float()).exp())
     log_weights = []
     for start in range(0, k, chunk):
+        interrupt.poll()  # thousands of decoder passes per batch: stop between chunks
         n = min(chunk, k - start)
         z = q.sample((n,))  # [n, B, latent]
         log_qz = q.log_prob(z).sum(-1)

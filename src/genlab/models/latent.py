@@ -45,7 +45,7 @@ class LatentModel(GenerativeModule):
         self.input_dim = math.prod(self.image_shape)
         cond_dim = self.condition_dim()
         self.encoder, self.decoder = build_backbone(
-            arch, self.image_shape, latent_dim + cond_dim, mlp or DEFAULT_MLP, conv or DEFAULT_CONV
+            arch, self.image_shape, latent_dim, mlp or DEFAULT_MLP, conv or DEFAULT_CONV, cond_dim
         )
         self.head = nn.Linear(self.encoder.out_dim + cond_dim, self.head_factor * latent_dim)
         channels = self.image_shape[0]
@@ -62,16 +62,15 @@ class LatentModel(GenerativeModule):
     def condition(self, y: torch.Tensor | None) -> torch.Tensor | None:
         return None
 
-    @staticmethod
-    def _with(v: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        return v if c is None else torch.cat([v, c.to(v.dtype)], dim=1)
-
     def encode_head(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self._with(self.encoder(x), self.condition(y)))
+        c = self.condition(y)
+        features = self.encoder(x, c)
+        return self.head(features if c is None else torch.cat([features, c.to(features.dtype)], 1))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decoder logits for latent codes z (and labels y for conditional models)."""
-        return self.decoder(self._with(z, self.condition(y)))
+        """Decoder logits for latent codes z (and labels y for conditional models, which the
+        decoder sees at every layer)."""
+        return self.decoder(z, self.condition(y))
 
     def decode_images(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images in [0, 1] for latent codes z."""

@@ -24,6 +24,17 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).flatten(1).sum(1)
 
 
+def gaussian_kl_between(
+    mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor
+) -> torch.Tensor:
+    """KL( N(mu, diag(e^logvar)) || N(prior_mu, diag(e^prior_logvar)) ) per image, summed over
+    latent dims: 1/2 * sum(log(s_p^2 / s^2) + (s^2 + (mu - mu_p)^2) / s_p^2 - 1). With the
+    standard normal as the prior it is `gaussian_kl`."""
+    ratio = (logvar - prior_logvar).exp()
+    mean_term = (mu - prior_mu).pow(2) * (-prior_logvar).exp()
+    return 0.5 * (ratio + mean_term - 1.0 - (logvar - prior_logvar)).flatten(1).sum(1)
+
+
 def reconstruction_nll(
     logits: torch.Tensor,
     x: torch.Tensor,

@@ -13,7 +13,12 @@ import torch
 
 from genlab.metrics.likelihood import iwae_log_likelihood, nats_to_bits_per_dim
 from genlab.models.latent import LatentModel
-from genlab.models.objectives import gaussian_kl, normalised_beta, training_objective
+from genlab.models.objectives import (
+    gaussian_kl,
+    gaussian_kl_between,
+    normalised_beta,
+    training_objective,
+)
 from genlab.viz.grids import originals_above_reconstructions
 
 
@@ -40,11 +45,30 @@ class VAE(LatentModel):
         mu, logvar = self.encode_head(x, y).chunk(2, dim=1)
         return mu, logvar
 
+    def prior(self, y: torch.Tensor | None = None):
+        """(mean, log-variance) of the prior p(z[|y]), or None for the standard normal."""
+        return None
+
+    def latent_from_noise(self, eps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Map standard-normal draws to draws of the prior p(z[|y]): z = mu + sigma * eps (the
+        identity for the standard normal). Every prior sample goes through here."""
+        prior = self.prior(y)
+        if prior is None:
+            return eps
+        mu, logvar = prior
+        return mu + (0.5 * logvar).exp() * eps
+
     def compute_terms(self, x, y):
         mu, logvar = self.encode(x, y)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation trick
         terms = self.recon_terms(self.decode(z, y), x)
-        terms["kl"] = gaussian_kl(mu.float(), logvar.float())
+        prior = self.prior(y)
+        if prior is None:
+            terms["kl"] = gaussian_kl(mu.float(), logvar.float())
+        else:
+            terms["kl"] = gaussian_kl_between(
+                mu.float(), logvar.float(), prior[0].float(), prior[1].float()
+            )
         terms["elbo"] = -(terms["recon"] + terms["kl"])
         loss = training_objective(
             terms["recon"],
@@ -72,8 +96,8 @@ class VAE(LatentModel):
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator=None) -> torch.Tensor:
         """n images (means of p(x|z)) for z drawn from the prior."""
-        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
-        return self.decode_images(z, labels)
+        eps = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return self.decode_images(self.latent_from_noise(eps, labels), labels)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

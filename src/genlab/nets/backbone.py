@@ -13,15 +13,21 @@ ARCHS = ("mlp", "conv")
 
 
 def build_backbone(
-    arch: str, image_shape: Sequence[int], decoder_in: int, mlp: dict, conv: dict
+    arch: str,
+    image_shape: Sequence[int],
+    latent_dim: int,
+    mlp: dict,
+    conv: dict,
+    cond_dim: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
-    """Return (encoder with `.out_dim`, decoder taking `decoder_in` features)."""
+    """Return (encoder with `.out_dim`, decoder taking a `latent_dim` code); both take a
+    condition vector of size `cond_dim` at every layer when it is > 0."""
     if arch == "mlp":
-        return MLPEncoder(image_shape, mlp["hidden"]), MLPDecoder(
-            decoder_in, image_shape, mlp["hidden"]
+        return MLPEncoder(image_shape, mlp["hidden"], cond_dim), MLPDecoder(
+            latent_dim, image_shape, mlp["hidden"], cond_dim
         )
     if arch == "conv":
-        return ConvEncoder(image_shape, conv["channels"], conv["fc_dim"]), ConvDecoder(
-            decoder_in, image_shape, conv["channels"], conv["fc_dim"]
+        return ConvEncoder(image_shape, conv["channels"], conv["fc_dim"], cond_dim), ConvDecoder(
+            latent_dim, image_shape, conv["channels"], conv["fc_dim"], cond_dim
         )
     raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")

@@ -1,0 +1,69 @@
+"""The CVAE draws the class it is asked for: a learned prior p(z|y) per class, and the label
+at every layer of both networks. Checked on data whose class is known by construction."""
+
+import numpy as np
+import torch
+from conftest import class_images
+from torch.distributions import Normal, kl_divergence
+
+from genlab.models.objectives import gaussian_kl, gaussian_kl_between
+from genlab.train import build_model, run
+
+
+def test_kl_between_gaussians_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mu, logvar, pmu, plogvar = (torch.randn(5, 3, generator=g) for _ in range(4))
+    expected = kl_divergence(
+        Normal(mu, (0.5 * logvar).exp()), Normal(pmu, (0.5 * plogvar).exp())
+    ).sum(1)
+    assert torch.allclose(gaussian_kl_between(mu, logvar, pmu, plogvar), expected, atol=1e-5)
+    zeros = torch.zeros_like(mu)
+    assert torch.allclose(gaussian_kl_between(mu, logvar, zeros, zeros), gaussian_kl(mu, logvar))
+
+
+def test_prior_starts_standard_and_labels_reach_every_layer(compose):
+    model = build_model(compose("model=cvae", "data=mnist", "model.mlp.hidden=[64,32]"))
+    mu, logvar = model.prior(torch.arange(10))
+    assert not mu.any() and not logvar.any()  # N(0, I) until trained
+    linears = [
+        m
+        for m in [*model.encoder.modules(), *model.decoder.modules()]
+        if isinstance(m, torch.nn.Linear)
+    ]
+    # Every linear layer reads the 10-d one-hot label beside its input.
+    assert [m.in_features for m in linears] == [784 + 10, 64 + 10, 16 + 10, 32 + 10, 64 + 10]
+
+
+def nearest_template(images: torch.Tensor) -> torch.Tensor:
+    """The class of each image by correlation with the per-class templates of the test data."""
+    templates = torch.from_numpy(np.random.default_rng(1234).random((10, 28, 28, 1)) > 0.6)
+    t = templates[..., 0].float().flatten(1)
+    t = (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True)
+    x = images.float().flatten(1)
+    x = (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-6)
+    return (x @ t.T).argmax(1)
+
+
+def test_class_chosen_samples_are_of_that_class(compose):
+    # The test data's class is its template (tests/conftest.py); a 20-epoch CVAE on 320 images.
+    images, labels = class_images(50, (28, 28, 1), 7)
+    assert (nearest_template(torch.from_numpy(images[..., 0])) == torch.from_numpy(labels)).all()
+    cfg = compose(
+        "model=cvae",
+        "data=mnist",
+        "trainer.max_epochs=20",
+        "test=false",
+        "save_images=false",
+        "model.latent_dim=8",
+    )
+    run(cfg)
+    from genlab.sample import load_run
+
+    model = load_run(cfg.paths.output_dir).model
+    wanted = torch.arange(200) % 10
+    samples = model.sample(200, wanted, generator=torch.Generator().manual_seed(0))
+    hit = (nearest_template(samples[:, 0]) == wanted).float().mean().item()
+    assert hit >= 0.8, hit  # 0.91 measured; 0.54 with an N(0, I) prior and the label at one layer
+    # The learned prior moved away from N(0, I) and differs between classes.
+    mu, _ = model.prior(torch.arange(10))
+    assert mu.std(0).mean() > 0.01
