@@ -69,10 +69,8 @@ def test_no_lightning_tips(cli_run):
         assert "litlogger" not in text and "💡" not in text
 
 
-# Lightning prints it from Trainer.save_checkpoint(path) without weights_only (a full checkpoint
-# is meant): genlab.callbacks' LatestCheckpoint and CheckpointOnInterrupt must pass
-# weights_only=False. Strict: drop this mark with that change.
-@pytest.mark.xfail(strict=True, reason="genlab.callbacks saves without weights_only=False")
+# Lightning prints it from Trainer.save_checkpoint(path) without weights_only and from fit/test
+# loading without it; genlab passes it everywhere (full checkpoints saved, weights-only loads).
 def test_no_weights_only_notice(cli_run):
     output, run_dir = cli_run
     for text in (output, (run_dir / "train.log").read_text()):

@@ -41,6 +41,16 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a temporary name and a rename, like `save_atomic`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
     """torch.load with weights_only=True and a readable error for files that are not safe
     genlab checkpoints (arbitrary pickled objects are refused, never executed)."""

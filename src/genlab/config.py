@@ -283,6 +283,19 @@ def _validate_ddpm(cfg: DictConfig) -> None:
         "a number in (0, 1), or null for no EMA",
     )
     _check(
+        cfg,
+        "model.ema_power",
+        lambda v: _is_number(v) and 0 < v <= 1,
+        "a number in (0, 1]",
+        "e.g. model.ema_power=0.6667 (short runs) or 0.75 (long runs, Karras et al.).",
+    )
+    _check(
+        cfg,
+        "model.warmup_steps",
+        lambda v: _is_int(v) and v >= 0,
+        "an integer >= 0 (0: no warm-up)",
+    )
+    _check(
         cfg, "model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"
     )
     mults = _get(cfg, "model.unet.channel_mults", [1])

@@ -58,7 +58,7 @@ def build_callbacks(cfg: DictConfig) -> list:
             spec["monitor"] = None  # no validation split: keep the latest checkpoint instead
         callbacks.append(instantiate(spec))
     if cfg.model.get("ema_decay"):
-        callbacks.append(EMA(decay=cfg.model.ema_decay))
+        callbacks.append(EMA(decay=cfg.model.ema_decay, power=cfg.model.get("ema_power", 2 / 3)))
     quality = cfg.get("eval") or {}
     if quality.get("sample_quality") and cfg.model.name != "ae" and cfg.get("test", True):
         from genlab.metrics.quality import SampleQuality
@@ -74,9 +74,12 @@ def build_callbacks(cfg: DictConfig) -> list:
                 batch_size=quality.batch_size,
             )
         )
+    from genlab.progress import EvaluationProgress
+
     checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
     return [
         *callbacks,
+        EvaluationProgress(),  # test (and slow validation) progress as lines in train.log
         RNGState(),
         RunIdentity(),
         LatestCheckpoint(checkpoint_dir),
@@ -112,12 +115,16 @@ def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0
     y = labels[:n].to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     if hasattr(model, "sample"):
+        # Conditional models: labels cycle over the classes, one class per column.
         sample_labels = model.preview_labels(n)
+        columns = 8 if sample_labels is None else model.num_classes
+        count = columns * 8
+        sample_labels = model.preview_labels(count)
         written.append(
             save_grid(
-                model.sample(n, sample_labels, generator=generator),
+                model.sample(count, sample_labels, generator=generator),
                 output_dir / "samples.png",
-                nrow=8,
+                nrow=columns,
             )
         )
     if hasattr(model, "reconstruct"):
@@ -147,10 +154,14 @@ def metrics_table(metrics: dict[str, float]) -> str:
 
 class _NoLightningTips(logging.Filter):
     """Drops Lightning's advertisements ("💡 Tip: ... litlogger / litmodels"), printed at every
-    Trainer start with no setting to turn them off; its other INFO lines pass."""
+    Trainer start with no setting to turn them off, and its note that it loads the training data
+    early to count the steps (`trainer.estimated_stepping_batches`, read by DDPM's warm-up
+    check; genlab's data is in memory, nothing waits); its other INFO lines pass."""
+
+    dropped = ("💡 Tip:", "Loading `train_dataloader` to estimate number of stepping batches")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        return not str(record.msg).startswith(self.dropped)
 
 
 _NO_TIPS = _NoLightningTips()
@@ -176,6 +187,44 @@ def tidy_lightning_logging() -> None:
         rank_zero_module.log.addFilter(_NO_TIPS)
 
 
+def write_metrics(metrics: dict[str, float], output_dir: Path) -> Path:
+    """metrics.json, replaced atomically (a reader never sees half of it)."""
+    from genlab.checkpoints import write_text_atomic
+
+    return write_text_atomic(
+        output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True)
+    )
+
+
+def quiet_known_warnings() -> None:
+    """Ignore the warnings no genlab user can act on, each matched by its exact text, category and
+    the module that issues it: the same text from anywhere else, and every other warning, still
+    shows. Idempotent (a filter added again replaces itself)."""
+    import warnings
+
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    # Lightning 2.6's pytree helper uses an isinstance check that torch 2.14 deprecates: a note
+    # for Lightning's developers, printed once per run whatever the config.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    # Printed by every run on a machine with Slurm's tools (a login node, CI) that is not itself
+    # a Slurm job. genlab's Slurm runs are hydra/launcher=slurm jobs, started with srun, where it
+    # never shows; nor does it in an allocation of several tasks (SLURM_NTASKS set), the
+    # DDP-without-srun hang it is meant for. And its advice, to prepend `srun`, is not genlab's
+    # way onto a cluster (hydra/launcher=slurm, README "Sweeps and clusters").
+    warnings.filterwarnings(
+        "ignore",
+        message=r"The `srun` command is available on your system but is not used",
+        category=PossibleUserWarning,
+        module=r"lightning\.fabric\.plugins\.environments\.slurm",
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) the model described by `cfg`; return the final metrics.
 
@@ -187,6 +236,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     tidy_lightning_logging()
+    quiet_known_warnings()
 
     from genlab.callbacks import CheckpointOnInterrupt, TrainingInterrupted, wandb_run_id_in
     from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
@@ -231,10 +281,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = _final(trainer.callback_metrics)
 
         if cfg.get("test", True):
+            if trainer.is_global_zero:  # the training numbers are kept if testing is stopped
+                write_metrics(metrics, output_dir)
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-            results = trainer.test(
-                model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
-            )
+            try:
+                results = trainer.test(
+                    model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
+                )
+            except (SystemExit, KeyboardInterrupt):
+                if guard.interruption is not None:
+                    raise guard.interruption from None
+                raise
             metrics.update(_floats(results[0]) if results else {})
 
         if trainer.is_global_zero:
@@ -242,7 +299,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 datamodule.setup("test")
                 for path in write_images(model, datamodule, output_dir, seed=cfg.get("seed") or 0):
                     log.info("wrote %s", path)
-            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            write_metrics(metrics, output_dir)
             # Lightning's own table is off (verbose=False): this one shows every final number.
             log.info("final metrics (%s):\n%s", output_dir / "metrics.json", metrics_table(metrics))
         return metrics

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch.special import log_ndtr
 
+from genlab import interrupt
 from genlab.diffusion.schedule import DiffusionSchedule
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -162,6 +163,7 @@ def vlb_terms(
 
     terms = x0.new_zeros(B, T)
     for start in range(0, T, t_batch_chunk):
+        interrupt.poll()  # T network calls per image: stop between chunks on SIGTERM
         stop = min(start + t_batch_chunk, T)
         k = stop - start
         noise = torch.cat(

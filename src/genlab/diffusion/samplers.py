@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from genlab import interrupt
 from genlab.diffusion.schedule import PREDICTIONS, DiffusionSchedule, _check_choice
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,13 +32,18 @@ SampleResult = torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]
 
 
 def _progress(steps: Sequence, enabled: bool, desc: str) -> Iterable:
-    if not enabled:
-        return steps
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress bars are a nicety, never a hard dependency
-        return steps
-    return tqdm(steps, desc=desc, leave=False)
+    """The sampler's steps, with a progress bar if asked, honouring stop requests between
+    steps (genlab.interrupt: a SIGTERM while a run evaluates)."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # progress bars are a nicety, never a hard dependency
+            pass
+        else:
+            steps = tqdm(steps, desc=desc, leave=False)
+    for step in steps:
+        interrupt.poll()
+        yield step
 
 
 def _initial_noise(

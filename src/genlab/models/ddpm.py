@@ -14,6 +14,7 @@ classifier-free guidance (Ho & Salimans 2022): eps = eps(x, y) + w * (eps(x, y) 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -23,6 +24,8 @@ from torchmetrics import MeanMetric
 from genlab.diffusion import DiffusionSchedule, ddim_sample, ddpm_sample, vlb_terms
 from genlab.models.base import GenerativeModule
 from genlab.nets.unet import UNet
+
+log = logging.getLogger("genlab")
 
 # Test-set variational bound in bits/dim, and its parts: L_T, sum of L_{t-1}, L_0.
 BPD_PARTS = ("bpd", "bpd_prior", "bpd_diffusion", "bpd_decoder")
@@ -56,7 +59,8 @@ class DDPM(GenerativeModule):
         cond_drop_prob: float = 0.1,
         guidance_scale: float = 0.0,
         ema_decay: float | None = 0.9999,
-        warmup_steps: int = 5000,
+        ema_power: float = 2 / 3,
+        warmup_steps: int = 500,
         grad_clip: float | None = 1.0,
         test_bpd_images: int | None = 256,
         bpd_t_chunk: int = 10,
@@ -168,6 +172,19 @@ class DDPM(GenerativeModule):
             self.log(f"test/{name}", metric, on_epoch=True)
 
     # -- optimisation --------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        planned = self.trainer.estimated_stepping_batches
+        warmup = int(self.hparams.warmup_steps)
+        if math.isfinite(planned) and warmup > 0.5 * planned:
+            log.warning(
+                "model.warmup_steps=%d is more than half of this run's %d optimizer steps: the "
+                "learning rate stays below model.optimizer.lr for most of the run. Lower it "
+                "(e.g. model.warmup_steps=%d) or train longer.",
+                warmup,
+                planned,
+                max(1, int(planned) // 10),
+            )
+
     def configure_optimizers(self):
         optimizer = super().configure_optimizers()
         warmup = max(1, int(self.hparams.warmup_steps))
