@@ -17,12 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab import GenlabError
+from genlab import GenlabError, interrupt
+from genlab.progress import report
+
+# Version of the training recipe; a cached classifier of an older one is retrained.
+RECIPE = 2  # 2: dropout before the head and a one-cycle learning rate (87.8% -> 90.7%)
 
 
 class DomainClassifier(nn.Module):
-    """Two conv blocks and a 128-d penultimate layer (87.6% test accuracy on Fashion-MNIST after
-    the default 3 epochs)."""
+    """Two conv blocks and a 128-d penultimate layer: 90.7% test accuracy on Fashion-MNIST after
+    the default 3 epochs (~1.5 min on 2 CPU cores), 70% on its hardest class (shirts)."""
 
     feature_dim = 128
 
@@ -41,13 +45,14 @@ class DomainClassifier(nn.Module):
             nn.Linear(64 * (h // 4) * (w // 4), self.feature_dim),
             nn.ReLU(),
         )
+        self.dropout = nn.Dropout(0.3)  # active only while training; no parameters
         self.head = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.dropout(self.features(x)))
 
 
 class FeatureView(nn.Module):
@@ -68,6 +73,51 @@ class FeatureView(nn.Module):
 
 def cache_path(data_dir, dataset: str) -> Path:
     return Path(data_dir) / "genlab_classifiers" / f"{dataset}.pt"
+
+
+def _current(path: Path) -> bool:
+    """A cached classifier exists and was trained with today's recipe."""
+    if not path.is_file():
+        return False
+    from genlab.checkpoints import load_checkpoint
+
+    return load_checkpoint(path).get("recipe", 1) >= RECIPE
+
+
+def ensure_classifier(data_dir, dataset: str) -> Path:
+    """The cached classifier for `dataset`, trained first if there is none (~1 min on 2 CPU
+    cores for the MNIST family). Parallel jobs of a sweep wait on a lock for the first one to
+    train it instead of training it each."""
+    import fcntl
+    import logging
+    import time
+
+    path = cache_path(data_dir, dataset)
+    if _current(path):
+        return path
+    log = logging.getLogger("genlab")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if killed
+        if _current(path):  # another job trained it while this one waited
+            return path
+        log.info(
+            "test/fid_domain needs a %s classifier of recipe %d and there is none at %s yet: "
+            "training it once (cached for every later run) ...",
+            dataset,
+            RECIPE,
+            path,
+        )
+        start = time.monotonic()
+        # Called from Lightning's test stage, which runs with gradients off.
+        with torch.inference_mode(False), torch.enable_grad():
+            _, accuracy = train_classifier(dataset, data_dir, out=path)
+        log.info(
+            "domain classifier ready: %.2f%% test accuracy, %.0f s",
+            100 * accuracy,
+            time.monotonic() - start,
+        )
+    return path
 
 
 def load_classifier(path, dataset: str, image_shape) -> tuple[DomainClassifier, float]:
@@ -108,15 +158,23 @@ def train_classifier(
     images, labels = datamodule.splits["train"]
     model = DomainClassifier(datamodule.image_shape, datamodule.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=max(1, epochs * steps_per_epoch)
+    )
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(images), generator=generator)
+        report("domain classifier", epoch, epochs, unit="epochs")
         for start in range(0, len(order), batch_size):
+            interrupt.poll()
             idx = order[start : start + batch_size]
             loss = F.cross_entropy(model(images[idx].float() / 255), labels[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
+    report("domain classifier", epochs, epochs, unit="epochs")
     accuracy = evaluate_accuracy(model.eval(), *datamodule.splits["test"])
     state = {
         "state_dict": model.state_dict(),
@@ -125,6 +183,7 @@ def train_classifier(
         "image_shape": list(datamodule.image_shape),
         "test_accuracy": accuracy,
         "epochs": epochs,
+        "recipe": RECIPE,
     }
     from genlab.checkpoints import save_atomic
 

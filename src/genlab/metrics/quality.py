@@ -23,7 +23,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from genlab import GenlabError
+from genlab import GenlabError, interrupt
+from genlab.progress import report
 
 log = logging.getLogger("genlab")
 INCEPTION_HINT = (
@@ -68,28 +69,14 @@ class SampleQuality(pl.Callback):
     # -- feature spaces ------------------------------------------------------------------------
     def _spaces(self, image_shape, device) -> dict[str, tuple]:
         """{name: (features module, logits module or None, to_input function)}."""
-        from genlab.metrics.classifier import FeatureView, cache_path, load_classifier
+        from genlab.metrics.classifier import FeatureView, ensure_classifier, load_classifier
 
         spaces = {}
         if self.domain:
-            path = cache_path(self.data_dir, self.dataset)
-            if path.is_file():
-                clf, acc = load_classifier(path, self.dataset, image_shape)
-                clf = clf.to(device)
-                spaces["domain"] = (
-                    FeatureView(clf),
-                    FeatureView(clf, logits=True),
-                    lambda x: x,
-                    acc,
-                )
-            else:
-                log.warning(
-                    "test/fid_domain skipped: no %s classifier at %s; train it once with "
-                    "`python -m genlab.metrics.classifier --data %s`.",
-                    self.dataset,
-                    path,
-                    self.dataset,
-                )
+            path = ensure_classifier(self.data_dir, self.dataset)
+            clf, acc = load_classifier(path, self.dataset, image_shape)
+            clf = clf.to(device)
+            spaces["domain"] = (FeatureView(clf), FeatureView(clf, logits=True), lambda x: x, acc)
         if self.inception_weights is None:
             log.warning(
                 "test/fid, test/kid, test/is (Inception) skipped: no weights; %s.", INCEPTION_HINT
@@ -178,9 +165,12 @@ class SampleQuality(pl.Callback):
         generator = torch.Generator(device=pl_module.device).manual_seed(10_000 + seed)
         out = []
         for start in range(0, n, self.batch_size):
+            interrupt.poll()
+            report("sample quality: generating", start, n, unit="images")
             count = min(self.batch_size, n - start)
             labels = pl_module.preview_labels(count)
             out.append(pl_module.sample(count, labels, generator=generator).float().cpu())
+        report("sample quality: generating", n, n, unit="images")
         return torch.cat(out)
 
     def _add_real(self, fid, kid, real_images, to_input, name, shape, rank, world, device):
@@ -196,6 +186,7 @@ class SampleQuality(pl.Callback):
             for key in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
                 setattr(fid, key, cached[key].to(device))
         for start in range(0, len(shard), self.batch_size):
+            interrupt.poll()
             batch = to_input(shard[start : start + self.batch_size].to(device).float() / 255)
             if cached is None:
                 fid.update(batch, real=True)

@@ -1,0 +1,92 @@
+"""Sample quality of trained runs in the domain classifier's feature space, for docs/results.md.
+
+    python benchmarks/sample_quality.py RUN_OR_CKPT [...] --num-samples 1000 [--guidance 2]
+
+For each run dir or checkpoint: domain FID against the Fashion-MNIST (or MNIST) test split, the
+share of samples the classifier assigns with confidence >= 0.9, and, for conditional models
+(CVAE, conditional DDPM), the share classified as the class that was asked for (labels cycle
+over the classes). One JSON line per run goes to stdout and, with --out, into a JSON list.
+The FID uses the same torchmetrics metric and features as the test stage (genlab.metrics);
+compare runs only at the same --num-samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def evaluate(path: str, num_samples: int, guidance: float | None, data_dir: str, seed: int):
+    from torchmetrics.image import FrechetInceptionDistance
+
+    from genlab.metrics.classifier import FeatureView, ensure_classifier, load_classifier
+    from genlab.sample import load_run
+
+    run = load_run(path)
+    model = run.model.eval()
+    dataset = run.cfg.data.name if run.cfg is not None else "fashion_mnist"
+    classifier, accuracy = load_classifier(
+        ensure_classifier(data_dir, dataset), dataset, model.image_shape
+    )
+    real, _ = run.test_split()
+    fid = FrechetInceptionDistance(feature=FeatureView(classifier), normalize=True)
+    for start in range(0, len(real), 1000):
+        fid.update(real[start : start + 1000].float() / 255, real=True)
+    conditional = model.preview_labels(1) is not None
+    wanted = torch.arange(num_samples) % model.num_classes if conditional else None
+    generator = torch.Generator().manual_seed(seed)
+    extra = {} if guidance is None else {"guidance_scale": guidance}
+    started, fakes = time.monotonic(), []
+    for start in range(0, num_samples, 250):
+        labels = None if wanted is None else wanted[start : start + 250]
+        count = min(250, num_samples - start)
+        fakes.append(model.sample(count, labels, generator=generator, **extra).float())
+    fakes = torch.cat(fakes)
+    seconds = time.monotonic() - started
+    fid.update(fakes, real=False)
+    with torch.no_grad():
+        probs = classifier(fakes).softmax(1)
+    row = {
+        "run": str(path),
+        "model": run.name,
+        "step": int(
+            torch.load(run.checkpoint, weights_only=True, map_location="cpu")["global_step"]
+        ),
+        "num_samples": num_samples,
+        "fid_domain": round(float(fid.compute()), 3),
+        "confident_share": round(float((probs.max(1).values >= 0.9).float().mean()), 4),
+        "classifier_accuracy": round(accuracy, 4),
+        "sampling_s": round(seconds, 1),
+    }
+    if wanted is not None:
+        row["requested_class_share"] = round(float((probs.argmax(1) == wanted).float().mean()), 4)
+        if guidance is not None:
+            row["guidance_scale"] = guidance
+    return row
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run dirs or .ckpt files")
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--guidance", type=float, default=None, help="DDPM guidance scale")
+    parser.add_argument("--data-dir", default="./data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="append the rows to this JSON")
+    args = parser.parse_args(argv)
+    rows = []
+    for path in args.runs:
+        row = evaluate(path, args.num_samples, args.guidance, args.data_dir, args.seed)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if args.out is not None:
+        old = json.loads(args.out.read_text()) if args.out.is_file() else []
+        args.out.write_text(json.dumps(old + rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
