@@ -71,3 +71,41 @@ def test_benchmark_rejects_unknown_cases():
     )
     assert result.returncode == 2
     assert "unknown case(s) vea; choose from vae, ae" in result.stderr
+
+
+def test_sample_quality_script_scores_a_conditional_run(compose, data_root, tmp_path):
+    """benchmarks/sample_quality.py (docs/results.md's numbers) on a tiny CVAE: the requested-
+    class share is the classifier's agreement with the labels asked for, FID is finite."""
+    import math
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from sample_quality import evaluate
+
+    from genlab.train import run
+
+    cfg = compose(
+        "model=cvae",
+        "data=mnist",
+        "model.mlp.hidden=[64]",
+        "model.latent_dim=4",
+        "trainer.max_epochs=3",
+        "test=false",
+        "save_images=false",
+    )
+    run(cfg)
+    row = evaluate(cfg.paths.output_dir, 40, None, str(data_root), seed=0)
+    assert row["model"] == "cvae" and row["num_samples"] == 40 and row["step"] > 0
+    assert math.isfinite(row["fid_domain"]) and row["fid_domain"] >= 0
+    assert 0 <= row["requested_class_share"] <= 1 and 0 <= row["confident_share"] <= 1
+    # Independent check of the share: classify the same samples again.
+    from genlab.metrics.classifier import cache_path, load_classifier
+    from genlab.sample import load_run
+
+    classifier, _ = load_classifier(cache_path(data_root, "mnist"), "mnist", [1, 28, 28])
+    model = load_run(cfg.paths.output_dir).model
+    wanted = torch.arange(40) % 10
+    samples = torch.cat([model.sample(40, wanted, generator=torch.Generator().manual_seed(0))])
+    share = float((classifier(samples).argmax(1) == wanted).float().mean())
+    assert row["requested_class_share"] == round(share, 4)

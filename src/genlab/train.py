@@ -223,6 +223,15 @@ def quiet_known_warnings() -> None:
         category=PossibleUserWarning,
         module=r"lightning\.fabric\.plugins\.environments\.slurm",
     )
+    # torchmetrics' KID and IS keep their features in memory by design; genlab's sample counts
+    # (eval.num_samples) are what bounds that memory, and the user already chose them.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Metric `(Kernel Inception Distance|InceptionScore)` will save all extracted "
+        r"features in buffer",
+        category=UserWarning,
+        module=r"torchmetrics\.utilities\.prints",
+    )
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

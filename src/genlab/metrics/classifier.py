@@ -68,7 +68,15 @@ class FeatureView(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x) if self.logits else self.classifier.features(x)
+        # FID, KID and IS are each handed the same batch tensor: compute its features once
+        # (the last batch seen, shared by every view of this classifier), not three times.
+        memo = getattr(self.classifier, "_last_features", None)
+        if memo is not None and memo[0] is x:
+            features = memo[1]
+        else:
+            features = self.classifier.features(x)
+            self.classifier._last_features = (x, features)
+        return self.classifier.head(features) if self.logits else features
 
 
 def cache_path(data_dir, dataset: str) -> Path:
