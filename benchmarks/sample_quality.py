@@ -20,7 +20,15 @@ from pathlib import Path
 import torch
 
 
-def evaluate(path: str, num_samples: int, guidance: float | None, data_dir: str, seed: int):
+def evaluate(
+    path: str,
+    num_samples: int,
+    guidance: float | None,
+    data_dir: str,
+    seed: int,
+    dataset: str = "fashion_mnist",
+):
+    """One row of scores; `dataset` applies to a bare checkpoint (a run dir says its own)."""
     from torchmetrics.image import FrechetInceptionDistance
 
     from genlab.metrics.classifier import FeatureView, ensure_classifier, load_classifier
@@ -28,11 +36,11 @@ def evaluate(path: str, num_samples: int, guidance: float | None, data_dir: str,
 
     run = load_run(path)
     model = run.model.eval()
-    dataset = run.cfg.data.name if run.cfg is not None else "fashion_mnist"
+    dataset = run.cfg.data.name if run.cfg is not None else dataset
     classifier, accuracy = load_classifier(
         ensure_classifier(data_dir, dataset), dataset, model.image_shape
     )
-    real, _ = run.test_split()
+    real, _ = run.test_split(data=None if run.cfg is not None else dataset, data_dir=data_dir)
     fid = FrechetInceptionDistance(feature=FeatureView(classifier), normalize=True)
     for start in range(0, len(real), 1000):
         fid.update(real[start : start + 1000].float() / 255, real=True)
@@ -76,11 +84,14 @@ def main(argv=None) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="DDPM guidance scale")
     parser.add_argument("--data-dir", default="./data")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", default="fashion_mnist", help="for bare .ckpt files")
     parser.add_argument("--out", type=Path, default=None, help="append the rows to this JSON")
     args = parser.parse_args(argv)
     rows = []
     for path in args.runs:
-        row = evaluate(path, args.num_samples, args.guidance, args.data_dir, args.seed)
+        row = evaluate(
+            path, args.num_samples, args.guidance, args.data_dir, args.seed, args.dataset
+        )
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.out is not None:
