@@ -48,6 +48,16 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
+# A DDPM small enough for tests: T=50, an 8-channel two-level U-Net.
+TINY_DDPM = [
+    "model=ddpm",
+    "model.timesteps=50",
+    "model.sample_steps=10",
+    "model.unet.base_channels=8",
+    "model.unet.channel_mults=[1,2]",
+    "model.unet.num_res_blocks=1",
+]
+
 FAST = [
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",

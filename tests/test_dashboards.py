@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY_DDPM
 from PIL import Image
 
 from genlab.loggers import finish_loggers
@@ -19,13 +20,8 @@ from genlab.train import run
 from genlab.viz.grids import log_images, make_grid
 
 SMALL = ["model.mlp.hidden=[64]", "model.latent_dim=4"]
-TINY_DDPM = [
-    "model=ddpm",
-    "model.timesteps=50",
-    "model.sample_steps=10",
-    "model.unet.base_channels=8",
-    "model.unet.channel_mults=[1,2]",
-    "model.unet.num_res_blocks=1",
+TINY_DDPM_RUN = [
+    *TINY_DDPM,
     "model.ema_decay=null",
 ]
 # 8-bit quantisation by rounding: a pixel is at most half a level away from the value sent.
@@ -167,7 +163,7 @@ def test_step_loss_rows_carry_the_loss_of_their_step(recorded):
 
 
 def test_scheduled_learning_rate_is_logged_per_step(recorded):
-    cfg, metrics, saved, rows = recorded(*TINY_DDPM, "data=mnist")
+    cfg, metrics, saved, rows = recorded(*TINY_DDPM_RUN, "data=mnist")
     every = cfg.trainer.log_every_n_steps
     logged = {int(r["step"]): float(r["train/lr"]) for r in rows if r["train/lr"]}
     assert sorted(logged) == [s for s in sorted(StepRecorder.lrs) if (s + 1) % every == 0]

@@ -3,6 +3,7 @@ the bound lands in the test metrics, conditioning and guidance work, bad setting
 
 import pytest
 import torch
+from conftest import TINY_DDPM
 
 from genlab import GenlabError
 from genlab.config import validate
@@ -10,12 +11,7 @@ from genlab.models import DDPM
 from genlab.train import build_datamodule, build_model, run
 
 TINY = [
-    "model=ddpm",
-    "model.timesteps=50",
-    "model.sample_steps=10",
-    "model.unet.base_channels=8",
-    "model.unet.channel_mults=[1,2]",
-    "model.unet.num_res_blocks=1",
+    *TINY_DDPM,
     "model.warmup_steps=1",
     "model.test_bpd_images=16",
     "model.bpd_t_chunk=25",

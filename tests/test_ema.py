@@ -6,18 +6,14 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TINY_DDPM
 
 from genlab.callbacks import EMA, ema_warmup_weight
 from genlab.train import run
 
-TINY_DDPM = [
-    "model=ddpm",
+TINY_DDPM_RUN = [
+    *TINY_DDPM,
     "data=mnist",
-    "model.timesteps=50",
-    "model.sample_steps=10",
-    "model.unet.base_channels=8",
-    "model.unet.channel_mults=[1,2]",
-    "model.unet.num_res_blocks=1",
     "model.warmup_steps=1",
     "test=false",
     "save_images=false",
@@ -61,7 +57,7 @@ def test_ema_of_a_real_run_equals_the_hand_computed_average(compose, monkeypatch
     # state is the raw weights that update saw (record before EMA would see the same values:
     # the EMA callback does not change the raw weights during training).
     monkeypatch.setattr(train_module, "build_callbacks", lambda cfg: [recorder, *original(cfg)])
-    cfg = compose(*TINY_DDPM, "model.ema_decay=0.999", "model.ema_power=0.5")
+    cfg = compose(*TINY_DDPM_RUN, "model.ema_decay=0.999", "model.ema_power=0.5")
     run(cfg)
     ckpt = torch.load(cfg.paths.output_dir + "/checkpoints/last.ckpt", weights_only=True)
     ema = ckpt["state_dict"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, FAST, REPO
+from conftest import CONF_DIR, FAST, REPO, TINY_DDPM
 from PIL import Image
 
 from genlab import GenlabError
@@ -237,13 +237,8 @@ def test_precheck_refuses_bad_sweeps(case, args, message):
     assert message in str(err.value)
 
 
-TINY_DDPM = [
-    "model=ddpm",
-    "model.timesteps=50",
-    "model.sample_steps=10",
-    "model.unet.base_channels=8",
-    "model.unet.channel_mults=[1,2]",
-    "model.unet.num_res_blocks=1",
+TINY_DDPM_RUN = [
+    *TINY_DDPM,
     "model.warmup_steps=1",
     "model.test_bpd_images=16",
     "model.bpd_t_chunk=25",
@@ -255,7 +250,7 @@ TINY_DDPM = [
     [
         ["model=ae", "model.mlp.hidden=[64]"],
         ["model.mlp.hidden=[64]", "model.latent_dim=4", "model.iwae_k_test=4", "eval.domain=false"],
-        TINY_DDPM + ["eval.sample_quality=false"],
+        TINY_DDPM_RUN + ["eval.sample_quality=false"],
     ],
     ids=["ae", "vae", "ddpm"],
 )
