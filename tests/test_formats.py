@@ -118,3 +118,30 @@ def test_failed_download_is_reported(tmp_path, monkeypatch):
         load_split("fashion_mnist", tmp_path, train=True, download=True)
     assert "Download failed" in str(err.value) and "Name or service not known" in str(err.value)
     assert "apt-get install dataset-fashion-mnist" in str(err.value)
+
+
+class _RunsCode:
+    """Unpickling this calls exec(): what a crafted CIFAR-10 batch could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_cifar_batch_that_would_run_code_is_refused_by_name(tmp_path):
+    write_cifar10(tmp_path, class_images(50, (32, 32, 3), 5), class_images(20, (32, 32, 3), 6))
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    record = {"data": np.zeros((10, 3072), dtype=np.uint8), "labels": _RunsCode(marker)}
+    path.write_bytes(pickle.dumps(record, protocol=2))
+    with pytest.raises(
+        GenlabError, match=r"Refused to read .*data_batch_2.*(__builtin__|builtins)\.exec"
+    ):
+        load_split("cifar10", tmp_path, train=True, download=False)
+    assert not marker.exists()
+    # The genuine layout (protocol-2 pickles of arrays, lists and strings) still loads.
+    write_cifar10(tmp_path, class_images(50, (32, 32, 3), 5), class_images(20, (32, 32, 3), 6))
+    images, labels = load_split("cifar10", tmp_path, train=True, download=False)
+    assert images.shape == (50, 3, 32, 32) and labels.dtype == torch.long

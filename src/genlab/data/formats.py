@@ -103,6 +103,74 @@ CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST_FILES = ["test_batch"]
 
 
+# What a CIFAR-10 batch pickle may name: numpy's array reconstruction and dtypes, and the
+# str -> bytes codec that protocol-2 pickles use for byte strings. Anything else (a function, a
+# class of another module) is refused before it is looked up, so no code runs from the file.
+_CIFAR_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a function or class outside _CIFAR_ALLOWED."""
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_ALLOWED:
+            return super().find_class(module, name)
+        raise _RefusedGlobal(f"it names {module}.{name}, which a data file never needs")
+
+
+def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 3, 32, 32], labels int64 [N]) of one `cifar-10-batches-py` file, read
+    so that only arrays, lists, dicts, strings and numbers can come out of the pickle."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            record = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except _RefusedGlobal as err:
+        raise GenlabError(
+            f"Refused to read {path}: {err}. It is not a genuine CIFAR-10 batch (those hold only "
+            "arrays and lists); delete the folder and fetch CIFAR-10 again."
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as err:
+        raise GenlabError(
+            f"Could not read CIFAR-10 batch {path} ({type(err).__name__}: {err}): the file is "
+            "truncated or corrupted. Delete the folder and fetch it again."
+        ) from None
+    if isinstance(record, dict):
+        record = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in record.items()}
+    data = record.get("data") if isinstance(record, dict) else None
+    labels = record.get("labels") if isinstance(record, dict) else None
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+        or not isinstance(labels, list | np.ndarray)
+        or len(labels) != len(data)
+    ):
+        raise GenlabError(
+            f"CIFAR-10 batch {path} does not hold a uint8 'data' array of N x 3072 with N "
+            "'labels': it is truncated or corrupted. Delete the folder and fetch it again."
+        )
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
 def write_cifar10(folder: str | os.PathLike, train: tuple, test: tuple) -> Path:
     """Write (images NxHxWx3 uint8, labels) pairs as a `cifar-10-batches-py` folder."""
     folder = Path(folder) / "cifar-10-batches-py"
@@ -118,7 +186,7 @@ def write_cifar10(folder: str | os.PathLike, train: tuple, test: tuple) -> Path:
             "filenames": [f"{name}_{i}.png" for i in range(len(images))],
         }
         with open(folder / name, "wb") as f:
-            pickle.dump(record, f)
+            pickle.dump(record, f, protocol=2)  # as the genuine (Python 2) files
 
     images, labels = train
     chunks = np.array_split(np.arange(len(images)), len(CIFAR10_TRAIN_FILES))
