@@ -183,3 +183,56 @@ def test_bad_inception_weights_warn_instead_of_crashing(tmp_path, caplog):
 def test_fewer_samples_than_kid_subset_is_refused(tmp_path):
     with pytest.raises(GenlabError, match="smaller than KID's subset size"):
         SampleQuality(dataset="mnist", data_dir=tmp_path, num_samples=100, kid_subset_size=1000)
+
+
+def test_domain_features_see_images_as_they_are(monkeypatch, data_root, tmp_path):
+    """FID, KID and IS hand the domain classifier float images in [0, 1] (torchmetrics' IS
+    would turn normalised inputs into bytes 0..255), and IS matches its formula."""
+    from genlab.data import ImageDataModule
+    from genlab.metrics import classifier as clf_module
+
+    dm = ImageDataModule.from_name("mnist", data_root, download=False, system_dirs=[])
+    path, _ = train_classifier("mnist", data_root, epochs=2, out=tmp_path / "c.pt", datamodule=dm)
+    monkeypatch.setattr(clf_module, "cache_path", lambda data_dir, dataset: path)
+    seen = []
+    original = clf_module.DomainClassifier.features
+
+    def spy(self, x):
+        seen.append((x.dtype, float(x.min()), float(x.max())))
+        return original(self, x)
+
+    monkeypatch.setattr(clf_module.DomainClassifier, "features", spy)
+    dm.setup("test")
+    images = dm.splits["test"][0].float() / 255
+
+    class Generator:  # a "model" whose samples are the real test images
+        device = torch.device("cpu")
+
+        def preview_labels(self, n):
+            return None
+
+        def sample(self, n, labels=None, generator=None):
+            return images[:n]
+
+    class Trainer:
+        datamodule, global_rank, world_size = dm, 0, 1
+
+    logged = {}
+    Generator.log = lambda self, key, value, **kw: logged.__setitem__(key, float(value))
+    quality = SampleQuality(
+        dataset="mnist",
+        data_dir=tmp_path,
+        num_samples=len(images),
+        kid_subset_size=16,
+        batch_size=32,
+    )
+    quality.on_test_epoch_end(Trainer(), Generator())
+    assert seen and all(d.is_floating_point and lo >= 0 and hi <= 1 for d, lo, hi in seen)
+    # Samples equal to the real images: FID ~ 0; IS = exp(E KL(p(y|x) || p(y))) <= classes.
+    assert abs(logged["test/fid_domain"]) < 0.5  # not exactly 0: 96 images, 128-d features
+    model, _ = load_classifier(path, "mnist", [1, 28, 28])
+    with torch.no_grad():
+        p = model(images).softmax(1)
+    one_split = math.exp(float((p * (p.log() - p.mean(0).log())).sum(1).mean()))
+    assert 1 <= logged["test/is_domain"] <= 10
+    assert logged["test/is_domain"] == pytest.approx(one_split, rel=0.35)

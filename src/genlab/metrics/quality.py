@@ -139,7 +139,10 @@ class SampleQuality(pl.Callback):
             kid = KernelInceptionDistance(
                 feature=features, normalize=custom, subset_size=self.kid_subset_size
             ).to(device)
-            score = InceptionScore(feature=logits, normalize=custom).to(device)
+            # normalize=False: torchmetrics' IS turns normalised images into bytes 0..255 even for
+            # a custom feature module (FID and KID do not), so the domain classifier would see
+            # 255x its inputs. The inputs here are already what each feature space expects.
+            score = InceptionScore(feature=logits, normalize=False).to(device)
             self._add_real(fid, kid, real_images, to_input, name, shape, rank, world, device)
             for start in range(0, len(fakes), self.batch_size):
                 batch = to_input(fakes[start : start + self.batch_size].to(device))
