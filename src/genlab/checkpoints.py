@@ -20,35 +20,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO with atomic writes and weights-only reads."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        write = lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(
+            checkpoint, tmp, storage_options
+        )
+        replace_atomically(path, write)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return load_checkpoint(path, map_location)
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary name, then rename: readers never see a half-written file."""
-    import torch
-
+def replace_atomically(path: str | os.PathLike, write) -> Path:
+    """Call `write(tmp)` for a temporary name beside `path`, then rename it onto `path`: readers
+    never see a half-written file, and a kill mid-write keeps the previous one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
     return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save, atomically (`replace_atomically`)."""
+    import torch
+
+    return replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a temporary name and a rename, like `save_atomic`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    """A text file, atomically (`replace_atomically`)."""
+    return replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:

@@ -7,6 +7,7 @@ directly with configs composed through Hydra's compose API.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -116,8 +117,7 @@ def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0
     generator = torch.Generator(device=model.device).manual_seed(seed)
     if hasattr(model, "sample"):
         # Conditional models: labels cycle over the classes, one class per column.
-        sample_labels = model.preview_labels(n)
-        columns = 8 if sample_labels is None else model.num_classes
+        columns = 8 if model.preview_labels(1) is None else model.num_classes
         count = columns * 8
         sample_labels = model.preview_labels(count)
         written.append(
@@ -185,6 +185,19 @@ def tidy_lightning_logging() -> None:
     # The logger rank_zero_info writes through (a filter on a logger sees only its own records).
     if _NO_TIPS not in rank_zero_module.log.filters:
         rank_zero_module.log.addFilter(_NO_TIPS)
+
+
+@contextlib.contextmanager
+def _signals_as_interruption(guard):
+    """Lightning ends a fit or test stopped by SIGTERM/SIGINT with SystemExit or
+    KeyboardInterrupt; raise the TrainingInterrupted that `guard` (CheckpointOnInterrupt)
+    recorded instead, which names the checkpoint and the exit code."""
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):
+        if guard.interruption is not None:
+            raise guard.interruption from None
+        raise
 
 
 def write_metrics(metrics: dict[str, float], output_dir: Path) -> Path:
@@ -278,13 +291,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             logger.log_hyperparams({k: v for k, v in run_config.items() if k != "paths"})
 
         guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
-        try:
+        with _signals_as_interruption(guard):
             # weights_only=True: Lightning reads checkpoints as safely as genlab.checkpoints does.
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except (SystemExit, KeyboardInterrupt):
-            if guard.interruption is not None:
-                raise guard.interruption from None
-            raise
         if trainer.interrupted:
             raise guard.interruption or TrainingInterrupted("signal", 1, None, trainer.global_step)
         metrics = _final(trainer.callback_metrics)
@@ -293,14 +302,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if trainer.is_global_zero:  # the training numbers are kept if testing is stopped
                 write_metrics(metrics, output_dir)
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-            try:
+            with _signals_as_interruption(guard):
                 results = trainer.test(
                     model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
                 )
-            except (SystemExit, KeyboardInterrupt):
-                if guard.interruption is not None:
-                    raise guard.interruption from None
-                raise
             metrics.update(_floats(results[0]) if results else {})
 
         if trainer.is_global_zero:
