@@ -35,7 +35,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP = 5  # untimed steps before every timed run
-sys.path.insert(0, str(REPO / "tests"))  # the synthetic-data writers used by the test suite
 
 
 # -- data --------------------------------------------------------------------------------------

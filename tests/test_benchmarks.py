@@ -7,7 +7,7 @@ import statistics
 import subprocess
 import sys
 
-from conftest import REPO
+from fixtures import REPO
 
 
 def test_benchmark_suite_writes_json_and_markdown(data_root, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, REPO
+from fixtures import FAST, REPO
 
 
 def _train(*args, cwd=None, timeout=300):

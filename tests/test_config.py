@@ -73,7 +73,7 @@ def test_run_dirs_cannot_collide(tmp_path):
     import os
     import re
 
-    from conftest import CONF_DIR
+    from fixtures import CONF_DIR
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf

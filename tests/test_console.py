@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FAST, REPO
+from fixtures import FAST, REPO
 
 # "[time][logger][LEVEL] - message" (Hydra's format) or "LEVEL: message" (Lightning's own).
 HYDRA_LINE = re.compile(r"^\[[^\]]+\]\[(?P<name>[^\]]+)\]\[(?P<level>[A-Z]+)\] - (?P<msg>.*)$")

@@ -3,7 +3,7 @@ at every layer of both networks. Checked on data whose class is known by constru
 
 import numpy as np
 import torch
-from conftest import class_images
+from fixtures import class_images
 from torch.distributions import Normal, kl_divergence
 
 from genlab.models.objectives import gaussian_kl, gaussian_kl_between
@@ -45,7 +45,7 @@ def nearest_template(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_class_chosen_samples_are_of_that_class(compose):
-    # The test data's class is its template (tests/conftest.py); a 20-epoch CVAE on 320 images.
+    # The test data's class is its template (tests/fixtures.py); a 20-epoch CVAE on 320 images.
     images, labels = class_images(50, (28, 28, 1), 7)
     assert (nearest_template(torch.from_numpy(images[..., 0])) == torch.from_numpy(labels)).all()
     cfg = compose(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_DDPM
+from fixtures import TINY_DDPM
 from PIL import Image
 
 from genlab.loggers import finish_loggers

@@ -3,7 +3,7 @@ the bound lands in the test metrics, conditioning and guidance work, bad setting
 
 import pytest
 import torch
-from conftest import TINY_DDPM
+from fixtures import TINY_DDPM
 
 from genlab import GenlabError
 from genlab.config import validate

@@ -6,7 +6,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import TINY_DDPM
+from fixtures import TINY_DDPM
 
 from genlab.callbacks import EMA, ema_warmup_weight
 from genlab.train import run

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, class_images, write_mnist_family
+from fixtures import N_TEST, N_TRAIN, class_images, write_mnist_family
 
 from genlab import GenlabError
 from genlab.data.formats import check_idx_file, read_idx, write_cifar10, write_idx

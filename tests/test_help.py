@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONF_DIR, REPO
+from fixtures import CONF_DIR, REPO
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.bash_completion import BashCompletion
 from hydra.core.global_hydra import GlobalHydra

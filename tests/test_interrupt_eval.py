@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import FAST, REPO
+from fixtures import FAST, REPO
 
 from genlab import interrupt
 

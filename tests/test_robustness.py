@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, REPO
+from fixtures import FAST, REPO
 
 from genlab import GenlabError
 from genlab.callbacks import TrainingDiverged

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, FAST, REPO, write_inverted_mnist_family
+from fixtures import CONF_DIR, FAST, REPO, write_inverted_mnist_family
 from PIL import Image
 
 from genlab import GenlabError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from fixtures import REPO
 from slurm_cluster import LocalSlurm, missing_tools
 from test_sweep import job_dirs, status, tiny
 

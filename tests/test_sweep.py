@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, FAST, REPO, TINY_DDPM
+from fixtures import CONF_DIR, FAST, REPO, TINY_DDPM
 from PIL import Image
 
 from genlab import GenlabError
