@@ -1,0 +1,142 @@
+"""The measured training loops, side by side: genlab's own objects (`genlab_loop`), the compute
+floor with the data in one tensor (`plain_loop`), and seed 001's torchvision DataLoader loop
+(`seed_loop`), all training the same model (`build_model`) on the same data.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from harness import WARMUP, timed_fit
+
+
+# -- data --------------------------------------------------------------------------------------
+def fashion_root() -> str:
+    """A data dir with Fashion-MNIST: the user's, else Debian's package staged into a temp dir."""
+    return os.environ.get("GENLAB_DATA_DIR", str(Path(tempfile.gettempdir()) / "genlab-bench"))
+
+
+def cifar_like_root() -> str:
+    """CIFAR-10 cannot be downloaded here: 50k random images in the genuine pickled layout."""
+    import numpy as np
+
+    from genlab.data.formats import write_cifar10
+
+    root = Path(tempfile.gettempdir()) / "genlab-bench-cifar"
+    if not (root / "cifar-10-batches-py" / "test_batch").is_file():
+        rng = np.random.default_rng(0)
+        train = (
+            rng.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, 10, 50000),
+        )
+        test = (
+            rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, 10, 10000),
+        )
+        write_cifar10(root, train, test)
+    return str(root)
+
+
+def datamodule(name: str, batch_size: int):
+    from genlab.data import ImageDataModule
+
+    root = cifar_like_root() if name == "cifar10" else fashion_root()
+    dm = ImageDataModule.from_name(name, root, batch_size=batch_size, val_fraction=0.0)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+# -- models ------------------------------------------------------------------------------------
+def build_model(kind: str):
+    from genlab.models import AE, DDPM, VAE
+
+    if kind == "vae":
+        return VAE(image_shape=[1, 28, 28], latent_dim=16)
+    if kind == "ae":
+        return AE(image_shape=[1, 28, 28], latent_dim=9, mlp={"hidden": [128, 64, 36, 18]})
+    if kind == "conv_vae":
+        return VAE(image_shape=[3, 32, 32], latent_dim=64, arch="conv", likelihood="gaussian")
+    if kind == "ddpm_small":
+        return DDPM(image_shape=[1, 28, 28], ema_decay=None, warmup_steps=1)
+    if kind == "ddpm_paper":
+        from genlab.nets.unet import PRESETS
+
+        # Ho et al.'s CIFAR-10 U-Net; the DDPM takes channels and image size from image_shape.
+        derived = ("in_channels", "image_size")
+        unet = {k: v for k, v in PRESETS["ddpm_cifar10"].items() if k not in derived}
+        return DDPM(image_shape=[3, 32, 32], unet=unet, ema_decay=None, warmup_steps=1)
+    raise ValueError(kind)
+
+
+# -- the three training loops ------------------------------------------------------------------
+def genlab_loop(kind, data, batch_size, steps, device, precision="32-true", **switches):
+    """train.py's own objects: the DataModule, the LightningModule (with the `speed:` switches
+    applied as train.py applies them) and a Trainer."""
+    model = build_model(kind)
+    model.apply_speed_switches(**switches)
+    dm = datamodule(data, batch_size)
+    return steps * batch_size / timed_fit(model, device, steps, precision, datamodule=dm)
+
+
+def plain_loop(kind, data, batch_size, steps, device, fused=True):
+    """The compute floor: the data already in one tensor, index a batch, step. No framework.
+    Same model, loss and update as genlab's: the fused Adam kernel genlab's default picks, and
+    for the DDPM its gradient-norm clipping."""
+    dm = datamodule(data, batch_size)
+    images, labels = (t.to(device) for t in dm.splits["train"])
+    model = build_model(kind).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=model.optimizer_cfg["lr"], fused=fused)
+    clip = getattr(model, "hparams", {}).get("grad_clip")
+    order = torch.randperm(len(images), device=device)
+    for i in range(WARMUP + steps):
+        if i == WARMUP:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        idx = order[(i * batch_size) % (len(images) - batch_size) :][:batch_size]
+        x = images[idx].float() / 255
+        loss, _ = model.compute_terms(x, labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def seed_loop(kind, data, batch_size, steps, device):
+    """Seed 001's pipeline: torchvision dataset with ToTensor (one PIL image at a time) and a
+    DataLoader, feeding the same model, with the seed's optimizer (torch's default Adam)."""
+    import torchvision
+    from torchvision import transforms
+
+    datamodule(data, batch_size)  # stages the files where torchvision looks
+    cls = torchvision.datasets.FashionMNIST
+    dataset = cls(fashion_root(), train=True, download=False, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    model = build_model(kind).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    it, done = iter(loader), 0
+    while done < WARMUP + steps:
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        if done == WARMUP:
+            start = time.perf_counter()
+        loss, _ = model.compute_terms(x.to(device), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - start)
