@@ -1,0 +1,229 @@
+"""Tasks of a diffusion model (DDPM): samples, classes, interpolate, denoise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from genlab import GenlabError
+from genlab.sample.job import Job
+from genlab.sample.latent import _slerp
+
+
+# -- diffusion (DDPM) tasks ------------------------------------------------------------------------
+# A DDPM's "latent" is the starting noise x_T, of the image's shape. Every task draws it from one
+# seeded generator and then lets the sampler continue with that generator, so a picture depends
+# only on seed (and, for the stochastic samplers, on batch_size: each chunk draws its own
+# step noise in turn).
+@dataclass(frozen=True)
+class SamplerPlan:
+    sampler: str  # ddpm (ancestral, all T steps) | ddim
+    steps: int
+    eta: float  # DDIM noise; 0 for ancestral, which has none to set
+    guidance_scale: float
+
+    def visited(self, timesteps: int) -> list[int]:
+        """The code timesteps the sampler feeds the network, in sampling order."""
+        from genlab.diffusion import ddim_timesteps
+
+        if self.sampler == "ddpm":
+            return list(range(timesteps - 1, -1, -1))
+        return ddim_timesteps(timesteps, self.steps)
+
+    def describe(self) -> str:
+        if self.sampler == "ddpm":
+            what = f"ancestral sampling, {self.steps} steps"
+        else:
+            what = f"DDIM, {self.steps} steps, eta={self.eta:g}"
+        return what + (f", guidance {self.guidance_scale:g}" if self.guidance_scale else "")
+
+
+def _sampler_plan(job: Job, steps: int | None, deterministic: bool = False) -> SamplerPlan:
+    """Resolve sampler/steps/eta/guidance_scale against the model's own defaults and limits.
+    `deterministic`: the task needs the DDIM map x_T -> x_0 with eta = 0 (interpolation)."""
+    model, opts = job.model, job.opts
+    T = model.schedule.timesteps  # steps <= T is checked before any task runs (_check_supported)
+    sampler = opts.sampler
+    if deterministic:
+        if sampler == "ddpm" or opts.eta:
+            what = "sampler=ddpm" if sampler == "ddpm" else f"eta={opts.eta}"
+            raise GenlabError(
+                f"task={opts.task} needs the deterministic DDIM map from x_T to an image (eta=0): "
+                f"with {what} fresh noise enters at every step, so nearby x_T would not give "
+                "nearby images. Drop that option."
+            )
+        return SamplerPlan("ddim", model.sample_steps, 0.0, _guidance(job))
+    if sampler == "ddpm":
+        if steps not in (None, T):
+            raise GenlabError(
+                f"sampler=ddpm is ancestral sampling (Ho et al. Algorithm 2): it takes all T={T} "
+                f"steps, so steps={steps} does not apply. Use sampler=ddim steps={steps} for fewer "
+                "steps, or drop steps=."
+            )
+        steps = T
+    else:
+        steps = steps or model.sample_steps
+        sampler = sampler or ("ddpm" if steps == T else "ddim")  # the model's own rule
+    if sampler == "ddpm":
+        if opts.eta is not None:
+            raise GenlabError(
+                f"eta={opts.eta} sets the noise of DDIM steps, but this is ancestral sampling "
+                f"(sampler=ddpm, or steps = T = {T}), which has no eta: use sampler=ddim, or drop "
+                "eta=."
+            )
+        return SamplerPlan("ddpm", T, 0.0, _guidance(job))
+    eta = float(model.eta if opts.eta is None else opts.eta)
+    return SamplerPlan("ddim", steps, eta, _guidance(job))
+
+
+def _guidance(job: Job) -> float:
+    value = job.opts.guidance_scale
+    return float(job.model.guidance_scale if value is None else value)
+
+
+def _diffusion_labels(job: Job, count: int, per: int = 1):
+    """Labels for `count` groups of `per` images: none for an unconditional DDPM; label=, else
+    classes cycling over the groups (like the CVAE's samples)."""
+    import torch
+
+    if not job.model.conditional:
+        return None
+    if job.opts.label is None:
+        labels = torch.arange(count, device=job.device) % job.model.num_classes
+    else:
+        labels = torch.full((count,), job.class_label(), device=job.device)
+    return labels.repeat_interleave(per)
+
+
+def _noise(job: Job, count: int, generator):
+    import torch
+
+    shape = (count, *job.run.image_shape)
+    return torch.randn(shape, generator=generator, device=job.device)
+
+
+def _diffuse(job: Job, x_T, labels, plan: SamplerPlan, generator, trajectory_at=None):
+    """Images in [0, 1] on the CPU sampled from the given x_T, batch by batch; with
+    `trajectory_at`, also {t: x_t in [0, 1]} for those visited timesteps."""
+    import sys
+
+    import torch
+
+    images, frames = [], {}
+    for a, b in job.chunks(len(x_T), "sampling"):
+        out = job.model.sample(
+            len(x_T[a:b]),
+            labels=None if labels is None else labels[a:b],
+            generator=generator,
+            steps=plan.steps,
+            sampler=plan.sampler,
+            eta=plan.eta,
+            guidance_scale=plan.guidance_scale,
+            x_T=x_T[a:b],
+            return_trajectory_at=trajectory_at,
+            progress=sys.stderr.isatty(),  # a step bar on a terminal, silence in logs and tests
+        )
+        if trajectory_at is not None:
+            out, trajectory = out
+            for t, x_t in trajectory.items():
+                frames.setdefault(t, []).append(x_t.cpu())
+        images.append(out.cpu())
+    images = torch.cat(images)
+    if trajectory_at is None:
+        return images
+    return images, {t: torch.cat(parts) for t, parts in frames.items()}
+
+
+def diffusion_samples(job: Job) -> list[Path]:
+    """n x n samples. Conditional DDPM: labels cycle over the classes (each column one class
+    when n is a multiple of the class count), or all `label=`."""
+    n = job.n
+    plan = _sampler_plan(job, job.opts.steps)
+    generator = job.generator()
+    x_T = _noise(job, n * n, generator)
+    images = _diffuse(job, x_T, _diffusion_labels(job, n * n), plan, generator)
+    print(f"samples: {plan.describe()}")
+    return job.save_grid(images, nrow=n)
+
+
+def diffusion_class_rows(job: Job) -> list[Path]:
+    """One row per class, n samples each; column j starts from the same x_T in every row, so a
+    column shows what one noise draw becomes in each class."""
+    import torch
+
+    n, classes = job.n, job.model.num_classes
+    plan = _sampler_plan(job, job.opts.steps)
+    generator = job.generator()
+    x_T = _noise(job, n, generator).repeat(classes, 1, 1, 1)
+    labels = torch.arange(classes, device=job.device).repeat_interleave(n)
+    images = _diffuse(job, x_T, labels, plan, generator)
+    print(f"classes: {plan.describe()}")
+    return job.save_grid(images, nrow=n)
+
+
+def diffusion_interpolate(job: Job) -> list[Path]:
+    """Rows: n pairs of independent x_T draws (the seeded draw of 2n noise images, split into
+    even and odd); columns: `steps` points on the path between them (slerp unless mode=linear),
+    each mapped to an image by deterministic DDIM (eta=0, the model's sample_steps), so the ends
+    are exactly the DDIM samples of the two draws. Conditional: one class per row."""
+    import torch
+
+    n, cols = job.n, job.interpolants
+    plan = _sampler_plan(job, None, deterministic=True)
+    generator = job.generator()
+    ends = _noise(job, 2 * n, generator).flatten(1)
+    a, b = ends[0::2].unsqueeze(1), ends[1::2].unsqueeze(1)
+    t = torch.linspace(0, 1, cols, device=job.device).view(1, cols, 1)
+    # Slerp by default: two draws of N(0, I) in D dims have norm ~sqrt(D) and are nearly
+    # orthogonal, so the straight line between them dips to norm ~sqrt(D/2) midway, noise the
+    # model never saw at t = T; the great circle keeps the typical norm.
+    path = (1 - t) * a + t * b if job.opts.mode == "linear" else _slerp(a, b, t)
+    path[:, 0], path[:, -1] = a[:, 0], b[:, 0]  # the exact draws, free of slerp's rounding
+    x_T = path.reshape(n * cols, *job.run.image_shape)
+    images = _diffuse(job, x_T, _diffusion_labels(job, n, per=cols), plan, generator)
+    print(f"interpolate: {plan.describe()}")
+    return job.save_grid(images, nrow=cols)
+
+
+def _evenly_spaced(timesteps: list[int], count: int) -> list[int]:
+    """`count` of `timesteps` evenly spaced by position, always with the largest and smallest,
+    in descending order (the order the reverse process visits them)."""
+    from genlab.diffusion import ddim_timesteps
+
+    ascending = sorted(timesteps)
+    picks = ddim_timesteps(len(ascending), min(count, len(ascending)))
+    return [ascending[i] for i in picks]
+
+
+def denoise(job: Job) -> list[Path]:
+    """Seed 003's two strips, one row per image. `_reverse`: n samples, x_t at `strip_steps`
+    evenly spaced timesteps the sampler visits (from x_T), then the final sample.
+    `_forward`: n test images x_0, then x_t ~ q(x_t | x_0) at `strip_steps` evenly spaced
+    timesteps up to T - 1, where little of the image is left."""
+    from genlab.viz.grids import rows_of_columns
+
+    n, model, k = job.n, job.model, int(job.opts.strip_steps)
+    T = model.schedule.timesteps
+    plan = _sampler_plan(job, job.opts.steps)
+    shown = _evenly_spaced(plan.visited(T), k)
+    noised = _evenly_spaced(list(range(T)), k)[::-1]  # ascending: the forward direction
+    x0, _ = job.test_images(n)
+    generator = job.generator()
+    x_T = _noise(job, n, generator)
+    forward_noise = _noise(job, n * len(noised), generator).view(len(noised), n, *x0.shape[1:])
+    images, frames = _diffuse(job, x_T, _diffusion_labels(job, n), plan, generator, shown)
+    reverse = rows_of_columns([frames[t] for t in shown] + [images])
+
+    columns = [x0.cpu()]
+    for t, noise in zip(noised, forward_noise, strict=True):
+        x_t = model.schedule.q_sample(x0 * 2 - 1, t, noise)
+        columns.append(((x_t + 1) / 2).cpu())
+    forward = rows_of_columns(columns)
+    print(
+        f"denoise: reverse ({plan.describe()}): x_t at t = {', '.join(map(str, shown))}, then "
+        f"the sample; forward: x_0, then x_t at t = {', '.join(map(str, noised))} "
+        f"(code timesteps 0..{T - 1}; t = {T - 1} is x_T)"
+    )
+    return job.save_grids(
+        {"_reverse.png": (reverse, len(shown) + 1), "_forward.png": (forward, len(noised) + 1)}
+    )

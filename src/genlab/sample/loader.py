@@ -1,0 +1,258 @@
+"""Loading a trained run: where its checkpoint is, which checkpoint is the best, the model rebuilt
+from it (`load_model`) and the run's data (`LoadedRun`, `load_run`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from genlab import GenlabError
+from genlab.sample.options import CONF_DIR, pick_device
+
+# Model type (hyper_parameters["name"]) -> class, imported only when a checkpoint needs it.
+MODEL_CLASSES = {
+    "ae": "genlab.models.AE",
+    "vae": "genlab.models.VAE",
+    "cvae": "genlab.models.CVAE",
+    "ddpm": "genlab.models.DDPM",
+}
+
+
+# -- loading a run ---------------------------------------------------------------------------------
+def _best_checkpoint(folder: Path) -> Path | None:
+    """The `epoch=*.ckpt` ModelCheckpoint kept (the best val/loss), else last.ckpt."""
+    kept = sorted(folder.glob("epoch=*.ckpt"))
+    if len(kept) > 1 and (folder / "last.ckpt").is_file():
+        # save_top_k > 1: the newest checkpoint's callback state names the best one.
+        from genlab.checkpoints import load_checkpoint
+
+        try:
+            state = load_checkpoint(folder / "last.ckpt")
+        except GenlabError:  # a damaged last.ckpt must not hide the intact epoch=*.ckpt files
+            state = {}
+        for cb in ((state.get("callbacks") if isinstance(state, dict) else None) or {}).values():
+            best = Path(str(cb.get("best_model_path", "") if isinstance(cb, dict) else ""))
+            if best.name and (folder / best.name).is_file():
+                return folder / best.name
+    if kept:
+        return max(kept, key=lambda p: p.stat().st_mtime)
+    last = folder / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def _locate(path: Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run dir or None) for a run dir, its checkpoints/ folder or a .ckpt."""
+    if path.is_file():
+        parent = path.parent
+        run_dir = parent.parent if parent.name == "checkpoints" else parent
+        return path, run_dir if (run_dir / "config.yaml").is_file() else None
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        ckpt = _best_checkpoint(folder)
+        if ckpt is not None:
+            run_dir = folder.parent if folder.name == "checkpoints" else folder
+            return ckpt, run_dir if (run_dir / "config.yaml").is_file() else None
+    where = "does not exist" if not path.exists() else "holds no checkpoint"
+    raise GenlabError(
+        f"run={path} {where}: pass a run dir (outputs/runs/<date>/<run>, with config.yaml and "
+        "checkpoints/epoch=*.ckpt or last.ckpt) or the path of a .ckpt file."
+    )
+
+
+def _init_kwargs(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters `cls.__init__` accepts. Checkpoints may hold extra keys (a VAE's
+    `beta_norm` ends up there when loggers record it), which would break the constructor."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())
+        names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break  # this class takes no **kwargs, so nothing reaches its parents
+    return {k: v for k, v in hparams.items() if k in names and k != "self"}
+
+
+def load_model(ckpt: Path, device="cpu"):
+    """(model in eval mode on `device`, its type name) from a genlab checkpoint.
+
+    Loaded with genlab.checkpoints.load_checkpoint (torch.load with weights_only=True): a
+    checkpoint can execute no code, so files from anyone are safe to open. The weights are the
+    checkpoint's `state_dict`, which for a run trained with EMA (a DDPM) holds the averaged
+    weights; the raw ones under `current_model_state` are only for resuming training.
+    """
+    from hydra.utils import get_class
+
+    from genlab.checkpoints import load_checkpoint
+
+    try:
+        state = load_checkpoint(ckpt)
+    except ValueError as err:  # load_checkpoint converts torch's usual errors; not this one
+        raise GenlabError(f"{ckpt} is not a readable PyTorch checkpoint ({err}).") from None
+    hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
+    if not isinstance(hparams, dict) or "state_dict" not in state:
+        raise GenlabError(
+            f"{ckpt} holds no model hyperparameters: it is not a checkpoint written by "
+            "`python train.py`."
+        )
+    name = hparams.get("name")
+    if name not in MODEL_CLASSES:
+        raise GenlabError(
+            f"{ckpt} holds a model of type {name!r}, which genlab cannot load: known types are "
+            f"{', '.join(MODEL_CLASSES)}."
+        )
+    cls = get_class(MODEL_CLASSES[name])
+    try:
+        model = cls(**_init_kwargs(cls, hparams))
+        model.load_state_dict(state["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise GenlabError(
+            f"{ckpt}: the weights do not fit a {name} built from the checkpoint's "
+            f"hyperparameters ({str(err).splitlines()[0]})."
+        ) from None
+    return model.to(device).eval(), name
+
+
+def _known_datasets() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "data").glob("[!_]*.yaml"))
+
+
+def _compose_data(name: str, data_dir: str | None) -> DictConfig:
+    from genlab.data.module import data_config
+
+    return data_config(name, data_dir)
+
+
+def _read_run_config(path: Path) -> DictConfig:
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    from genlab.config import validate
+
+    def broken(why: str) -> GenlabError:
+        return GenlabError(
+            f"{path} no longer loads ({why}). Repair it, or pass the checkpoint alone "
+            f"(run={path.parent}/checkpoints/<file>.ckpt dataset=<name>)."
+        )
+
+    try:
+        cfg = OmegaConf.load(path)
+    except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as err:
+        raise broken(str(err).strip().splitlines()[0]) from None
+    if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("data"), DictConfig):
+        raise broken("it has no `data:` section")
+    if not isinstance(cfg.get("model"), DictConfig):
+        raise broken("it has no `model:` section")
+    try:
+        validate(cfg)
+    except GenlabError as err:
+        raise broken(str(err)) from None
+    except OmegaConfBaseException as err:
+        raise broken(str(err).strip().splitlines()[0]) from None
+    return cfg
+
+
+@dataclass
+class LoadedRun:
+    """A trained model plus what it was trained on.
+
+    `cfg` is the run's config.yaml (None for a checkpoint found without one); `test_split()`
+    loads the test images of the run's dataset, or of another one with the same image shape.
+    """
+
+    model: Any
+    name: str  # model type: ae | vae | cvae | ddpm
+    checkpoint: Path
+    run_dir: Path | None
+    cfg: DictConfig | None
+    _splits: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.model.image_shape)
+
+    @property
+    def home(self) -> Path:
+        """Where outputs go by default: the run dir, else the checkpoint's folder."""
+        return self.run_dir or self.checkpoint.parent
+
+    def data_config(
+        self, data: str | None = None, data_dir: str | None = None, key: str = "dataset"
+    ) -> DictConfig:
+        """The data config of `data` (default: the run's dataset) rooted at `data_dir`; `key`
+        names the option that chose it in errors."""
+        own = self.cfg.data if self.cfg is not None else None
+        if data is None and own is None:
+            raise GenlabError(
+                f"{self.checkpoint} has no config.yaml beside it, so the dataset it was trained "
+                "on is unknown: name it with dataset=mnist|fashion_mnist|cifar10."
+            )
+        if data is None or (own is not None and data == own.name):
+            spec = OmegaConf.create(OmegaConf.to_container(own, resolve=True))
+            if data_dir is not None:
+                spec.root = data_dir
+        else:
+            spec = _compose_data(data, data_dir or (own.root if own is not None else None))
+            if own is not None:  # a network-less run stays network-less for its other data
+                spec.download = own.get("download", spec.download)
+        if list(spec.image_shape) != list(self.image_shape):
+            same = [
+                d
+                for d in _known_datasets()
+                if list(_compose_data(d, None).image_shape) == list(self.image_shape)
+            ]
+            raise GenlabError(
+                f"{key}={spec.name} holds images of shape {list(spec.image_shape)} but this "
+                f"{self.name} takes {list(self.image_shape)}: choose a dataset of that shape "
+                f"({', '.join(same) or 'none known'})."
+            )
+        return spec
+
+    def test_split(self, data: str | None = None, data_dir: str | None = None):
+        """(uint8 images [N, C, H, W], int64 labels [N]) of a test split, on the CPU."""
+        from genlab.train import build_datamodule
+
+        spec = self.data_config(data, data_dir)
+        key = (spec.name, str(spec.root))
+        if key not in self._splits:
+            spec.on_device = False
+            try:
+                datamodule = build_datamodule(OmegaConf.create({"data": spec, "seed": 0}))
+            except (TypeError, ValueError) as err:
+                raise GenlabError(
+                    f"the data config of {self.run_dir or self.checkpoint} no longer builds a "
+                    f"datamodule ({err})."
+                ) from None
+            datamodule.setup("test")
+            self._splits[key] = datamodule.splits["test"]
+        return self._splits[key]
+
+
+def load_run(path: str | Path, device="cpu") -> LoadedRun:
+    """Load a run dir (its best checkpoint and config.yaml), its checkpoints/ folder or a .ckpt,
+    onto `device` (a torch.device or a name: auto, cpu, cuda, ...).
+
+    The model is always built from the checkpoint's own hyperparameters, so it matches its
+    weights; config.yaml only says which data the run used.
+    """
+    ckpt, run_dir = _locate(Path(path).expanduser())  # a wrong path fails before torch loads
+    device = pick_device(device) if isinstance(device, str) else device
+    cfg = _read_run_config(run_dir / "config.yaml") if run_dir is not None else None
+    if cfg is not None:
+        from genlab.train import build_datamodule
+
+        try:  # a config whose data section no longer builds is caught now, not mid-task
+            build_datamodule(cfg)
+        except (TypeError, ValueError, ImportError) as err:
+            raise GenlabError(
+                f"{run_dir / 'config.yaml'} no longer loads (its data section does not build: "
+                f"{err})."
+            ) from None
+    model, name = load_model(ckpt, device)
+    return LoadedRun(model=model, name=name, checkpoint=ckpt, run_dir=run_dir, cfg=cfg)

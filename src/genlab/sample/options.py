@@ -1,0 +1,119 @@
+"""The options of `sample.py` (conf/sample.yaml): their defaults, their checks (before torch is
+imported, so bad input fails fast) and the device they name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from genlab import GenlabError
+
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
+# -- options ---------------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _invalid(key: str, value: Any, accepted: str) -> GenlabError:
+    shown = f"'{value}'" if isinstance(value, str) else repr(value)
+    return GenlabError(f"Invalid option: {key}={shown}. {key} must be {accepted}.")
+
+
+def check_options(opts: DictConfig, tasks) -> None:
+    """Raise GenlabError on the first bad option, before torch is even imported; `tasks` are
+    the task names there are."""
+    if OmegaConf.is_missing(opts, "run") or not opts.get("run"):
+        raise GenlabError(
+            "No run given: pass run=<run dir> (the folder holding config.yaml and "
+            "checkpoints/) or run=<path to a .ckpt file>."
+        )
+    task = opts.get("task")
+    if task not in tasks:
+        raise _invalid("task", task, f"one of {', '.join(tasks)}")
+    checks: list[tuple[str, Callable[[Any], bool], str]] = [
+        ("n", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null)"),
+        ("seed", lambda v: _is_int(v) and 0 <= v < 2**63, "an integer >= 0"),
+        ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("steps", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null)"),
+        ("mode", lambda v: v is None or v in ("linear", "slerp"), "one of linear, slerp (or null)"),
+        (
+            "sampler",
+            lambda v: v is None or v in ("ddpm", "ddim"),
+            "one of ddpm, ddim (or null: the model's own choice)",
+        ),
+        ("eta", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null)"),
+        (
+            "guidance_scale",
+            lambda v: v is None or (_is_number(v) and v >= 0),
+            "a number >= 0 (or null)",
+        ),
+        ("strip_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("overwrite", lambda v: isinstance(v, bool), "true or false"),
+        ("traverse_range", lambda v: _is_number(v) and v > 0, "a number > 0"),
+        ("label", lambda v: v is None or (_is_int(v) and v >= 0), "a class index >= 0 or null"),
+        ("max_images", lambda v: v is None or (_is_int(v) and v >= 2), "an integer >= 2 or null"),
+        (
+            "device",
+            lambda v: (
+                isinstance(v, str)
+                and (v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"))
+            ),
+            "one of auto, cpu, cuda, cuda:N, mps",
+        ),
+    ]
+    for key, ok, accepted in checks:
+        if key in opts and not ok(opts[key]):
+            raise _invalid(key, opts[key], accepted)
+    steps = opts.get("steps")
+    if task == "interpolate" and steps is not None and steps < 2:
+        raise _invalid("steps", steps, "an integer >= 2 for task=interpolate (both ends are shown)")
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GenlabError(f"device={name} but no CUDA GPU is visible: use device=cpu or auto.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GenlabError("device=mps but MPS is not available here: use device=cpu or auto.")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise _invalid("device", name, "one of auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise GenlabError(
+            f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s)."
+        )
+    return device
+
+
+def options(cfg: DictConfig | Mapping) -> DictConfig:
+    """`cfg` over the defaults of conf/sample.yaml, so library callers may pass only the keys
+    they set; a key that is not there is refused rather than silently ignored."""
+    from omegaconf.errors import ConfigKeyError
+
+    defaults = OmegaConf.load(CONF_DIR / "sample.yaml")
+    for key in ("defaults", "hydra"):
+        defaults.pop(key, None)
+    OmegaConf.set_struct(defaults, True)
+    try:
+        return OmegaConf.merge(defaults, cfg)
+    except ConfigKeyError as err:
+        raise GenlabError(
+            f"Unknown option {err.full_key!r}: sample.py takes {', '.join(defaults)}."
+        ) from None
