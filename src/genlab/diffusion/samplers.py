@@ -1,81 +1,97 @@
-"""Ancestral DDPM and DDIM samplers as pure functions.
+"""Samplers as small classes with the diffusers scheduler contract.
 
-The network is passed in as ``denoise_fn(x_t, t_batch) -> model_output``, where ``t_batch`` is
-an int64 tensor of shape ``(B,)`` of code timesteps (0-indexed, see
-:mod:`genlab.diffusion.schedule`) and ``model_output`` is the ``eps``/``x0``/``v`` prediction
-named by ``prediction``. Wrap class labels or classifier-free guidance into that callable, e.g.
-``lambda x, t: unet(x, t, y)``.
+A sampler holds the schedule and its own options, and answers two questions:
 
-Both samplers run under ``torch.inference_mode()``: their outputs cannot enter autograd. They do
-not touch the network's mode, so call ``net.eval()`` first (dropout). Randomness comes only from
-``generator`` (which must live on ``device``), so a seeded generator gives the same samples on
-every run. A given ``x_T`` sets the dtype and device; otherwise ``dtype``/``device`` do.
+* :meth:`Sampler.timesteps` -- which code timesteps (0-indexed, see
+  :mod:`genlab.diffusion.schedule`) it feeds the network, in sampling order (descending);
+* :meth:`Sampler.step` -- given the network's output at ``x_t``, the next latent ``x_{t_prev}``
+  (``t_prev = -1`` is clean data).
 
-Trajectories ("denoising strips"): ``return_trajectory_at`` lists code timesteps ``t``; the
-sampler then also returns ``{t: x_t}``, where ``x_t`` is the latent fed to the network at step
-``t`` (so ``T - 1`` is the starting noise). The final clean sample has no timestep and is the
-main return value.
+Everything else -- the starting noise, trajectories, classifier-free guidance, progress and stop
+requests -- belongs to the one loop in :mod:`genlab.diffusion.loop`, so a new sampler is one
+class here plus one entry in :data:`SAMPLERS`.
+
+Randomness comes only from the ``generator`` passed to :meth:`Sampler.step`; a stochastic step
+draws its noise after the network call of that step, so a seeded generator that also drew
+``x_T`` gives the same chain on every run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from typing import ClassVar, NamedTuple
 
 import torch
 
-from genlab import interrupt
 from genlab.diffusion.schedule import PREDICTIONS, DiffusionSchedule, _check_choice
 
-DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SampleResult = torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]
+
+class StepOutput(NamedTuple):
+    prev_sample: torch.Tensor  # x_{t_prev}
+    pred_x0: torch.Tensor  # the step's (clipped, with clip_x0) prediction of clean data
 
 
-def _progress(steps: Sequence, enabled: bool, desc: str) -> Iterable:
-    """The sampler's steps, with a progress bar if asked, honouring stop requests between
-    steps (genlab.interrupt: a SIGTERM while a run evaluates)."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # progress bars are a nicety, never a hard dependency
-            pass
-        else:
-            steps = tqdm(steps, desc=desc, leave=False)
-    for step in steps:
-        interrupt.poll()
-        yield step
-
-
-def _initial_noise(
-    shape: Sequence[int] | None,
-    x_T: torch.Tensor | None,
-    generator: torch.Generator | None,
-    device: torch.device | str | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    if x_T is not None:
-        if shape is not None and tuple(shape) != tuple(x_T.shape):
-            raise ValueError(f"shape {tuple(shape)} does not match x_T.shape {tuple(x_T.shape)}")
-        return x_T.clone()
-    if shape is None:
-        raise ValueError("pass either shape or x_T")
-    if device is None and generator is not None:
-        device = generator.device
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-
-
-def _trajectory_request(
-    return_trajectory_at: Iterable[int] | None, visited: Sequence[int], hint: str
-) -> set[int] | None:
-    if return_trajectory_at is None:
-        return None
-    wanted = {int(t) for t in return_trajectory_at}
-    missing = sorted(wanted - set(visited))
-    if missing:
+def check_steps(steps: int, timesteps: int) -> None:
+    """The one range check for a number of sampler steps (the model's ``sample_steps``)."""
+    if not isinstance(steps, int) or not 1 <= steps <= timesteps:
         raise ValueError(
-            f"return_trajectory_at has steps {missing} that the sampler never visits; {hint}"
+            f"sample_steps={steps!r} is not a number of sampler steps: it must be an integer "
+            f"with 1 <= steps <= T = {timesteps}"
         )
-    return wanted
+
+
+def default_sampler(steps: int, timesteps: int) -> str:
+    """The model's rule when no sampler is named: ancestral over all T steps, DDIM for fewer."""
+    return "ddpm" if steps == timesteps else "ddim"
+
+
+class Sampler:
+    """Base class: the schedule, the prediction type and ``clip_x0``, and the step count.
+
+    Subclasses set :attr:`name`, list in :attr:`options` the extra keyword settings their
+    ``__init__`` takes (so :func:`make_sampler` can hand a model's whole sampling setup to any
+    of them), and implement :meth:`timesteps` and :meth:`step`.
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        schedule: DiffusionSchedule,
+        steps: int,
+        *,
+        prediction: str = "eps",
+        clip_x0: bool = True,
+    ):
+        _check_choice("prediction", prediction, PREDICTIONS)
+        check_steps(steps, schedule.timesteps)
+        self.schedule, self.steps = schedule, steps
+        self.prediction, self.clip_x0 = prediction, clip_x0
+
+    def timesteps(self) -> list[int]:
+        """The code timesteps this sampler visits, in sampling order (descending)."""
+        raise NotImplementedError
+
+    def visit_hint(self) -> str:
+        """How to pick valid trajectory steps: the error when a requested one is never visited."""
+        return "pick them from the sampler's timesteps()"
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int,
+        t_prev: int,
+        x_t: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> StepOutput:
+        """One update from step ``t`` to ``t_prev`` (the next visited step, ``-1`` at the end)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -83,53 +99,40 @@ def _trajectory_request(
 # --------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
-def ddpm_sample(
-    denoise_fn: DenoiseFn,
-    shape: Sequence[int] | None,
-    schedule: DiffusionSchedule,
-    *,
-    prediction: str = "eps",
-    variance: str = "beta",
-    clip_x0: bool = True,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    x_T: torch.Tensor | None = None,
-    return_trajectory_at: Iterable[int] | None = None,
-    progress: bool = False,
-) -> SampleResult:
-    """Ancestral sampling, ``T`` network calls: ``x_{t-1} = mu_theta(x_t, t) + sigma_t z``.
+class AncestralSampler(Sampler):
+    """Ancestral sampling over all ``T`` steps: ``x_{t-1} = mu_theta(x_t, t) + sigma_t z``.
 
-    Starts from ``x_T ~ N(0, I)`` of ``shape`` (or the given ``x_T``) and adds no noise at the
-    last step, so the result is the mean of ``p_theta(x0 | x_1)``; with ``clip_x0`` that mean is
-    the clipped ``x0`` prediction and thus lies in ``[-1, 1]``. ``variance`` is ``"beta"`` or
+    ``steps`` is range-checked but not used: Algorithm 2 visits every step. No noise is added at
+    the last step, so the result is the mean of ``p_theta(x0 | x_1)``; with ``clip_x0`` that is
+    the clipped ``x0`` prediction and lies in ``[-1, 1]``. ``variance`` is ``"beta"`` or
     ``"beta_tilde"`` (see :meth:`DiffusionSchedule.p_mean_variance`).
-
-    Returns the samples, or ``(samples, {t: x_t})`` when ``return_trajectory_at`` is given.
     """
-    _check_choice("prediction", prediction, PREDICTIONS)
-    T = schedule.timesteps
-    wanted = _trajectory_request(
-        return_trajectory_at, range(T), f"DDPM visits every step 0..{T - 1}"
-    )
-    x = _initial_noise(shape, x_T, generator, device, dtype)
-    trajectory: dict[int, torch.Tensor] = {}
 
-    for t in _progress(range(T - 1, -1, -1), progress, "ddpm"):
-        if wanted is not None and t in wanted:
-            trajectory[t] = x.clone()
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = denoise_fn(x, t_batch)
-        mean, _, log_var, _ = schedule.p_mean_variance(
-            out, x, t, prediction=prediction, variance=variance, clip_x0=clip_x0
+    name = "ddpm"
+    options = ("variance",)
+
+    def __init__(self, schedule, steps, *, prediction="eps", clip_x0=True, variance="beta"):
+        super().__init__(schedule, steps, prediction=prediction, clip_x0=clip_x0)
+        self.variance = variance
+
+    def timesteps(self) -> list[int]:
+        return list(range(self.schedule.timesteps - 1, -1, -1))
+
+    def visit_hint(self) -> str:
+        return f"DDPM visits every step 0..{self.schedule.timesteps - 1}"
+
+    def step(self, model_output, t, t_prev, x_t, *, generator=None) -> StepOutput:
+        mean, _, log_var, pred_x0 = self.schedule.p_mean_variance(
+            model_output,
+            x_t,
+            t,
+            prediction=self.prediction,
+            variance=self.variance,
+            clip_x0=self.clip_x0,
         )
-        if t > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = mean + (0.5 * log_var).exp() * noise
-        else:
-            x = mean
-    return x if wanted is None else (x, trajectory)
+        if t == 0:
+            return StepOutput(mean, pred_x0)
+        return StepOutput(mean + (0.5 * log_var).exp() * self._noise(x_t, generator), pred_x0)
 
 
 # --------------------------------------------------------------------------------------
@@ -145,10 +148,7 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
     paper's ``0, c, 2c, ...``) means the first step sees the noise level that ``x_T ~ N(0, I)``
     was drawn for; ending at ``0`` means the final step goes from the least-noisy level to ``x0``.
     """
-    if not isinstance(steps, int) or not 1 <= steps <= timesteps:
-        raise ValueError(
-            f"steps must be an integer with 1 <= steps <= T = {timesteps}, got {steps!r}"
-        )
+    check_steps(steps, timesteps)
     if steps == 1:
         return [timesteps - 1]
     # Integer round-half-up keeps the sequence strictly increasing (round-half-even may not).
@@ -217,61 +217,73 @@ def ddim_step(
     return x_prev, x0
 
 
-@torch.inference_mode()
-def ddim_sample(
-    denoise_fn: DenoiseFn,
-    shape: Sequence[int] | None,
-    schedule: DiffusionSchedule,
-    *,
-    steps: int,
-    eta: float = 0.0,
-    prediction: str = "eps",
-    clip_x0: bool = True,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    x_T: torch.Tensor | None = None,
-    return_trajectory_at: Iterable[int] | None = None,
-    progress: bool = False,
-) -> SampleResult:
-    """DDIM sampling (Song et al. 2021) over ``steps`` timesteps from :func:`ddim_timesteps`.
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021) over the ``steps`` timesteps of :func:`ddim_timesteps`.
 
-    ``eta = 0`` is deterministic given ``x_T`` (pass ``x_T`` to reuse the same starting noise,
-    e.g. to interpolate between latents); ``eta = 1`` with ``steps = T`` is the DDPM sampler with
-    ``variance="beta_tilde"``. The last step lands on ``x0`` with no noise; with ``clip_x0`` the
-    result lies in ``[-1, 1]``. Costs ``steps`` network calls.
-
-    ``return_trajectory_at`` may only name visited steps (see :func:`ddim_timesteps`).
-    Returns the samples, or ``(samples, {t: x_t})`` when ``return_trajectory_at`` is given.
+    ``eta = 0`` is deterministic given ``x_T``; ``eta = 1`` with ``steps = T`` is the ancestral
+    sampler with ``variance="beta_tilde"``. The last step lands on ``x0`` with no noise; with
+    ``clip_x0`` the result lies in ``[-1, 1]``.
     """
-    _check_choice("prediction", prediction, PREDICTIONS)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    seq = ddim_timesteps(schedule.timesteps, steps)
-    wanted = _trajectory_request(
-        return_trajectory_at, seq, "pick them from ddim_timesteps(T, steps)"
-    )
-    x = _initial_noise(shape, x_T, generator, device, dtype)
-    trajectory: dict[int, torch.Tensor] = {}
 
-    prev_seq = seq[1:] + [-1]
-    for t, t_prev in _progress(list(zip(seq, prev_seq, strict=True)), progress, "ddim"):
-        if wanted is not None and t in wanted:
-            trajectory[t] = x.clone()
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = denoise_fn(x, t_batch)
-        noise = None
-        if eta > 0 and t_prev >= 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x, _ = ddim_step(
-            out,
-            x,
+    name = "ddim"
+    options = ("eta",)
+
+    def __init__(self, schedule, steps, *, prediction="eps", clip_x0=True, eta=0.0):
+        super().__init__(schedule, steps, prediction=prediction, clip_x0=clip_x0)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.eta = eta
+
+    def timesteps(self) -> list[int]:
+        return ddim_timesteps(self.schedule.timesteps, self.steps)
+
+    def visit_hint(self) -> str:
+        return "pick them from ddim_timesteps(T, steps)"
+
+    def step(self, model_output, t, t_prev, x_t, *, generator=None) -> StepOutput:
+        noise = self._noise(x_t, generator) if self.eta > 0 and t_prev >= 0 else None
+        x_prev, x0 = ddim_step(
+            model_output,
+            x_t,
             t,
             t_prev,
-            schedule,
-            eta=eta,
-            prediction=prediction,
-            clip_x0=clip_x0,
+            self.schedule,
+            eta=self.eta,
+            prediction=self.prediction,
+            clip_x0=self.clip_x0,
             noise=noise,
         )
-    return x if wanted is None else (x, trajectory)
+        return StepOutput(x_prev, x0)
+
+
+# --------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------
+
+SAMPLERS: dict[str, type[Sampler]] = {"ddpm": AncestralSampler, "ddim": DDIMSampler}
+
+
+def make_sampler(
+    name: str,
+    schedule: DiffusionSchedule,
+    steps: int,
+    *,
+    prediction: str = "eps",
+    clip_x0: bool = True,
+    **settings,
+) -> Sampler:
+    """The sampler registered as ``name``, with ``steps`` steps.
+
+    ``settings`` may hold every sampler's options at once (a model passes its whole sampling
+    setup, e.g. ``variance`` and ``eta``); each sampler takes the ones in its ``options`` and
+    leaves the rest, as the ancestral sampler has no use for ``eta``.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    cls = SAMPLERS[name]
+    known = {option for sampler in SAMPLERS.values() for option in sampler.options}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"no sampler takes the setting(s) {unknown}; known: {sorted(known)}")
+    own = {key: value for key, value in settings.items() if key in cls.options}
+    return cls(schedule, steps, prediction=prediction, clip_x0=clip_x0, **own)

@@ -1,0 +1,148 @@
+"""The sampler contract (genlab.diffusion.samplers) and the one loop that drives it
+(genlab.diffusion.loop): registry and factory, a new sampler as one class, classifier-free
+guidance in one batched call, stop requests between steps. The numerics of the DDPM and DDIM
+samplers themselves are checked in test_diffusion.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genlab import interrupt
+from genlab.diffusion import (
+    SAMPLERS,
+    AncestralSampler,
+    DDIMSampler,
+    DiffusionSchedule,
+    Sampler,
+    StepOutput,
+    ddim_sample,
+    ddim_step,
+    ddpm_sample,
+    guided,
+    make_sampler,
+    sample_loop,
+)
+
+
+@pytest.fixture(scope="module")
+def sched50() -> DiffusionSchedule:
+    return DiffusionSchedule.from_name("linear", 50)
+
+
+def toy_net(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """A t- and label-dependent stand-in for a conditional network."""
+    shift = 0.01 * t.to(x.dtype) + (0.0 if y is None else 0.05 * y.to(x.dtype))
+    return torch.tanh(0.8 * x) + shift.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def test_registry_and_factory(sched50):
+    assert dict(SAMPLERS) == {"ddpm": AncestralSampler, "ddim": DDIMSampler}
+    ancestral = make_sampler("ddpm", sched50, 50, variance="beta_tilde", eta=0.3)
+    assert isinstance(ancestral, AncestralSampler) and ancestral.variance == "beta_tilde"
+    assert ancestral.timesteps() == list(range(49, -1, -1))
+    ddim = make_sampler("ddim", sched50, 5, prediction="v", clip_x0=False, variance="beta", eta=1)
+    assert isinstance(ddim, DDIMSampler) and (ddim.eta, ddim.prediction) == (1, "v")
+    assert not ddim.clip_x0 and len(ddim.timesteps()) == 5
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of: ddpm, ddim"):
+        make_sampler("euler", sched50, 5)
+    with pytest.raises(TypeError, match="etta"):
+        make_sampler("ddim", sched50, 5, etta=0.5)
+    with pytest.raises(ValueError, match=r"sample_steps=51 .*1 <= steps <= T = 50"):
+        make_sampler("ddpm", sched50, 51)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        make_sampler("ddim", sched50, 5, eta=-0.1)
+    with pytest.raises(ValueError, match="prediction"):
+        make_sampler("ddim", sched50, 5, prediction="score")
+
+
+def test_wrappers_are_the_loop(sched50):
+    def denoise(x, t):
+        return toy_net(x, t, None)
+
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    for name, wrapped in (
+        ("ddpm", ddpm_sample(denoise, (2, 1, 3, 3), sched50, variance="beta_tilde", generator=g())),
+        ("ddim", ddim_sample(denoise, (2, 1, 3, 3), sched50, steps=6, eta=0.5, generator=g())),
+    ):
+        sampler = make_sampler(name, sched50, 6, variance="beta_tilde", eta=0.5)
+        assert torch.equal(sample_loop(sampler, toy_net, (2, 1, 3, 3), generator=g()), wrapped)
+    # a denoise_fn has its labels folded in already: the loop's guidance options are refused
+    with pytest.raises(TypeError, match="guidance_scale"):
+        ddim_sample(denoise, (1, 2), sched50, steps=2, guidance_scale=1.0)
+
+
+class HalvingSampler(Sampler):
+    """A sampler defined only here: deterministic DDIM steps at T - 1, then every other step
+    below T / 2. It proves that a new sampler needs nothing but this class."""
+
+    name = "halving"
+    options = ()
+
+    def timesteps(self):
+        T = self.schedule.timesteps
+        return [T - 1, *range(T // 2, -1, -2)]
+
+    def step(self, model_output, t, t_prev, x_t, *, generator=None):
+        x_prev, x0 = ddim_step(model_output, x_t, t, t_prev, self.schedule, clip_x0=self.clip_x0)
+        return StepOutput(x_prev, x0)
+
+
+def test_a_new_sampler_is_one_class(sched50, monkeypatch):
+    monkeypatch.setitem(SAMPLERS, "halving", HalvingSampler)
+    sampler = make_sampler("halving", sched50, 50, eta=0.0)  # other samplers' options are left
+    visited = sampler.timesteps()
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out, traj = sample_loop(sampler, toy_net, None, x_T=x_T, return_trajectory_at=visited[:2])
+    assert sorted(traj) == sorted(visited[:2]) and torch.equal(traj[49], x_T)
+    # by hand: the same DDIM steps, in the same order, ending on clean data (-1)
+    x = x_T
+    for t, t_prev in zip(visited, [*visited[1:], -1], strict=True):
+        x, _ = ddim_step(toy_net(x, torch.full((3,), t), None), x, t, t_prev, sched50)
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="never visits; pick them from the sampler's timesteps"):
+        sample_loop(sampler, toy_net, (1, 2), return_trajectory_at=[48])
+
+
+def test_guidance_is_one_batched_call_of_the_formula(sched50):
+    labels, w = torch.tensor([1, 4, 7]), 2.5
+    calls = []
+
+    def net(x, t, y):
+        calls.append((len(x), None if y is None else y.tolist()))
+        return toy_net(x, t, y)
+
+    x_t, t = torch.randn(3, 1, 4, 4), torch.full((3,), 20)
+    cond, uncond = toy_net(x_t, t, labels), toy_net(x_t, t, torch.full((3,), 10))
+    expected = cond + w * (cond - uncond)
+    torch.testing.assert_close(guided(net, labels, 10, w)(x_t, t), expected)
+    assert calls == [(6, [1, 4, 7, 10, 10, 10])]  # conditional and null halves, one call
+
+    calls.clear()
+    sampler = make_sampler("ddim", sched50, 4)
+    sample_loop(sampler, net, (3, 1, 4, 4), labels=labels, null_label=10, guidance_scale=w)
+    assert len(calls) == 4 and all(n == 6 for n, _ in calls)
+    calls.clear()
+    sample_loop(sampler, net, (3, 1, 4, 4), labels=labels)  # no guidance: the labels, once
+    assert calls == [(3, [1, 4, 7])] * 4
+    with pytest.raises(ValueError, match="null label"):
+        sample_loop(sampler, net, (3, 1, 4, 4), labels=labels, guidance_scale=w)
+
+
+def test_loop_polls_for_stop_requests_once_per_step(sched50):
+    polls = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_requested():
+        polls.append(1)
+        return len(polls) > 3
+
+    interrupt.watch(stop_requested, Stop)
+    try:
+        with pytest.raises(Stop):
+            sample_loop(make_sampler("ddim", sched50, 10), toy_net, (1, 2))
+    finally:
+        interrupt.unwatch()
+    assert len(polls) == 4  # three steps ran; the stop came before the fourth
