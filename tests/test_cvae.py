@@ -6,7 +6,7 @@ import torch
 from fixtures import class_images
 from torch.distributions import Normal, kl_divergence
 
-from genlab.models.objectives import gaussian_kl, gaussian_kl_between
+from genlab.objectives import gaussian_kl, gaussian_kl_between
 from genlab.train import build_model, run
 
 

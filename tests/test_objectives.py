@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from genlab.models.objectives import (
+from genlab.objectives import (
     gaussian_kl,
     normalised_beta,
     reconstruction_nll,

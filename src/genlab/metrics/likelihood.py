@@ -14,18 +14,17 @@ import torch
 from torch.distributions import Normal
 
 from genlab import interrupt
+from genlab.objectives import reconstruction_nll
 
 
 @torch.no_grad()
 def iwae_log_likelihood(model, x: torch.Tensor, y=None, k: int = 1000, chunk: int = 100):
     """Per-image IWAE estimate of log p(x) in nats for a VAE/CVAE (K samples, in chunks)."""
-    from genlab.models.objectives import reconstruction_nll  # the models import this module
-
     mu, logvar = model.encode(x, y)
     mu, std = mu.float(), (0.5 * logvar.float()).exp()
     q = Normal(mu, std)
-    # p(z), or a CVAE's p(z|y); None (or a model without `prior`) is the standard normal.
-    prior_params = model.prior(y) if hasattr(model, "prior") else None
+    # p(z), or a CVAE's p(z|y); None is the standard normal.
+    prior_params = model.prior(y)
     if prior_params is None:
         prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))
     else:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from genlab.models.latent import LatentModel
-from genlab.models.objectives import training_objective
+from genlab.objectives import training_objective
 from genlab.viz.grids import originals_above_reconstructions
 
 
 class AE(LatentModel):
+    kind = "ae"
     metric_names = ("loss", "recon", "mse")
 
     def __init__(self, **kwargs):

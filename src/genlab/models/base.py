@@ -4,6 +4,7 @@ are exact dataset averages (also across DDP ranks), and preview grids sent to th
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
@@ -53,9 +54,24 @@ def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> to
     return cls(params, **spec)
 
 
-class GenerativeModule(pl.LightningModule):
-    """Subclasses set `metric_names` and implement `compute_terms` and `preview_images`."""
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do. Callers (sample.py's tasks, train.py, the metrics) ask these
+    instead of testing a model's name, so a new model only has to state its own."""
 
+    generative: bool  # sample(n, labels) draws images of the data distribution
+    encoder: bool  # encode_mean / reconstruct / decode_images map images to codes and back
+    conditional: bool  # takes class labels: sample(n, labels=...) draws a chosen class
+    diffusion: bool  # has a noising process (model.schedule) and an iterative sampler
+    gaussian_latent: bool  # z has a Gaussian prior (slerp and prior sampling make sense)
+    latent_dim: int | None  # size of z for encoder models; None without a latent code
+
+
+class GenerativeModule(pl.LightningModule):
+    """Subclasses set `kind`, `metric_names`, `capabilities`, and implement `compute_terms`,
+    `preview_images` and the methods their capabilities promise (the defaults below refuse)."""
+
+    kind = ""  # the model's config name (ae, vae, cvae, ddpm): for messages, never to branch on
     metric_names: tuple[str, ...] = ("loss",)
     preview_count = 32  # images per preview grid
     # The submodules that do the heavy lifting: what `speed.compile` compiles.
@@ -82,6 +98,31 @@ class GenerativeModule(pl.LightningModule):
         # The hparams are read from the calling __init__'s frame, one up from this override.
         frame = frame or inspect.currentframe().f_back
         super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+
+    # -- the interface every model offers -------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        raise NotImplementedError
+
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        """n images in [0, 1] drawn from the model (labels: one class per image, conditional)."""
+        raise GenlabError(f"this {self.kind} is not a generative model: it cannot sample")
+
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's best reconstruction of x, in [0, 1]."""
+        raise GenlabError(f"this {self.kind} has no encoder: it cannot reconstruct an image")
+
+    def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, latent_dim) codes of x: the AE's code, a VAE's posterior mean."""
+        raise GenlabError(f"this {self.kind} has no encoder: it has no latent code of an image")
+
+    def decode_images(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean images in [0, 1] for latent codes z."""
+        raise GenlabError(f"this {self.kind} has no decoder of latent codes")
+
+    def preview_labels(self, n: int) -> torch.Tensor | None:
+        """Labels for n preview samples (cycling over the classes), None if unconditional."""
+        return None
 
     # -- to implement --------------------------------------------------------------------------
     def compute_terms(self, x, y) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -23,6 +23,8 @@ LABEL_ENCODINGS = ("onehot", "embedding")
 
 
 class CVAE(VAE):
+    kind = "cvae"
+
     def __init__(self, *, label_encoding: str = "onehot", label_embed_dim: int = 16, **kwargs):
         if label_encoding not in LABEL_ENCODINGS:
             raise ValueError(f"unknown label_encoding {label_encoding!r}; choose {LABEL_ENCODINGS}")

@@ -21,8 +21,16 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from genlab.diffusion import DiffusionSchedule, ddim_sample, ddpm_sample, vlb_terms
-from genlab.models.base import GenerativeModule
+from genlab.diffusion import (
+    DiffusionSchedule,
+    check_steps,
+    default_sampler,
+    guided,
+    make_sampler,
+    sample_loop,
+    vlb_terms,
+)
+from genlab.models.base import Capabilities, GenerativeModule
 from genlab.nets.unet import UNet
 
 log = logging.getLogger("genlab")
@@ -39,6 +47,7 @@ DEFAULT_UNET = {
 
 
 class DDPM(GenerativeModule):
+    kind = "ddpm"
     metric_names = ("loss",)
     networks = ("net",)
 
@@ -88,10 +97,19 @@ class DDPM(GenerativeModule):
         for part in BPD_PARTS:
             self.eval_metrics[f"test_{part}"] = MeanMetric()
 
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            generative=True,
+            encoder=False,
+            conditional=self.conditional,
+            diffusion=True,
+            gaussian_latent=False,  # x_T is Gaussian noise, but of the image's shape, no code
+            latent_dim=None,
+        )
+
     def _check_sampling(self, steps: int, guidance_scale: float) -> None:
-        T = self.schedule.timesteps
-        if not 1 <= steps <= T:
-            raise ValueError(f"sample_steps={steps} must be between 1 and timesteps={T}")
+        check_steps(steps, self.schedule.timesteps)
         if guidance_scale and not self.conditional:
             raise ValueError(
                 f"guidance_scale={guidance_scale} needs a class-conditional model "
@@ -210,19 +228,9 @@ class DDPM(GenerativeModule):
 
     # -- sampling ------------------------------------------------------------------------------
     def denoise_fn(self, labels: torch.Tensor | None = None, guidance_scale: float = 0.0):
-        """The callable the samplers call: the network, with labels and guidance folded in."""
-        if labels is None or not self.conditional:
-            return lambda x_t, t: self.net(x_t, t, None)
-        if not guidance_scale:
-            return lambda x_t, t: self.net(x_t, t, labels)
-        null = torch.full_like(labels, self.num_classes)
-
-        def guided(x_t, t):
-            both = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
-            cond, uncond = both.chunk(2)
-            return cond + guidance_scale * (cond - uncond)
-
-        return guided
+        """The network with labels and guidance folded in, as the sampling loop calls it."""
+        labels = labels if self.conditional else None
+        return guided(self.net, labels, self.num_classes, guidance_scale)
 
     @torch.no_grad()
     def sample(
@@ -238,32 +246,36 @@ class DDPM(GenerativeModule):
         return_trajectory_at=None,
         progress: bool = False,
     ):
-        """n images in [0, 1]. `sampler`: "ddpm" (ancestral, T steps) or "ddim" (`steps`
-        steps); by default ancestral when steps == T, DDIM when fewer."""
+        """n images in [0, 1]. `sampler`: a name in genlab.diffusion.SAMPLERS, "ddpm" (ancestral,
+        T steps) or "ddim" (`steps` steps); by default ancestral when steps == T, else DDIM."""
         steps = steps or self.sample_steps
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         self._check_sampling(steps, guidance_scale)
-        sampler = sampler or ("ddpm" if steps == self.schedule.timesteps else "ddim")
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler {sampler!r}; choose ddpm or ddim")
-        was_training = self.training
-        self.eval()
-        common = dict(
+        chosen = make_sampler(
+            sampler or default_sampler(steps, self.schedule.timesteps),
+            self.schedule,
+            steps,
             prediction=self.prediction,
             clip_x0=self.clip_x0,
-            generator=generator,
-            device=self.device,
-            x_T=x_T,
-            return_trajectory_at=return_trajectory_at,
-            progress=progress,
+            variance=self.variance,
+            eta=self.eta if eta is None else eta,
         )
-        fn, shape = self.denoise_fn(labels, guidance_scale), (n, *self.image_shape)
+        was_training = self.training
+        self.eval()
         try:
-            if sampler == "ddpm":
-                out = ddpm_sample(fn, shape, self.schedule, variance=self.variance, **common)
-            else:
-                eta = self.eta if eta is None else eta
-                out = ddim_sample(fn, shape, self.schedule, steps=steps, eta=eta, **common)
+            out = sample_loop(
+                chosen,
+                self.net,
+                (n, *self.image_shape),
+                labels=labels if self.conditional else None,
+                null_label=self.num_classes,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                device=self.device,
+                x_T=x_T,
+                return_trajectory_at=return_trajectory_at,
+                progress=progress,
+            )
         finally:
             self.train(was_training)
         if return_trajectory_at is not None:

@@ -12,9 +12,9 @@ import math
 import torch
 from torch import nn
 
-from genlab.models.base import GenerativeModule
-from genlab.models.objectives import reconstruction_nll
+from genlab.models.base import Capabilities, GenerativeModule
 from genlab.nets.backbone import build_backbone
+from genlab.objectives import reconstruction_nll
 
 DEFAULT_MLP = {"hidden": [512, 256]}
 DEFAULT_CONV = {"channels": [32, 64, 128], "fc_dim": 256}
@@ -54,6 +54,25 @@ class LatentModel(GenerativeModule):
         else:
             sigma = gaussian_sigma if gaussian_sigma is not None else 1.0
             self.register_buffer("log_sigma", torch.full((channels,), math.log(sigma)))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        gaussian = self.head_factor == 2  # mean and log-variance: a Gaussian posterior and prior
+        return Capabilities(
+            generative=gaussian,
+            encoder=True,
+            conditional=self.condition_dim() > 0,
+            diffusion=False,
+            gaussian_latent=gaussian,
+            latent_dim=self.latent_dim,
+        )
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        code = self.encode(x, y)
+        return code[0] if self.head_factor == 2 else code
 
     # Conditioning hooks: unconditional by default, CVAE overrides both.
     def condition_dim(self) -> int:

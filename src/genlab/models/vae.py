@@ -13,7 +13,7 @@ import torch
 
 from genlab.metrics.likelihood import iwae_log_likelihood, nats_to_bits_per_dim
 from genlab.models.latent import LatentModel
-from genlab.models.objectives import (
+from genlab.objectives import (
     gaussian_kl,
     gaussian_kl_between,
     normalised_beta,
@@ -23,6 +23,7 @@ from genlab.viz.grids import originals_above_reconstructions
 
 
 class VAE(LatentModel):
+    kind = "vae"
     metric_names = ("loss", "recon", "kl", "elbo", "mse", "nll", "bpd")
     head_factor = 2
 
