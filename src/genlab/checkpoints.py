@@ -8,6 +8,7 @@ checkpoint is checked against the config that wants to use it before anything is
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location)
 
 
-def replace_atomically(path: str | os.PathLike, write) -> Path:
+def replace_atomically(path: str | os.PathLike, write, *, exclusive: bool = False) -> Path:
     """Call `write(tmp)` for a temporary name beside `path`, then rename it onto `path`: readers
-    never see a half-written file, and a kill mid-write keeps the previous one."""
+    never see a half-written file, and a kill mid-write keeps the previous one. The temporary
+    name is unique, so two writers of one path never write into the same file. `exclusive`:
+    never replace an existing `path`, not even one that appeared mid-write (FileExistsError)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+    try:
+        write(tmp)
+        (_publish_new if exclusive else os.replace)(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    try:  # a hard link fails rather than replace a file, where a rename would replace it
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
