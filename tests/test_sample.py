@@ -80,9 +80,9 @@ GEOMETRY = [
     ("cvae", "samples", {"n": 3}, (px(3), px(3))),
     ("ae", "reconstructions", {"n": 3}, (px(3), px(6))),
     ("cvae", "reconstructions", {"n": 2}, (px(2), px(4))),
-    ("vae", "interpolate", {"n": 3, "steps": 5, "mode": "slerp"}, (px(5), px(3))),
-    ("ae", "interpolate", {"n": 2, "steps": 4}, (px(4), px(2))),
-    ("cvae", "interpolate", {"n": 2, "steps": 3, "mode": "slerp"}, (px(3), px(2))),
+    ("vae", "interpolate", {"n": 3, "frames": 5, "mode": "slerp"}, (px(5), px(3))),
+    ("ae", "interpolate", {"n": 2, "frames": 4}, (px(4), px(2))),
+    ("cvae", "interpolate", {"n": 2, "frames": 3, "mode": "slerp"}, (px(3), px(2))),
     ("ae", "manifold", {"n": 5}, (px(5), px(5))),
     ("vae", "manifold", {"n": 6}, (px(6), px(6))),
     ("cvae", "traverse", {"n": 7}, (px(7), px(CVAE_K))),
@@ -148,9 +148,9 @@ def test_same_seed_same_bytes_other_seed_other_picture(runs, tmp_path):
     assert first.read_bytes() == again.read_bytes()
     assert not torch.equal(pixels(first), pixels(other))
     # tasks that pick test images pick them by seed too
-    a = sample(runs["cvae"], "interpolate", tmp_path, n=2, steps=3)[0]
-    b = sample(runs["cvae"], "interpolate", tmp_path, n=2, steps=3)[0]
-    c = sample(runs["cvae"], "interpolate", tmp_path, n=2, steps=3, seed=5)[0]
+    a = sample(runs["cvae"], "interpolate", tmp_path, n=2, frames=3)[0]
+    b = sample(runs["cvae"], "interpolate", tmp_path, n=2, frames=3)[0]
+    c = sample(runs["cvae"], "interpolate", tmp_path, n=2, frames=3, seed=5)[0]
     assert a.read_bytes() == b.read_bytes() and not torch.equal(pixels(a), pixels(c))
 
 
@@ -362,9 +362,10 @@ DDPM_GEOMETRY = [
     ("ddpm", "samples", {"n": 2, "sampler": "ddpm"}, (px(2), px(2))),
     ("ddpm", "samples", {"n": 2, "sampler": "ddim", "steps": 4, "eta": 1.0}, (px(2), px(2))),
     ("cddpm", "samples", {"n": 2, "label": 3, "guidance_scale": 1.5}, (px(2), px(2))),
-    ("ddpm", "interpolate", {"n": 2, "steps": 5}, (px(5), px(2))),
-    ("cddpm", "interpolate", {"n": 2, "steps": 3, "mode": "linear"}, (px(3), px(2))),
+    ("ddpm", "interpolate", {"n": 2, "frames": 5}, (px(5), px(2))),
+    ("cddpm", "interpolate", {"n": 2, "frames": 3, "mode": "linear"}, (px(3), px(2))),
     ("cddpm", "classes", {"n": 2}, (px(2), px(10))),
+    ("ddpm", "interpolate", {"n": 2, "frames": 3, "steps": 4}, (px(3), px(2))),  # 4 DDIM steps
 ]
 
 
@@ -421,7 +422,7 @@ def test_ddpm_seeds_and_samplers(ddpm_runs, tmp_path):
 
 def test_ddim_interpolation_ends_are_the_ddim_samples_of_the_draws(ddpm_runs, tmp_path):
     n, cols, seed = 2, 4, 3
-    [path] = sample(ddpm_runs["ddpm"], "interpolate", tmp_path, n=n, steps=cols, seed=seed)
+    [path] = sample(ddpm_runs["ddpm"], "interpolate", tmp_path, n=n, frames=cols, seed=seed)
     model = load_run(ddpm_runs["ddpm"], "cpu").model
     draws = torch.randn(2 * n, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
     grid = tiles(path, n, cols)
@@ -566,7 +567,11 @@ BAD_DDPM = [
     ("vae_denoise", ("vae", "denoise", {}), "diffusion model.*model=ddpm.*A vae can do"),
     ("vae_sampler", ("vae", "samples", {"sampler": "ddim"}), "sampler=ddim steer a diffusion"),
     ("steps_above_T", ("ddpm", "samples", {"steps": T + 1}), f"steps=51.*between 1 and .*T={T}"),
-    ("interpolate_1_step", ("ddpm", "interpolate", {"steps": 1}), "steps=1.*>= 2 for task=interp"),
+    (
+        "interpolate_1_step",
+        ("ddpm", "interpolate", {"frames": 1}),
+        "frames=1.*>= 2 for task=interp",
+    ),
     ("guidance_unconditional", ("ddpm", "samples", {"guidance_scale": 2}), "class-conditional"),
     ("ancestral_steps", ("ddpm", "samples", {"sampler": "ddpm", "steps": 5}), "all T=50 steps"),
     ("ancestral_eta", ("ddpm", "denoise", {"sampler": "ddpm", "eta": 0.5}), "has no eta"),
@@ -575,6 +580,7 @@ BAD_DDPM = [
     ("label_unconditional", ("ddpm", "samples", {"label": 1}), "label=1 picks a class.*uncond"),
     ("label_range", ("cddpm", "denoise", {"label": 10}), r"label=10.*class index in 0\.\.9"),
     ("strip_steps", ("ddpm", "denoise", {"strip_steps": 0}), "strip_steps must be an integer"),
+    ("vae_steps", ("vae", "interpolate", {"steps": 5}), "steps=5 steer a diffusion.*frames="),
 ]
 
 
@@ -696,7 +702,7 @@ def test_the_defaults_cover_every_task_of_every_model(runs, ddpm_runs):
     for model, path in {**runs, **ddpm_runs}.items():
         loaded = load_run(path, "cpu")
         covered = {task for m, task, _ in DEFAULTS if m == model}
-        can = {task for task in tasks_for(loaded.name, loaded.model) if (model, task) not in CANNOT}
+        can = {task for task in tasks_for(loaded.model) if (model, task) not in CANNOT}
         assert covered == can, model
 
 
@@ -725,7 +731,7 @@ def test_manifold_refusal_for_a_vae_above_2d(runs, tmp_path):
 
 
 def test_cli_interpolate_as_the_readme_writes_it(runs, tmp_path, monkeypatch, capsys):
-    # `python sample.py run=$RUN task=interpolate mode=slerp n=6`: no steps=, so 10 per row.
+    # `python sample.py run=$RUN task=interpolate mode=slerp n=6`: no frames=, so 10 per row.
     import runpy
 
     from hydra.core.global_hydra import GlobalHydra
@@ -740,3 +746,51 @@ def test_cli_interpolate_as_the_readme_writes_it(runs, tmp_path, monkeypatch, ca
         GlobalHydra.instance().clear()
     assert f"wrote {out / 'interpolate.png'}" in capsys.readouterr().out
     assert_grid_has_content(out / "interpolate.png", INTERP_COLS, 6)
+
+
+# -- the task table, the help text and the writer --------------------------------------------------
+def test_task_lists_of_help_and_readme_are_generated_from_the_declarations():
+    # conf/sample.yaml's --help and the README's table are copies of genlab.sample.help's text:
+    # after changing a task, `python -m genlab.sample.help` rewrites them.
+    from genlab.sample.help import rendered
+
+    for path, text in rendered().items():
+        assert path.read_text() == text, f"{path} is stale: run python -m genlab.sample.help"
+
+
+def test_what_a_model_can_do_follows_from_its_capabilities():
+    # No model needed: the dispatch reads only the declared capabilities.
+    from genlab.models.base import Capabilities
+    from genlab.sample import tasks_for
+
+    def caps(**given):
+        base = dict(generative=False, encoder=False, conditional=False, diffusion=False)
+        return Capabilities(**{**base, "gaussian_latent": False, "latent_dim": None, **given})
+
+    ae = caps(encoder=True, latent_dim=2)
+    assert tasks_for(ae) == [
+        "reconstructions", "interpolate", "manifold", "traverse", "latent_scatter", "anomaly"
+    ]  # fmt: skip
+    cvae = caps(generative=True, encoder=True, conditional=True, gaussian_latent=True, latent_dim=4)
+    assert "manifold" not in tasks_for(cvae) and "classes" in tasks_for(cvae)
+    ddpm = caps(generative=True, diffusion=True, conditional=True)
+    assert tasks_for(ddpm) == ["samples", "interpolate", "classes", "denoise"]
+    assert tasks_for(caps(generative=True)) == []  # generative, but no family of handlers
+
+
+def test_outputs_never_replace_a_file_that_appears_mid_write(tmp_path):
+    # Another command publishes the same name while this one writes: this group moves on to the
+    # next free name, withdrawing what it had published, and leaves no temp file.
+    from genlab.sample import write_outputs
+
+    def ours(path):
+        path.write_text("ours")
+
+    def racing(path):
+        (tmp_path / "x.json").write_text("theirs")
+        path.write_text("ours")
+
+    written = write_outputs(tmp_path, "x", {".png": ours, ".json": racing}, overwrite=False)
+    assert [p.name for p in written] == ["x-1.png", "x-1.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-1.json", "x-1.png", "x.json"]
+    assert (tmp_path / "x.json").read_text() == "theirs"

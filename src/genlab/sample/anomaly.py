@@ -14,12 +14,13 @@ DEFAULT_ANOMALY_DATA = {"fashion_mnist": "mnist", "mnist": "fashion_mnist"}
 
 
 def reconstruction_scores(job: Job, images, labels, desc: str):
-    """-log p(x | z = mean code) per image, in nats. CVAE: the lowest over all classes, so
-    neither dataset's labels are used (another dataset's labels mean nothing to the model)."""
+    """-log p(x | z = mean code) per image, in nats. A conditional model (CVAE): the lowest over
+    all classes, so neither dataset's labels are used (another dataset's labels mean nothing to
+    the model)."""
     import torch
 
     model = job.model
-    candidates = range(model.num_classes) if job.run.name == "cvae" else [None]
+    candidates = range(model.num_classes) if job.caps.conditional else [None]
     scores = []
     with torch.no_grad():
         for a, b in job.chunks(len(images), desc):
@@ -27,8 +28,7 @@ def reconstruction_scores(job: Job, images, labels, desc: str):
             best = None
             for c in candidates:
                 y = None if c is None else torch.full((len(x),), c, device=job.device)
-                code = model.encode(x, y)
-                code = code[0] if isinstance(code, tuple) else code
+                code = model.encode_mean(x, y)
                 nll = model.recon_terms(model.decode(code, y), x)["recon"]
                 best = nll if best is None else torch.minimum(best, nll)
             scores.append(best.cpu().double())

@@ -1,4 +1,10 @@
-"""Tasks of a diffusion model (DDPM): samples, classes, interpolate, denoise."""
+"""The tasks of a diffusion model (capabilities.diffusion: DDPM): samples, classes,
+interpolate, denoise. `steps=` is the sampler's step count in every one of them.
+
+A DDPM's "latent" is the starting noise x_T, of the image's shape. Every task draws it from one
+seeded generator and then lets the sampler continue with that generator, so a picture depends
+only on seed (and, for the stochastic samplers, on batch_size: each chunk draws its own step
+noise in turn)."""
 
 from __future__ import annotations
 
@@ -6,15 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genlab import GenlabError
-from genlab.sample.job import Job
-from genlab.sample.latent import _slerp
+from genlab.sample.job import Job, slerp
 
 
-# -- diffusion (DDPM) tasks ------------------------------------------------------------------------
-# A DDPM's "latent" is the starting noise x_T, of the image's shape. Every task draws it from one
-# seeded generator and then lets the sampler continue with that generator, so a picture depends
-# only on seed (and, for the stochastic samplers, on batch_size: each chunk draws its own
-# step noise in turn).
 @dataclass(frozen=True)
 class SamplerPlan:
     sampler: str  # ddpm (ancestral, all T steps) | ddim
@@ -38,11 +38,12 @@ class SamplerPlan:
         return what + (f", guidance {self.guidance_scale:g}" if self.guidance_scale else "")
 
 
-def _sampler_plan(job: Job, steps: int | None, deterministic: bool = False) -> SamplerPlan:
+def _sampler_plan(job: Job, deterministic: bool = False) -> SamplerPlan:
     """Resolve sampler/steps/eta/guidance_scale against the model's own defaults and limits.
     `deterministic`: the task needs the DDIM map x_T -> x_0 with eta = 0 (interpolation)."""
     model, opts = job.model, job.opts
-    T = model.schedule.timesteps  # steps <= T is checked before any task runs (_check_supported)
+    steps = opts.steps
+    T = model.schedule.timesteps  # steps <= T is checked before any task runs (tasks.py)
     sampler = opts.sampler
     if deterministic:
         if sampler == "ddpm" or opts.eta:
@@ -52,7 +53,7 @@ def _sampler_plan(job: Job, steps: int | None, deterministic: bool = False) -> S
                 f"with {what} fresh noise enters at every step, so nearby x_T would not give "
                 "nearby images. Drop that option."
             )
-        return SamplerPlan("ddim", model.sample_steps, 0.0, _guidance(job))
+        return SamplerPlan("ddim", steps or model.sample_steps, 0.0, _guidance(job))
     if sampler == "ddpm":
         if steps not in (None, T):
             raise GenlabError(
@@ -79,20 +80,6 @@ def _sampler_plan(job: Job, steps: int | None, deterministic: bool = False) -> S
 def _guidance(job: Job) -> float:
     value = job.opts.guidance_scale
     return float(job.model.guidance_scale if value is None else value)
-
-
-def _diffusion_labels(job: Job, count: int, per: int = 1):
-    """Labels for `count` groups of `per` images: none for an unconditional DDPM; label=, else
-    classes cycling over the groups (like the CVAE's samples)."""
-    import torch
-
-    if not job.model.conditional:
-        return None
-    if job.opts.label is None:
-        labels = torch.arange(count, device=job.device) % job.model.num_classes
-    else:
-        labels = torch.full((count,), job.class_label(), device=job.device)
-    return labels.repeat_interleave(per)
 
 
 def _noise(job: Job, count: int, generator):
@@ -138,10 +125,10 @@ def diffusion_samples(job: Job) -> list[Path]:
     """n x n samples. Conditional DDPM: labels cycle over the classes (each column one class
     when n is a multiple of the class count), or all `label=`."""
     n = job.n
-    plan = _sampler_plan(job, job.opts.steps)
+    plan = _sampler_plan(job)
     generator = job.generator()
     x_T = _noise(job, n * n, generator)
-    images = _diffuse(job, x_T, _diffusion_labels(job, n * n), plan, generator)
+    images = _diffuse(job, x_T, job.labels_for(n * n), plan, generator)
     print(f"samples: {plan.describe()}")
     return job.save_grid(images, nrow=n)
 
@@ -152,7 +139,7 @@ def diffusion_class_rows(job: Job) -> list[Path]:
     import torch
 
     n, classes = job.n, job.model.num_classes
-    plan = _sampler_plan(job, job.opts.steps)
+    plan = _sampler_plan(job)
     generator = job.generator()
     x_T = _noise(job, n, generator).repeat(classes, 1, 1, 1)
     labels = torch.arange(classes, device=job.device).repeat_interleave(n)
@@ -163,13 +150,14 @@ def diffusion_class_rows(job: Job) -> list[Path]:
 
 def diffusion_interpolate(job: Job) -> list[Path]:
     """Rows: n pairs of independent x_T draws (the seeded draw of 2n noise images, split into
-    even and odd); columns: `steps` points on the path between them (slerp unless mode=linear),
-    each mapped to an image by deterministic DDIM (eta=0, the model's sample_steps), so the ends
-    are exactly the DDIM samples of the two draws. Conditional: one class per row."""
+    even and odd); columns: `frames` points on the path between them (slerp unless
+    mode=linear), each mapped to an image by deterministic DDIM (eta=0, `steps` steps, else the
+    model's sample_steps), so the ends are exactly the DDIM samples of the two draws.
+    Conditional: one class per row."""
     import torch
 
-    n, cols = job.n, job.interpolants
-    plan = _sampler_plan(job, None, deterministic=True)
+    n, cols = job.n, int(job.opts.frames)
+    plan = _sampler_plan(job, deterministic=True)
     generator = job.generator()
     ends = _noise(job, 2 * n, generator).flatten(1)
     a, b = ends[0::2].unsqueeze(1), ends[1::2].unsqueeze(1)
@@ -177,10 +165,10 @@ def diffusion_interpolate(job: Job) -> list[Path]:
     # Slerp by default: two draws of N(0, I) in D dims have norm ~sqrt(D) and are nearly
     # orthogonal, so the straight line between them dips to norm ~sqrt(D/2) midway, noise the
     # model never saw at t = T; the great circle keeps the typical norm.
-    path = (1 - t) * a + t * b if job.opts.mode == "linear" else _slerp(a, b, t)
+    path = (1 - t) * a + t * b if job.opts.mode == "linear" else slerp(a, b, t)
     path[:, 0], path[:, -1] = a[:, 0], b[:, 0]  # the exact draws, free of slerp's rounding
     x_T = path.reshape(n * cols, *job.run.image_shape)
-    images = _diffuse(job, x_T, _diffusion_labels(job, n, per=cols), plan, generator)
+    images = _diffuse(job, x_T, job.labels_for(n, per=cols), plan, generator)
     print(f"interpolate: {plan.describe()}")
     return job.save_grid(images, nrow=cols)
 
@@ -204,14 +192,14 @@ def denoise(job: Job) -> list[Path]:
 
     n, model, k = job.n, job.model, int(job.opts.strip_steps)
     T = model.schedule.timesteps
-    plan = _sampler_plan(job, job.opts.steps)
+    plan = _sampler_plan(job)
     shown = _evenly_spaced(plan.visited(T), k)
     noised = _evenly_spaced(list(range(T)), k)[::-1]  # ascending: the forward direction
     x0, _ = job.test_images(n)
     generator = job.generator()
     x_T = _noise(job, n, generator)
     forward_noise = _noise(job, n * len(noised), generator).view(len(noised), n, *x0.shape[1:])
-    images, frames = _diffuse(job, x_T, _diffusion_labels(job, n), plan, generator, shown)
+    images, frames = _diffuse(job, x_T, job.labels_for(n), plan, generator, shown)
     reverse = rows_of_columns([frames[t] for t in shown] + [images])
 
     columns = [x0.cpu()]

@@ -12,12 +12,8 @@ from omegaconf import DictConfig
 
 from genlab import GenlabError
 from genlab.sample.loader import LoadedRun
-from genlab.sample.options import _invalid
+from genlab.sample.options import check_label
 from genlab.sample.writer import write_outputs
-
-# interpolate's images per row when `steps` is null (conf/sample.yaml): `steps` has no single
-# default, since for a DDPM's other tasks null means the model's own sample_steps.
-INTERPOLATE_STEPS = 10
 
 
 # -- one job: a loaded run, the options, and shared helpers ----------------------------------------
@@ -31,6 +27,11 @@ class Job:
     @property
     def model(self):
         return self.run.model
+
+    @property
+    def caps(self):
+        """What the model can do (genlab.models.base.Capabilities): tasks branch on these."""
+        return self.run.model.capabilities
 
     @property
     def device(self):
@@ -89,8 +90,7 @@ class Job:
             for a, b in self.chunks(len(images), desc):
                 x = images[a:b].to(self.device)
                 x = x.float() / 255.0 if x.dtype == torch.uint8 else x
-                code = self.model.encode(x, labels[a:b].to(self.device))
-                out.append(code[0] if isinstance(code, tuple) else code)
+                out.append(self.model.encode_mean(x, labels[a:b].to(self.device)))
         return torch.cat(out)
 
     def decode(self, z, labels=None, desc: str = "decoding"):
@@ -104,18 +104,25 @@ class Job:
                 out.append(self.model.decode_images(z[a:b], y).cpu())
         return torch.cat(out)
 
-    @property
-    def interpolants(self) -> int:
-        """interpolate's images per row, both ends included: `steps`, else INTERPOLATE_STEPS.
-        One place for every model, so no handler can read the null default as a number."""
-        steps = self.opts.steps
-        return INTERPOLATE_STEPS if steps is None else int(steps)
-
     def class_label(self) -> int:
+        """The class `label=` picks (null: class 0), checked against the model's classes."""
         label = self.opts.label if self.opts.label is not None else 0
-        if label >= self.model.num_classes:
-            raise _invalid("label", label, f"a class index in 0..{self.model.num_classes - 1}")
+        check_label(label, self.model.num_classes)
         return label
+
+    def labels_for(self, count: int, per: int = 1):
+        """Labels of `count` groups of `per` images: None for an unconditional model; all
+        `label=`, else classes cycling over the groups (one class per column of a grid whose
+        width is a multiple of the class count)."""
+        import torch
+
+        if not self.caps.conditional:
+            return None
+        if self.opts.label is None:
+            labels = self.model.preview_labels(count)
+        else:
+            labels = torch.full((count,), self.class_label(), device=self.device)
+        return labels.repeat_interleave(per)
 
     def save_grid(self, images, nrow: int, stem: str | None = None) -> list[Path]:
         return self.save_grids({".png": (images, nrow)}, stem)
@@ -137,3 +144,17 @@ class Job:
             {suffix: writer(images, nrow) for suffix, (images, nrow) in grids.items()},
             self.opts.overwrite,
         )
+
+
+def slerp(a, b, t):
+    """Spherical interpolation: for Gaussian codes it keeps the norm typical of the prior,
+    where a straight line through the origin's low-density shell would not."""
+    import torch
+
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1).unsqueeze(-1)
+    omega = torch.arccos(cos)
+    sin = torch.sin(omega)
+    nearly_parallel = sin.abs() < 1e-6
+    safe = torch.where(nearly_parallel, torch.ones_like(sin), sin)
+    spherical = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / safe
+    return torch.where(nearly_parallel, (1 - t) * a + t * b, spherical)

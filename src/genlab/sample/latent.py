@@ -1,12 +1,15 @@
-"""Tasks of the latent-variable models (AE, VAE, CVAE): samples, reconstructions, interpolate,
-manifold, traverse, latent_scatter, classes."""
+"""The tasks of models with an encoder (capabilities.encoder: AE, VAE, CVAE): samples,
+reconstructions, interpolate, manifold, traverse, latent_scatter, classes.
+
+Where the models differ, the handlers ask `job.caps`: `gaussian_latent` (a VAE's or CVAE's prior:
+prior quantiles, prior standard deviations; otherwise the spread of the test codes, which is all
+an AE's codes have) and `conditional` (a CVAE's labels)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from genlab import GenlabError
-from genlab.sample.job import Job
+from genlab.sample.job import Job, slerp
 from genlab.sample.writer import write_outputs
 
 # fmt: off
@@ -20,7 +23,6 @@ CLASS_NAMES = {
 # fmt: on
 
 
-# -- tasks -----------------------------------------------------------------------------------------
 def prior_samples(job: Job) -> list[Path]:
     """n x n decodes of z drawn from the prior (VAE: N(0, I); CVAE: its class's p(z|y)). CVAE:
     labels cycle over the classes (each column one class when n is a multiple of the class
@@ -29,12 +31,7 @@ def prior_samples(job: Job) -> list[Path]:
 
     n, model = job.n, job.model
     eps = torch.randn(n * n, model.latent_dim, generator=job.generator(), device=job.device)
-    labels = None
-    if job.run.name == "cvae":
-        if job.opts.label is None:
-            labels = model.preview_labels(n * n)
-        else:
-            labels = torch.full((n * n,), job.class_label(), device=job.device)
+    labels = job.labels_for(n * n)
     return job.save_grid(job.decode(model.latent_from_noise(eps, labels), labels), nrow=n)
 
 
@@ -47,52 +44,32 @@ def reconstructions(job: Job) -> list[Path]:
     return job.save_grid(originals_above_reconstructions(x.cpu(), recon, per_row=job.n), job.n)
 
 
-def _slerp(a, b, t):
-    """Spherical interpolation: for Gaussian codes it keeps the norm typical of the prior,
-    where a straight line through the origin's low-density shell would not."""
-    import torch
-
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1).unsqueeze(-1)
-    omega = torch.arccos(cos)
-    sin = torch.sin(omega)
-    nearly_parallel = sin.abs() < 1e-6
-    safe = torch.where(nearly_parallel, torch.ones_like(sin), sin)
-    spherical = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / safe
-    return torch.where(nearly_parallel, (1 - t) * a + t * b, spherical)
-
-
 def interpolate(job: Job) -> list[Path]:
-    """Rows: n pairs of test images; columns: `steps` decodes from the first code to the second.
-    CVAE: each code is inferred with its own label and the row is decoded in the first image's
-    class, so the row morphs style within one class."""
+    """Rows: n pairs of test images; columns: `frames` decodes from the first code to the second
+    (linear unless mode=slerp). CVAE: each code is inferred with its own label and the row is
+    decoded in the first image's class, so the row morphs style within one class."""
     import torch
 
-    n, steps = job.n, job.interpolants
+    n, cols = job.n, int(job.opts.frames)
     x, y = job.test_images(2 * n)
     z = job.encode(x, y)
     a, b = z[0::2], z[1::2]
-    t = torch.linspace(0, 1, steps, device=job.device).view(1, steps, 1)
+    t = torch.linspace(0, 1, cols, device=job.device).view(1, cols, 1)
     a, b = a.unsqueeze(1), b.unsqueeze(1)
-    path = _slerp(a, b, t) if job.opts.mode == "slerp" else (1 - t) * a + t * b
-    labels = y[0::2].repeat_interleave(steps)
-    return job.save_grid(job.decode(path.reshape(n * steps, -1), labels), nrow=steps)
+    path = slerp(a, b, t) if job.opts.mode == "slerp" else (1 - t) * a + t * b
+    labels = y[0::2].repeat_interleave(cols)
+    return job.save_grid(job.decode(path.reshape(n * cols, -1), labels), nrow=cols)
 
 
 def manifold(job: Job) -> list[Path]:
-    """The decoded latent plane of a 2-d latent as an n x n grid, z1 growing to the right and
-    z2 upwards (image (0, 0) at the bottom left, as in a plot). VAE, CVAE: the N(0, 1) quantiles
-    5%..95%, an evenly weighted cover of the prior; AE: the box spanned by the test codes."""
+    """The decoded latent plane of a 2-d latent (the task declares latent_dim == 2) as an n x n
+    grid, z1 growing to the right and z2 upwards (image (0, 0) at the bottom left, as in a plot).
+    Gaussian latent (VAE, CVAE): the N(0, 1) quantiles 5%..95%, an evenly weighted cover of the
+    prior; otherwise (AE): the box spanned by the test codes."""
     import torch
 
-    k = job.model.latent_dim
-    if k != 2:
-        raise GenlabError(
-            f"task=manifold draws the latent plane of a 2-d latent, but this {job.run.name} has "
-            f"latent_dim={k}. Use task=traverse to vary one latent dim at a time, or train with "
-            "model.latent_dim=2."
-        )
-    n = job.n
-    if job.run.name == "ae":
+    n, gaussian = job.n, job.caps.gaussian_latent
+    if not gaussian:
         images, labels = job.test_split()
         codes = job.encode(images, labels)
         lo, hi = codes.min(0).values, codes.max(0).values
@@ -105,24 +82,25 @@ def manifold(job: Job) -> list[Path]:
     z2 = axes[1].flip(0).repeat_interleave(n)  # top row holds the largest z2
     z = torch.stack([z1, z2], dim=1)
     labels = None
-    if job.run.name == "cvae":
+    if job.caps.conditional:  # one class for the whole plane: label=, else class 0
         labels = torch.full((n * n,), job.class_label(), device=job.device)
-    if job.run.name != "ae":  # quantiles of the prior: the class's own p(z|y) for a CVAE
+    if gaussian:  # quantiles of the prior: the class's own p(z|y) for a CVAE
         z = job.model.latent_from_noise(z, labels)
     return job.save_grid(job.decode(z, labels), nrow=n)
 
 
 def traverse(job: Job) -> list[Path]:
     """One row per latent dim: n decodes with that dim moved from -r to +r (r=traverse_range)
-    around the code of one test image. VAE, CVAE: r in prior standard deviations; AE: in
-    standard deviations of the test codes along that dim (AE codes have no common scale)."""
+    around the code of one test image. Gaussian latent (VAE, CVAE): r in prior standard
+    deviations; otherwise (AE): in standard deviations of the test codes along that dim (AE codes
+    have no common scale)."""
     import torch
 
     n, k, r = job.n, job.model.latent_dim, float(job.opts.traverse_range)
     x, y = job.test_images(1)
     center = job.encode(x, y)[0]
     scale = torch.ones(k, device=job.device)
-    if job.run.name == "ae":
+    if not job.caps.gaussian_latent:
         images, labels = job.test_split()
         scale = job.encode(images, labels).std(0)
     offsets = torch.linspace(-r, r, n, device=job.device)
@@ -154,7 +132,7 @@ def latent_scatter(job: Job) -> list[Path]:
     images, labels = job.at_most(job.opts.max_images, *job.test_split())
     codes = job.encode(images, labels).cpu().double()  # MPS has no float64
     k = codes.shape[1]
-    what = "code" if job.run.name == "ae" else "mean of q(z|x)"
+    what = "mean of q(z|x)" if job.caps.gaussian_latent else "code"
     if k == 1:
         points = torch.stack([codes[:, 0], labels.double()], dim=1)
         axis_labels = ("z", "class")

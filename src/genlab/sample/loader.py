@@ -13,14 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from genlab import GenlabError
 from genlab.sample.options import CONF_DIR, pick_device
 
-# Model type (hyper_parameters["name"]) -> class, imported only when a checkpoint needs it.
-MODEL_CLASSES = {
-    "ae": "genlab.models.AE",
-    "vae": "genlab.models.VAE",
-    "cvae": "genlab.models.CVAE",
-    "ddpm": "genlab.models.DDPM",
-}
-
 
 # -- loading a run ---------------------------------------------------------------------------------
 def _best_checkpoint(folder: Path) -> Path | None:
@@ -87,9 +79,8 @@ def load_model(ckpt: Path, device="cpu"):
     checkpoint's `state_dict`, which for a run trained with EMA (a DDPM) holds the averaged
     weights; the raw ones under `current_model_state` are only for resuming training.
     """
-    from hydra.utils import get_class
-
     from genlab.checkpoints import load_checkpoint
+    from genlab.models import MODEL_CLASSES
 
     try:
         state = load_checkpoint(ckpt)
@@ -107,7 +98,7 @@ def load_model(ckpt: Path, device="cpu"):
             f"{ckpt} holds a model of type {name!r}, which genlab cannot load: known types are "
             f"{', '.join(MODEL_CLASSES)}."
         )
-    cls = get_class(MODEL_CLASSES[name])
+    cls = MODEL_CLASSES[name]
     try:
         model = cls(**_init_kwargs(cls, hparams))
         model.load_state_dict(state["state_dict"])

@@ -14,7 +14,6 @@ from genlab import GenlabError
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
-# -- options ---------------------------------------------------------------------------------------
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -23,9 +22,15 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _invalid(key: str, value: Any, accepted: str) -> GenlabError:
+def invalid(key: str, value: Any, accepted: str) -> GenlabError:
     shown = f"'{value}'" if isinstance(value, str) else repr(value)
     return GenlabError(f"Invalid option: {key}={shown}. {key} must be {accepted}.")
+
+
+def check_label(label: int, num_classes: int) -> None:
+    """Refuse a `label=` outside the model's classes."""
+    if label >= num_classes:
+        raise invalid("label", label, f"a class index in 0..{num_classes - 1}")
 
 
 def check_options(opts: DictConfig, tasks) -> None:
@@ -38,12 +43,17 @@ def check_options(opts: DictConfig, tasks) -> None:
         )
     task = opts.get("task")
     if task not in tasks:
-        raise _invalid("task", task, f"one of {', '.join(tasks)}")
+        raise invalid("task", task, f"one of {', '.join(tasks)}")
     checks: list[tuple[str, Callable[[Any], bool], str]] = [
         ("n", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null)"),
         ("seed", lambda v: _is_int(v) and 0 <= v < 2**63, "an integer >= 0"),
         ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         ("steps", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null)"),
+        (
+            "frames",
+            lambda v: _is_int(v) and v >= 2,
+            "an integer >= 2 for task=interpolate (both ends are shown)",
+        ),
         ("mode", lambda v: v is None or v in ("linear", "slerp"), "one of linear, slerp (or null)"),
         (
             "sampler",
@@ -72,10 +82,7 @@ def check_options(opts: DictConfig, tasks) -> None:
     ]
     for key, ok, accepted in checks:
         if key in opts and not ok(opts[key]):
-            raise _invalid(key, opts[key], accepted)
-    steps = opts.get("steps")
-    if task == "interpolate" and steps is not None and steps < 2:
-        raise _invalid("steps", steps, "an integer >= 2 for task=interpolate (both ends are shown)")
+            raise invalid(key, opts[key], accepted)
 
 
 def pick_device(name: str):
@@ -94,7 +101,7 @@ def pick_device(name: str):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise _invalid("device", name, "one of auto, cpu, cuda, cuda:N, mps") from None
+        raise invalid("device", name, "one of auto, cpu, cuda, cuda:N, mps") from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise GenlabError(
             f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s)."

@@ -1,16 +1,21 @@
-"""The task table: what each task does, which models it serves and why it refuses the others,
-and the checks of a task's options against the loaded model."""
+"""The task table: what each task draws, what it needs of a model, and why it refuses a model
+that lacks it.
+
+A task states its needs in terms of the model's capabilities (genlab.models.base.Capabilities),
+never of a model's name, and has one handler per family of models: `latent` for models with
+an encoder (AE, VAE, CVAE), `diffusion` for diffusion models (DDPM). Whether a model can do a
+task, the refusal message, `tasks_for` and the task list of `--help` and the README
+(genlab.sample.help) are all computed from these declarations, so a new task is one entry in
+TASKS and a new model only has to state its capabilities.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from genlab import GenlabError
 from genlab.sample.anomaly import anomaly
 from genlab.sample.diffusion import (
     denoise,
@@ -28,178 +33,235 @@ from genlab.sample.latent import (
     reconstructions,
     traverse,
 )
-from genlab.sample.loader import LoadedRun
-from genlab.sample.options import _invalid
 
+Handler = Callable[[Job], list[Path]]
+Reason = Callable[[Any, str], str]  # (capabilities, model kind) -> why the model cannot
+# (options, capabilities, model kind) -> why these options do not fit this model, or None
+OptionCheck = Callable[[Any, Any, str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Need:
+    """One thing a task needs of a model: `holds(capabilities)`; `why` a model that lacks it is
+    refused; `words` names it in the task list. `framed`: the refusal is wrapped in "task=... is
+    not available for this <kind>. <why> A <kind> can do: ..."; unframed, `why` is the whole
+    message (it names the task itself)."""
+
+    words: str
+    holds: Callable[[Any], bool]
+    why: Reason
+    framed: bool = True
+
+
+@dataclass(frozen=True)
+class Task:
+    about: str  # one line of `python sample.py --help`
+    detail: str  # the README table's description of the picture
+    latent: Handler | None = None  # the handler for models with an encoder
+    diffusion: Handler | None = None  # the handler for diffusion models
+    needs: tuple[Need, ...] = ()
+    default_n: int | None = None  # None: the task does not use n
+    draws_every_class: bool = False  # label= does not apply: the task draws each class itself
+    checks: tuple[OptionCheck, ...] = ()  # task-specific checks of options against the model
+
+    def handler(self, caps) -> Handler | None:
+        """The handler for a model of these capabilities (diffusion first: a diffusion model
+        that also had an encoder would still sample by its iterative sampler)."""
+        if caps.diffusion:
+            return self.diffusion
+        return self.latent if caps.encoder else None
+
+    def refusal(self, caps, kind: str) -> tuple[str, bool] | None:
+        """(why, framed) when a model of these capabilities cannot do this task, else None;
+        why is "" when no declared need explains it (no handler for its family)."""
+        for need in self.needs:
+            if not need.holds(caps):
+                return need.why(caps, kind), need.framed
+        return None if self.handler(caps) is not None else ("", True)
+
+
+def _always(text: str) -> Reason:
+    return lambda caps, kind: text
+
+
+# -- the needs and their refusals ----------------------------------------------------------------
 AE_NOT_GENERATIVE = (
     "An AE is not a generative model: it has no prior over its latent space, the codes of the "
     "data leave gaps in it, and random codes decode to images nothing like the data (seed "
     "001, lecture 004). Train a VAE to sample: `python train.py model=vae`."
 )
 
-# Why a DDPM refuses the latent-code tasks: its latent x_T is noise with the image's own shape,
-# reached by the fixed forward (noising) process, not inferred by an encoder.
+
+def _not_generative(caps, kind: str) -> str:
+    if caps.encoder:  # an autoencoder without a prior: the AE's case
+        return AE_NOT_GENERATIVE
+    return f"A {kind} is not a generative model: train one to sample (`python train.py model=vae`)."
+
+
+GENERATIVE = Need("a generative model", lambda caps: caps.generative, _not_generative)
+
+# Why a diffusion model refuses the tasks on latent codes: its latent x_T is noise with the
+# image's own shape, reached by the fixed forward (noising) process, not inferred by an encoder.
 DDPM_NO_ENCODER = (
     "A DDPM has no encoder: its latent x_T is noise of the image's own shape, reached by the "
     "fixed forward noising process, not inferred from an image."
 )
-DDPM_REFUSALS = {
-    "reconstructions": f"{DDPM_NO_ENCODER} task=denoise shows that forward process on test images.",
-    "manifold": f"{DDPM_NO_ENCODER} It has no low-dimensional latent plane to draw.",
-    "traverse": f"{DDPM_NO_ENCODER} Its latent dims are pixels of noise, with no meaning to vary "
-    "one at a time; task=interpolate walks between noise draws instead.",
-    "latent_scatter": f"{DDPM_NO_ENCODER} There are no latent means of test images to plot.",
-    "anomaly": "A DDPM has no reconstruction error to score test images with; its likelihood bound "
-    "on the test set (test/bpd, bits per dim) is in the run's metrics.json.",
-}
 
 
-# -- the dispatch table ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Task:
-    about: str
-    handlers: Mapping[str, Callable[[Job], list[Path]]]  # model type -> function
-    default_n: int | None = None  # None: the task does not use n
-    refusals: Mapping[str, str] = field(default_factory=dict)  # model type -> why not
-    # model type -> check(model) -> why this particular model cannot (None: it can), for
-    # refusals that depend on how a model was trained rather than on its type.
-    limits: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+def _encoder(diffusion_why: str) -> Need:
+    """An encoder: `diffusion_why` says why a diffusion model has no use for the task."""
 
-    def refusal(self, name: str, model: Any) -> str | None:
-        """Why a `name` model cannot do this task ("" when no reason is recorded), or None."""
-        if name not in self.handlers:
-            return self.refusals.get(name, "")
-        limit = self.limits.get(name)
-        return limit(model) if limit is not None and model is not None else None
+    def why(caps, kind: str) -> str:
+        if caps.diffusion:
+            return diffusion_why
+        return f"A {kind} has no encoder: it infers no latent codes of images."
+
+    return Need("an encoder", lambda caps: caps.encoder, why)
 
 
-_ALL = ("ae", "vae", "cvae")
-
-
-def _needs_conditional_ddpm(model) -> str | None:
-    if model.conditional:
-        return None
+def _latent_plane_2d(caps, kind: str) -> str:
     return (
-        "This DDPM is unconditional: it was trained without labels, so it cannot be asked for a "
-        "class. Train a class-conditional one with `python train.py model=ddpm "
-        "model.conditional=true`."
+        f"task=manifold draws the latent plane of a 2-d latent, but this {kind} has "
+        f"latent_dim={caps.latent_dim}. Use task=traverse to vary one latent dim at a time, or "
+        "train with model.latent_dim=2."
     )
 
 
+LATENT_2D = Need("latent_dim=2", lambda caps: caps.latent_dim == 2, _latent_plane_2d, False)
+
+
+def _unconditional(caps, kind: str) -> str:
+    if not caps.generative:
+        return (
+            "Only a class-conditional model draws a chosen class: train model=cvae "
+            "(or model=ddpm model.conditional=true)."
+        )
+    if caps.diffusion:
+        return (
+            f"This {kind.upper()} is unconditional: it was trained without labels, so it cannot "
+            "be asked for a class. Train a class-conditional one with `python train.py "
+            "model=ddpm model.conditional=true`."
+        )
+    return (
+        f"A {kind.upper()} cannot be asked for a class: train model=cvae "
+        "(or model=ddpm model.conditional=true)."
+    )
+
+
+CONDITIONAL = Need("a class-conditional model", lambda caps: caps.conditional, _unconditional)
+
+DIFFUSION = Need(
+    "a diffusion model",
+    lambda caps: caps.diffusion,
+    _always(
+        "task=denoise shows the noising and denoising processes of a diffusion model: "
+        "train one with `python train.py model=ddpm`."
+    ),
+)
+
+
+def _slerp_needs_a_gaussian_latent(opts, caps, kind: str) -> str | None:
+    if opts.mode != "slerp" or caps.diffusion or caps.gaussian_latent:
+        return None  # a diffusion model's x_T is Gaussian noise: slerp is its default
+    return (
+        "mode=slerp follows great circles of a Gaussian latent (a VAE's or CVAE's prior); "
+        f"{kind.upper()} codes have no such distribution, so slerp means nothing there: use "
+        "mode=linear."
+    )
+
+
+# -- the table -----------------------------------------------------------------------------------
 TASKS: dict[str, Task] = {
     "samples": Task(
-        "n x n images from the prior (DDPM: from noise, sampler=ddpm|ddim, steps=)",
-        {"vae": prior_samples, "cvae": prior_samples, "ddpm": diffusion_samples},
+        "n x n images from the prior (DDPM: from noise)",
+        "n x n images decoded from z ~ N(0, I); DDPM: sampled from x_T ~ N(0, I) with "
+        "`sampler=`, `steps=`, `eta=`, `guidance_scale=`; conditional models: labels cycle over "
+        "the classes, or `label=`",
+        latent=prior_samples,
+        diffusion=diffusion_samples,
+        needs=(GENERATIVE,),
         default_n=8,
-        refusals={"ae": AE_NOT_GENERATIVE},
     ),
     "reconstructions": Task(
         "n rows of n test images above their reconstructions",
-        dict.fromkeys(_ALL, reconstructions),
+        "n rows of n test images, each above its reconstruction",
+        latent=reconstructions,
+        needs=(
+            _encoder(f"{DDPM_NO_ENCODER} task=denoise shows that forward process on test images."),
+        ),
         default_n=8,
-        refusals={"ddpm": DDPM_REFUSALS["reconstructions"]},
     ),
     "interpolate": Task(
-        "n pairs of test images (DDPM: of x_T draws), `steps` interpolants each",
-        {**dict.fromkeys(_ALL, interpolate), "ddpm": diffusion_interpolate},
+        "n pairs of test images (DDPM: of x_T draws), `frames` images each",
+        "n pairs of test images, `frames` decodes (default 10) along `mode=linear\\|slerp` "
+        "(slerp: Gaussian latents, vae and cvae); CVAE rows stay in the first image's class. "
+        "DDPM: n pairs of independent x_T draws, `frames` points on the slerp (default) or line "
+        "between them, each mapped to an image by deterministic DDIM (eta 0, `steps=` steps, "
+        "default the model's `sample_steps`)",
+        latent=interpolate,
+        diffusion=diffusion_interpolate,
         default_n=8,
+        checks=(_slerp_needs_a_gaussian_latent,),
     ),
     "manifold": Task(
         "the decoded latent plane of a 2-d latent, n x n",
-        dict.fromkeys(_ALL, manifold),
-        12,
-        refusals={"ddpm": DDPM_REFUSALS["manifold"]},
+        "the decoded latent plane of a 2-d latent, n x n, z1 to the right, z2 up; Gaussian "
+        "latents: N(0, 1) quantiles 5%..95%, AE: the range of the test codes",
+        latent=manifold,
+        needs=(
+            _encoder(f"{DDPM_NO_ENCODER} It has no low-dimensional latent plane to draw."),
+            LATENT_2D,
+        ),
+        default_n=12,
     ),
     "traverse": Task(
         "one row per latent dim, n values from -r to r",
-        dict.fromkeys(_ALL, traverse),
-        9,
-        refusals={"ddpm": DDPM_REFUSALS["traverse"]},
+        "one row per latent dim, that dim moved over -3..3 (`traverse_range`) around a test "
+        "image's code",
+        latent=traverse,
+        needs=(
+            _encoder(
+                f"{DDPM_NO_ENCODER} Its latent dims are pixels of noise, with no meaning to vary "
+                "one at a time; task=interpolate walks between noise draws instead."
+            ),
+        ),
+        default_n=9,
     ),
     "latent_scatter": Task(
         "test latent means in 2-d by class (PCA when k > 2)",
-        dict.fromkeys(_ALL, latent_scatter),
-        refusals={"ddpm": DDPM_REFUSALS["latent_scatter"]},
+        "test latent means coloured by class (PCA axes when k > 2)",
+        latent=latent_scatter,
+        needs=(_encoder(f"{DDPM_NO_ENCODER} There are no latent means of test images to plot."),),
     ),
     "classes": Task(
         "one row of n samples per class",
-        {"cvae": class_rows, "ddpm": diffusion_class_rows},
+        "one row of n samples per class, each column one z (DDPM: one x_T)",
+        latent=class_rows,
+        diffusion=diffusion_class_rows,
+        needs=(CONDITIONAL,),
         default_n=8,
-        refusals={
-            "ae": "Only a class-conditional model draws a chosen class: train model=cvae "
-            "(or model=ddpm model.conditional=true).",
-            "vae": "A VAE cannot be asked for a class: train model=cvae "
-            "(or model=ddpm model.conditional=true).",
-        },
-        limits={"ddpm": _needs_conditional_ddpm},
+        draws_every_class=True,
     ),
     "anomaly": Task(
         "reconstruction-error histograms and AUROC vs anomaly_data",
-        dict.fromkeys(_ALL, anomaly),
-        refusals={"ddpm": DDPM_REFUSALS["anomaly"]},
-    ),
-    "denoise": Task(
-        "the reverse (x_T to sample) and forward (test image to noise) strips, n rows each",
-        {"ddpm": denoise},
-        default_n=4,
-        refusals=dict.fromkeys(
-            _ALL,
-            "task=denoise shows the noising and denoising processes of a diffusion model: "
-            "train one with `python train.py model=ddpm`.",
+        "histograms of reconstruction error −log p(x\\|z) on the test set vs `anomaly_data` "
+        "(same image shape; default: mnist ↔ fashion_mnist), AUROC in `anomaly-<data>.json`",
+        latent=anomaly,
+        needs=(
+            _encoder(
+                "A DDPM has no reconstruction error to score test images with; its likelihood "
+                "bound on the test set (test/bpd, bits per dim) is in the run's metrics.json."
+            ),
         ),
     ),
+    "denoise": Task(
+        "reverse (x_T to sample) and forward (test image to noise) strips, n rows each",
+        "seed 003's strips, one row per image: `denoise_reverse.png`, n samples as x_t at "
+        "`strip_steps` (10) evenly spaced timesteps the sampler visits, from x_T, then the final "
+        "sample; `denoise_forward.png`, n test images x_0, then x_t ~ q(x_t\\|x_0) at 10 evenly "
+        "spaced t up to T−1 (nearly pure noise). The timesteps are printed",
+        diffusion=denoise,
+        needs=(DIFFUSION,),
+        default_n=4,
+    ),
 }
-
-# Options that only steer a diffusion sampler; refused for other models rather than ignored.
-DDPM_OPTIONS = ("sampler", "eta", "guidance_scale")
-# Tasks whose `steps=` is the sampler's step count for a DDPM (interpolate: images per row).
-SAMPLER_STEPS_TASKS = ("samples", "classes", "denoise")
-
-
-def tasks_for(model_type: str, model: Any = None) -> list[str]:
-    """The tasks a model of this type can do (given `model`: this model in particular)."""
-    return [name for name, task in TASKS.items() if task.refusal(model_type, model) is None]
-
-
-def _check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
-    """Refuse, before any work, what this model cannot do or options that do not apply to it."""
-    task = TASKS[task_name]
-    why = task.refusal(run.name, run.model)
-    if why is not None:
-        can = ", ".join(tasks_for(run.name, run.model))
-        raise GenlabError(
-            f"task={task_name} is not available for this {run.name} ({run.checkpoint}). "
-            + (f"{why} " if why else "")
-            + f"A {run.name} can do: task={can}."
-        )
-    if task_name == "interpolate" and opts.mode == "slerp" and run.name == "ae":
-        raise GenlabError(
-            "mode=slerp follows great circles of a Gaussian latent (a VAE's or CVAE's prior); an "
-            "AE's codes have no such distribution, so slerp means nothing there: use mode=linear."
-        )
-    if run.name != "ddpm":
-        given = [f"{k}={opts[k]}" for k in DDPM_OPTIONS if opts[k] is not None]
-        if given:
-            raise GenlabError(
-                f"{', '.join(given)} steer a diffusion sampler, but this {run.name} decodes "
-                "latent codes and has none: drop them (they apply to model=ddpm runs)."
-            )
-        return
-    model = run.model
-    T = model.schedule.timesteps
-    if task_name in SAMPLER_STEPS_TASKS and opts.steps is not None and opts.steps > T:
-        raise _invalid("steps", opts.steps, f"an integer between 1 and this DDPM's T={T}")
-    if opts.guidance_scale and not model.conditional:
-        raise GenlabError(
-            f"guidance_scale={opts.guidance_scale} needs a class-conditional DDPM (classifier-free "
-            "guidance mixes its predictions with and without the label), but this one is "
-            "unconditional: drop guidance_scale=, or train with model.conditional=true."
-        )
-    if opts.label is not None and task_name != "classes":
-        if not model.conditional:
-            raise GenlabError(
-                f"label={opts.label} picks a class, but this DDPM is unconditional: drop label=, "
-                "or train with model.conditional=true."
-            )
-        if opts.label >= model.num_classes:
-            raise _invalid("label", opts.label, f"a class index in 0..{model.num_classes - 1}")

@@ -1,0 +1,89 @@
+"""From options to files: `run(cfg)` checks the options, loads the run, refuses (before any work)
+what the model cannot do, and hands the task to the handler of the model's family.
+
+What a model can do is computed from the task declarations (genlab.sample.tasks) and the model's
+capabilities; the model's name only appears in messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from genlab import GenlabError
+from genlab.sample.job import Job
+from genlab.sample.loader import LoadedRun, load_run
+from genlab.sample.options import check_label, check_options, invalid, options
+from genlab.sample.tasks import TASKS
+
+# Options that only steer a diffusion sampler; refused for other models rather than ignored.
+SAMPLER_OPTIONS = ("sampler", "steps", "eta", "guidance_scale")
+
+
+def tasks_for(model: Any) -> list[str]:
+    """The tasks this model can do (a model, or its Capabilities), in the order of TASKS."""
+    caps = getattr(model, "capabilities", model)
+    kind = getattr(model, "kind", "model")
+    return [name for name, task in TASKS.items() if task.refusal(caps, kind) is None]
+
+
+def check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
+    """Refuse, before any work, what this model cannot do or options that do not apply to it."""
+    task, model, kind = TASKS[task_name], run.model, run.name
+    caps = model.capabilities
+    refused = task.refusal(caps, kind)
+    if refused is not None:
+        why, framed = refused
+        if not framed:
+            raise GenlabError(why)
+        raise GenlabError(
+            f"task={task_name} is not available for this {kind} ({run.checkpoint}). "
+            + (f"{why} " if why else "")
+            + f"A {kind} can do: task={', '.join(tasks_for(model))}."
+        )
+    for check in task.checks:
+        why = check(opts, caps, kind)
+        if why is not None:
+            raise GenlabError(why)
+    if not caps.diffusion:
+        given = [f"{k}={opts[k]}" for k in SAMPLER_OPTIONS if opts[k] is not None]
+        if given:
+            frames = " (interpolate's images per row are frames=)" if opts.steps is not None else ""
+            raise GenlabError(
+                f"{', '.join(given)} steer a diffusion sampler, but this {kind} decodes latent "
+                f"codes and has none: drop them (they apply to model=ddpm runs){frames}."
+            )
+        return
+    T = model.schedule.timesteps
+    if opts.steps is not None and opts.steps > T:
+        raise invalid("steps", opts.steps, f"an integer between 1 and this {kind.upper()}'s T={T}")
+    if opts.guidance_scale and not caps.conditional:
+        raise GenlabError(
+            f"guidance_scale={opts.guidance_scale} needs a class-conditional {kind.upper()} "
+            "(classifier-free guidance mixes its predictions with and without the label), but "
+            "this one is "
+            "unconditional: drop guidance_scale=, or train with model.conditional=true."
+        )
+    if opts.label is not None and not task.draws_every_class:
+        if not caps.conditional:
+            raise GenlabError(
+                f"label={opts.label} picks a class, but this {kind.upper()} is unconditional: drop "
+                "label=, or train with model.conditional=true."
+            )
+        check_label(opts.label, model.num_classes)
+
+
+def run(cfg: DictConfig | Mapping) -> list[Path]:
+    """Do `cfg.task` for the run at `cfg.run`; return the files written."""
+    cfg = options(cfg)
+    check_options(cfg, TASKS)
+    loaded = load_run(str(cfg.run), cfg.device)
+    check_supported(cfg.task, loaded, cfg)
+    task = TASKS[cfg.task]
+    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else loaded.home / "samples"
+    n = None if task.default_n is None else (cfg.n or task.default_n)
+    handler = task.handler(loaded.model.capabilities)
+    return handler(Job(run=loaded, opts=cfg, n=n, out_dir=out_dir))
