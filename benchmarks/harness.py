@@ -36,7 +36,9 @@ class Plan:
         return self.device == "cuda"
 
 
-def timed_fit(model, device, steps, precision="32-true", **fit_kwargs) -> float:
+def timed_fit(
+    model, device, steps, precision="32-true", gradient_clip_val=None, **fit_kwargs
+) -> float:
     """Seconds of `steps` Lightning training steps after WARMUP untimed ones, with a Trainer
     that does nothing else (no logging, checkpoints, validation or progress bar)."""
     import lightning.pytorch as pl
@@ -59,6 +61,7 @@ def timed_fit(model, device, steps, precision="32-true", **fit_kwargs) -> float:
         accelerator=device,
         devices=1,
         precision=precision,
+        gradient_clip_val=gradient_clip_val,
         max_steps=WARMUP + steps,
         logger=False,
         enable_checkpointing=False,

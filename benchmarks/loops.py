@@ -80,7 +80,18 @@ def genlab_loop(kind, data, batch_size, steps, device, precision="32-true", **sw
     model = build_model(kind)
     model.apply_speed_switches(**switches)
     dm = datamodule(data, batch_size)
-    return steps * batch_size / timed_fit(model, device, steps, precision, datamodule=dm)
+    clip = gradient_clip(model)
+    return (
+        steps
+        * batch_size
+        / timed_fit(model, device, steps, precision, gradient_clip_val=clip, datamodule=dm)
+    )
+
+
+def gradient_clip(model) -> float | None:
+    """genlab clips a DDPM's gradient norm at 1 (trainer.gradient_clip_val from
+    conf/_ddpm_trainer_.yaml, Ho et al.); the latent models are not clipped."""
+    return 1.0 if model.capabilities.diffusion else None
 
 
 def plain_loop(kind, data, batch_size, steps, device, fused=True):
@@ -91,7 +102,7 @@ def plain_loop(kind, data, batch_size, steps, device, fused=True):
     images, labels = (t.to(device) for t in dm.splits["train"])
     model = build_model(kind).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=model.optimizer_cfg["lr"], fused=fused)
-    clip = getattr(model, "hparams", {}).get("grad_clip")
+    clip = gradient_clip(model)
     order = torch.randperm(len(images), device=device)
     for i in range(WARMUP + steps):
         if i == WARMUP:

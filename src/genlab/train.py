@@ -59,7 +59,7 @@ def build_callbacks(cfg: DictConfig) -> list:
             spec["monitor"] = None  # no validation split: keep the latest checkpoint instead
         callbacks.append(instantiate(spec))
     if cfg.model.get("ema_decay"):
-        callbacks.append(EMA(decay=cfg.model.ema_decay, power=cfg.model.get("ema_power", 2 / 3)))
+        callbacks.append(EMA(decay=cfg.model.ema_decay, power=cfg.model.ema_power))
     quality = cfg.get("eval") or {}
     if quality.get("sample_quality") and cfg.model.name != "ae" and cfg.get("test", True):
         from genlab.metrics.quality import SampleQuality
@@ -115,7 +115,7 @@ def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0
     x = images[:n].to(model.device).float() / 255.0
     y = labels[:n].to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    if hasattr(model, "sample"):
+    if model.capabilities.generative:
         # Conditional models: labels cycle over the classes, one class per column.
         columns = 8 if model.preview_labels(1) is None else model.num_classes
         count = columns * 8
@@ -127,7 +127,7 @@ def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0
                 nrow=columns,
             )
         )
-    if hasattr(model, "reconstruct"):
+    if model.capabilities.encoder:
         recon = originals_above_reconstructions(x, model.reconstruct(x, y), per_row=8)
         written.append(save_grid(recon, output_dir / "reconstructions.png", nrow=8))
     return written

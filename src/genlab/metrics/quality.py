@@ -110,7 +110,7 @@ class SampleQuality(pl.Callback):
 
     # -- the evaluation ------------------------------------------------------------------------
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if not hasattr(pl_module, "sample") or trainer.datamodule is None:
+        if not pl_module.capabilities.generative or trainer.datamodule is None:
             return  # an AE is not generative
         from torchmetrics.image import (
             FrechetInceptionDistance,

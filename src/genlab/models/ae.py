@@ -6,6 +6,7 @@ import torch
 
 from genlab.models.latent import LatentModel
 from genlab.objectives import training_objective
+from genlab.specs import AESpec
 from genlab.viz.grids import originals_above_reconstructions
 
 
@@ -13,9 +14,7 @@ class AE(LatentModel):
     kind = "ae"
     metric_names = ("loss", "recon", "mse")
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.save_hyperparameters()
+    spec_class = AESpec
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode_head(x, y)

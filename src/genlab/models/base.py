@@ -3,8 +3,9 @@ are exact dataset averages (also across DDP ranks), and preview grids sent to th
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -13,9 +14,9 @@ from torchmetrics import MeanMetric
 
 from genlab import GenlabError
 from genlab.config import has_fused_kernel, require_fused_optimizer
+from genlab.specs import ModelSpec, build_spec
 from genlab.viz.grids import log_images, shows_images
 
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 # Values of single training steps, logged every `trainer.log_every_n_steps` steps: curves in the
 # loggers, not final results (genlab.train leaves them out of metrics.json). The epoch mean of
 # the loss is `train/loss_epoch`, the other `train/<name>` are epoch means too.
@@ -77,10 +78,25 @@ class GenerativeModule(pl.LightningModule):
     # The submodules that do the heavy lifting: what `speed.compile` compiles.
     networks: tuple[str, ...] = ()
 
-    def __init__(self, image_shape, optimizer: dict | None = None):
+    spec_class: type[ModelSpec] = ModelSpec  # the typed spec that holds this model's defaults
+
+    def __init__(self, spec: ModelSpec | None = None, **fields):
+        """Build from a spec, or from its keys (Hydra's instantiate of conf/model/ and
+        Lightning's load_from_checkpoint pass keys; a key the spec lacks is an error naming it,
+        and every value is checked against its rule)."""
         super().__init__()
-        self.image_shape = tuple(int(v) for v in image_shape)
-        self.optimizer_cfg = dict(optimizer or DEFAULT_OPTIMIZER)
+        if spec is None:
+            spec = build_spec(self.spec_class, fields)
+        elif fields:
+            raise TypeError(f"pass either a spec or its keys, not both: {sorted(fields)}")
+        self.spec = spec
+        # The checkpoint's `hyper_parameters` are the spec as plain data; loading rebuilds the
+        # model from them. Not sent to the loggers: genlab.train logs the whole run config,
+        # which holds these under `model` (Lightning would log them once more at the top level,
+        # where the model's `name`, vae, would replace the run's, vae-fashion_mnist).
+        self.save_hyperparameters(spec.hparams(), logger=False)
+        self.image_shape = tuple(int(v) for v in spec.image_shape)
+        self.optimizer_cfg = dict(spec.optimizer)
         # MeanMetric keeps a weighted sum and count, synchronised across ranks at compute(),
         # so val/test numbers are averages over every image exactly once.
         self._train_totals: torch.Tensor | None = None
@@ -90,14 +106,11 @@ class GenerativeModule(pl.LightningModule):
             {f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in self.metric_names}
         )
 
-    def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = False) -> None:
-        """Lightning's, but not sent to the loggers unless asked: genlab.train logs the whole run
-        config, which holds these under `model`. Lightning would log them once more at the top
-        level, where the model's `name` (vae) replaced the run's (vae-fashion_mnist).
-        Checkpoints keep them in `hyper_parameters` either way (genlab.sample reads `name`)."""
-        # The hparams are read from the calling __init__'s frame, one up from this override.
-        frame = frame or inspect.currentframe().f_back
-        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> GenerativeModule:
+        """The model a checkpoint's `hyper_parameters` describe (its weights not loaded yet).
+        Keys an older genlab stored and this one no longer has are left out."""
+        return cls(build_spec(cls.spec_class, hparams, strict=False))
 
     # -- the interface every model offers -------------------------------------------------------
     @property

@@ -18,22 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.models.vae import VAE
-
-LABEL_ENCODINGS = ("onehot", "embedding")
+from genlab.specs import CVAESpec
 
 
 class CVAE(VAE):
     kind = "cvae"
+    spec_class = CVAESpec
 
-    def __init__(self, *, label_encoding: str = "onehot", label_embed_dim: int = 16, **kwargs):
-        if label_encoding not in LABEL_ENCODINGS:
-            raise ValueError(f"unknown label_encoding {label_encoding!r}; choose {LABEL_ENCODINGS}")
-        # condition_dim() is read while the parent builds the networks, so set these first.
-        self.label_encoding, self.label_embed_dim = label_encoding, label_embed_dim
-        self._num_classes = kwargs.get("num_classes", 10)
-        super().__init__(**kwargs)
-        if label_encoding == "embedding":
-            self.label_embedding = nn.Embedding(self.num_classes, label_embed_dim)
+    def __init__(self, spec: CVAESpec | None = None, **fields):
+        super().__init__(spec, **fields)
+        if self.spec.label_encoding == "embedding":
+            self.label_embedding = nn.Embedding(self.num_classes, self.spec.label_embed_dim)
         # Mean and log-variance of p(z|y) per class; zeros = N(0, I) at the start.
         self.class_prior = nn.Embedding(self.num_classes, 2 * self.latent_dim)
         nn.init.zeros_(self.class_prior.weight)
@@ -45,12 +40,14 @@ class CVAE(VAE):
         return mu, logvar
 
     def condition_dim(self) -> int:
-        return self._num_classes if self.label_encoding == "onehot" else self.label_embed_dim
+        # Read while the parent builds the networks: from the spec, set first.
+        spec = self.spec
+        return spec.num_classes if spec.label_encoding == "onehot" else spec.label_embed_dim
 
     def condition(self, y: torch.Tensor | None) -> torch.Tensor:
         if y is None:
             raise ValueError("a CVAE needs labels: pass y (or labels=) with one class per image")
-        if self.label_encoding == "onehot":
+        if self.spec.label_encoding == "onehot":
             return F.one_hot(y.long(), self.num_classes).float()
         return self.label_embedding(y.long())
 

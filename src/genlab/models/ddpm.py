@@ -14,6 +14,7 @@ classifier-free guidance (Ho & Salimans 2022): eps = eps(x, y) + w * (eps(x, y) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -32,18 +33,12 @@ from genlab.diffusion import (
 )
 from genlab.models.base import Capabilities, GenerativeModule
 from genlab.nets.unet import UNet
+from genlab.specs import DDPMSpec
 
 log = logging.getLogger("genlab")
 
 # Test-set variational bound in bits/dim, and its parts: L_T, sum of L_{t-1}, L_0.
 BPD_PARTS = ("bpd", "bpd_prior", "bpd_diffusion", "bpd_decoder")
-DEFAULT_UNET = {
-    "base_channels": 32,
-    "channel_mults": [1, 2, 2],
-    "num_res_blocks": 1,
-    "attn_resolutions": [],
-    "dropout": 0.1,
-}
 
 
 class DDPM(GenerativeModule):
@@ -51,49 +46,25 @@ class DDPM(GenerativeModule):
     metric_names = ("loss",)
     networks = ("net",)
 
-    def __init__(
-        self,
-        *,
-        image_shape,
-        num_classes: int = 10,
-        timesteps: int = 1000,
-        schedule: str = "linear",
-        prediction: str = "eps",
-        variance: str = "beta",
-        clip_x0: bool = True,
-        sample_steps: int | None = None,
-        eta: float = 0.0,
-        unet: dict | None = None,
-        conditional: bool = False,
-        cond_drop_prob: float = 0.1,
-        guidance_scale: float = 0.0,
-        ema_decay: float | None = 0.9999,
-        ema_power: float = 2 / 3,
-        warmup_steps: int = 500,
-        grad_clip: float | None = 1.0,
-        test_bpd_images: int | None = 256,
-        bpd_t_chunk: int = 10,
-        preview_steps: int = 50,
-        preview_every_n_epochs: int = 1,
-        optimizer: dict | None = None,
-        name: str = "ddpm",
-    ):
-        super().__init__(image_shape, optimizer)
-        self.save_hyperparameters()
+    spec_class = DDPMSpec
+
+    def __init__(self, spec: DDPMSpec | None = None, **fields):
+        super().__init__(spec, **fields)
+        spec = self.spec
         c, h, w = self.image_shape
-        self.num_classes, self.conditional = num_classes, conditional
-        self.prediction, self.variance, self.clip_x0 = prediction, variance, clip_x0
-        self.sample_steps = sample_steps or timesteps
-        self.eta, self.guidance_scale = eta, guidance_scale
-        self.preview_every_n_epochs = preview_every_n_epochs
-        self.schedule = DiffusionSchedule.from_name(schedule, timesteps)
+        self.num_classes, self.conditional = spec.num_classes, spec.conditional
+        self.prediction, self.variance, self.clip_x0 = spec.prediction, spec.variance, spec.clip_x0
+        self.sample_steps = spec.sample_steps or spec.timesteps
+        self.eta, self.guidance_scale = spec.eta, spec.guidance_scale
+        self.preview_every_n_epochs = spec.preview_every_n_epochs
+        self.schedule = DiffusionSchedule.from_name(spec.schedule, spec.timesteps)
         self.net = UNet(
             in_channels=c,
             image_size=h,
-            num_classes=num_classes if conditional else None,
-            **{**DEFAULT_UNET, **(unet or {})},
+            num_classes=spec.num_classes if spec.conditional else None,
+            **dataclasses.asdict(spec.unet),
         )
-        self._check_sampling(self.sample_steps, guidance_scale)
+        self._check_sampling(self.sample_steps, spec.guidance_scale)
         for part in BPD_PARTS:
             self.eval_metrics[f"test_{part}"] = MeanMetric()
 
@@ -120,7 +91,7 @@ class DDPM(GenerativeModule):
     def _labels_for_training(self, y: torch.Tensor | None) -> torch.Tensor | None:
         if not self.conditional:
             return None
-        drop = torch.rand(y.shape[0], device=y.device) < self.hparams.cond_drop_prob
+        drop = torch.rand(y.shape[0], device=y.device) < self.spec.cond_drop_prob
         return torch.where(drop, torch.full_like(y, self.num_classes), y)
 
     def compute_terms(self, x, y, generator: torch.Generator | None = None):
@@ -157,7 +128,7 @@ class DDPM(GenerativeModule):
     def test_step(self, batch, batch_idx):
         self._eval_batch_index = batch_idx
         super().test_step(batch, batch_idx)
-        limit = self.hparams.test_bpd_images
+        limit = self.spec.test_bpd_images
         seen = batch_idx * self.trainer.datamodule.eval_batch_size if self.trainer.datamodule else 0
         if limit is None or seen < limit:
             x, y = batch
@@ -175,7 +146,7 @@ class DDPM(GenerativeModule):
             self.schedule,
             prediction=self.prediction,
             variance=self.variance,
-            t_batch_chunk=self.hparams.bpd_t_chunk,
+            t_batch_chunk=self.spec.bpd_t_chunk,
         )
         per_dim = math.log(2) * terms.num_dims
         parts = {
@@ -192,7 +163,7 @@ class DDPM(GenerativeModule):
     # -- optimisation --------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         planned = self.trainer.estimated_stepping_batches
-        warmup = int(self.hparams.warmup_steps)
+        warmup = int(self.spec.warmup_steps)
         if math.isfinite(planned) and warmup > 0.5 * planned:
             log.warning(
                 "model.warmup_steps=%d is more than half of this run's %d optimizer steps: the "
@@ -205,7 +176,7 @@ class DDPM(GenerativeModule):
 
     def configure_optimizers(self):
         optimizer = super().configure_optimizers()
-        warmup = max(1, int(self.hparams.warmup_steps))
+        warmup = max(1, int(self.spec.warmup_steps))
         # Linear warm-up of the learning rate over the first steps (Ho et al.: 5000).
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup)
@@ -214,17 +185,6 @@ class DDPM(GenerativeModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ):
-        clip = gradient_clip_val or self.hparams.grad_clip
-        if clip:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=clip,
-                gradient_clip_algorithm=gradient_clip_algorithm or "norm",
-            )
 
     # -- sampling ------------------------------------------------------------------------------
     def denoise_fn(self, labels: torch.Tensor | None = None, guidance_scale: float = 0.0):
@@ -288,5 +248,5 @@ class DDPM(GenerativeModule):
 
     def preview_images(self, x, y):
         generator = torch.Generator(device=self.device).manual_seed(0)
-        steps = min(self.hparams.preview_steps, self.schedule.timesteps)
+        steps = min(self.spec.preview_steps, self.schedule.timesteps)
         return {"samples": self.sample(len(x), self.preview_labels(len(x)), generator, steps=steps)}

@@ -7,6 +7,7 @@ what the head outputs and how the loss is made.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,44 +16,35 @@ from torch import nn
 from genlab.models.base import Capabilities, GenerativeModule
 from genlab.nets.backbone import build_backbone
 from genlab.objectives import reconstruction_nll
-
-DEFAULT_MLP = {"hidden": [512, 256]}
-DEFAULT_CONV = {"channels": [32, 64, 128], "fc_dim": 256}
+from genlab.specs import LatentSpec
 
 
 class LatentModel(GenerativeModule):
     head_factor = 1  # latent parameters per latent dim (1 for a code, 2 for mean + log-variance)
     networks = ("encoder", "decoder")
+    spec_class = LatentSpec
 
-    def __init__(
-        self,
-        *,
-        image_shape,
-        num_classes: int = 10,
-        latent_dim: int = 16,
-        arch: str = "mlp",
-        mlp: dict | None = None,
-        conv: dict | None = None,
-        likelihood: str = "bernoulli",
-        gaussian_sigma: float | None = None,
-        reduction: str = "sum",
-        optimizer: dict | None = None,
-        name: str | None = None,
-    ):
-        super().__init__(image_shape, optimizer)
-        self.num_classes, self.latent_dim = num_classes, latent_dim
-        self.likelihood, self.reduction = likelihood, reduction
+    def __init__(self, spec: LatentSpec | None = None, **fields):
+        super().__init__(spec, **fields)
+        spec = self.spec
+        self.num_classes, self.latent_dim = spec.num_classes, spec.latent_dim
+        self.likelihood, self.reduction = spec.likelihood, spec.reduction
         self.input_dim = math.prod(self.image_shape)
         cond_dim = self.condition_dim()
         self.encoder, self.decoder = build_backbone(
-            arch, self.image_shape, latent_dim, mlp or DEFAULT_MLP, conv or DEFAULT_CONV, cond_dim
+            spec.arch,
+            self.image_shape,
+            spec.latent_dim,
+            dataclasses.asdict(spec.mlp),
+            dataclasses.asdict(spec.conv),
+            cond_dim,
         )
-        self.head = nn.Linear(self.encoder.out_dim + cond_dim, self.head_factor * latent_dim)
+        self.head = nn.Linear(self.encoder.out_dim + cond_dim, self.head_factor * spec.latent_dim)
         channels = self.image_shape[0]
-        if likelihood == "gaussian" and gaussian_sigma is None:
+        if spec.likelihood == "gaussian" and spec.gaussian_sigma is None:
             self.log_sigma = nn.Parameter(torch.full((channels,), math.log(0.1)))
         else:
-            sigma = gaussian_sigma if gaussian_sigma is not None else 1.0
+            sigma = spec.gaussian_sigma if spec.gaussian_sigma is not None else 1.0
             self.register_buffer("log_sigma", torch.full((channels,), math.log(sigma)))
 
     @property

@@ -19,6 +19,7 @@ from genlab.objectives import (
     normalised_beta,
     training_objective,
 )
+from genlab.specs import VAESpec
 from genlab.viz.grids import originals_above_reconstructions
 
 
@@ -27,14 +28,14 @@ class VAE(LatentModel):
     metric_names = ("loss", "recon", "kl", "elbo", "mse", "nll", "bpd")
     head_factor = 2
 
-    def __init__(
-        self, *, beta: float = 1.0, iwae_k_val: int = 5, iwae_k_test: int = 1000, **kwargs
-    ):
-        super().__init__(**kwargs)
-        self.beta = beta
-        self.iwae_k = {"val": iwae_k_val, "test": iwae_k_test}
-        self.save_hyperparameters()
-        self.beta_norm = normalised_beta(beta, self.reduction, self.input_dim, self.latent_dim)
+    spec_class = VAESpec
+
+    def __init__(self, spec: VAESpec | None = None, **fields):
+        super().__init__(spec, **fields)
+        spec = self.spec
+        self.beta = spec.beta
+        self.iwae_k = {"val": spec.iwae_k_val, "test": spec.iwae_k_test}
+        self.beta_norm = normalised_beta(self.beta, self.reduction, self.input_dim, self.latent_dim)
 
     def on_train_start(self) -> None:
         # Logged beside the hyperparameters so runs compare across loss reductions.

@@ -56,19 +56,12 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
 
 
 def _init_kwargs(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The hyperparameters `cls.__init__` accepts. Checkpoints may hold extra keys (a VAE's
-    `beta_norm` ends up there when loggers record it), which would break the constructor."""
-    import inspect
+    """The hyperparameters that are keys of `cls`'s spec. Checkpoints may hold others (a VAE's
+    `beta_norm` ends up there when loggers record it; keys an older genlab had)."""
+    import dataclasses
 
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())
-        names |= {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break  # this class takes no **kwargs, so nothing reaches its parents
-    return {k: v for k, v in hparams.items() if k in names and k != "self"}
+    known = {f.name for f in dataclasses.fields(cls.spec_class)} - {"_target_"}
+    return {k: v for k, v in hparams.items() if k in known}
 
 
 def load_model(ckpt: Path, device="cpu"):
@@ -100,9 +93,9 @@ def load_model(ckpt: Path, device="cpu"):
         )
     cls = MODEL_CLASSES[name]
     try:
-        model = cls(**_init_kwargs(cls, hparams))
+        model = cls.from_hparams(hparams)
         model.load_state_dict(state["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as err:
+    except (GenlabError, TypeError, ValueError, RuntimeError) as err:
         raise GenlabError(
             f"{ckpt}: the weights do not fit a {name} built from the checkpoint's "
             f"hyperparameters ({str(err).splitlines()[0]})."
