@@ -35,31 +35,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.specs import UNET_DDPM_CIFAR10, UNetSpec
+
+# The U-Net sizes live in genlab.specs with the models' other defaults; the presets add the
+# input they were made for.
 PRESETS: dict[str, dict] = {
-    "ddpm_cifar10": dict(
-        in_channels=3,
-        base_channels=128,
-        channel_mults=(1, 2, 2, 2),
-        num_res_blocks=2,
-        attn_resolutions=(16,),
-        dropout=0.1,
-        image_size=32,
-    ),
-    "small_28": dict(
-        in_channels=1,
-        base_channels=32,
-        channel_mults=(1, 2, 2),
-        num_res_blocks=1,
-        attn_resolutions=(7,),
-        dropout=0.1,
-        image_size=28,
-    ),
+    "ddpm_cifar10": dict(**asdict(UNET_DDPM_CIFAR10), in_channels=3, image_size=32),
+    "small_28": dict(**asdict(UNetSpec(attn_resolutions=[7])), in_channels=1, image_size=28),
 }
+_PAPER = UNET_DDPM_CIFAR10  # the constructor's defaults: Ho et al.'s CIFAR-10 network
 
 
 def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
@@ -193,11 +183,11 @@ class UNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 3,
-        base_channels: int = 128,
-        channel_mults: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.1,
+        base_channels: int = _PAPER.base_channels,
+        channel_mults: Sequence[int] = tuple(_PAPER.channel_mults),
+        num_res_blocks: int = _PAPER.num_res_blocks,
+        attn_resolutions: Sequence[int] = tuple(_PAPER.attn_resolutions),
+        dropout: float = _PAPER.dropout,
         image_size: int = 32,
         num_classes: int | None = None,
         num_heads: int = 1,

@@ -1,0 +1,67 @@
+"""genlab.specs is the one place of a model's defaults: Hydra composes from it, the constructor
+checks against it, the checkpoint stores it and loading rebuilds from it."""
+
+import dataclasses
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from genlab import GenlabError
+from genlab.models import MODEL_CLASSES, VAE
+from genlab.specs import MODEL_SPECS, UNET_DDPM_CIFAR10, build_spec
+
+# Keys conf/model/ and conf/_model_latent_.yaml take from other groups instead of the spec.
+WIRED = {"image_shape", "num_classes", "arch", "likelihood", "iwae_k_test", "test_bpd_images"}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SPECS))
+def test_composed_model_config_is_the_spec(compose, name):
+    model = OmegaConf.to_container(compose(f"model={name}").model, resolve=False)
+    spec = dataclasses.asdict(MODEL_SPECS[name]())
+    assert set(model) == set(spec)
+    assert {k: v for k, v in model.items() if k not in WIRED} == {
+        k: v for k, v in spec.items() if k not in WIRED
+    }
+    # The wired keys point at other groups, so they cannot drift from the data/eval configs.
+    assert all(str(model[k]).startswith("${") for k in WIRED & set(model))
+
+
+def test_model_class_and_spec_registries_agree():
+    assert set(MODEL_CLASSES) == set(MODEL_SPECS)
+    for name, cls in MODEL_CLASSES.items():
+        assert cls.spec_class is MODEL_SPECS[name]
+        assert MODEL_SPECS[name]._target_ == f"genlab.models.{cls.__name__}"
+
+
+def test_paper_experiment_uses_the_paper_unet(compose):
+    unet = OmegaConf.to_container(compose("experiment=ddpm_cifar10").model.unet)
+    assert unet == dataclasses.asdict(UNET_DDPM_CIFAR10)
+
+
+def test_ddpm_clipping_has_one_key(compose):
+    assert compose("model=ddpm").trainer.gradient_clip_val == 1.0
+    assert compose("model=vae").trainer.gradient_clip_val is None
+    assert compose("model=ddpm", "trainer.gradient_clip_val=null").trainer.gradient_clip_val is None
+    assert "grad_clip" not in compose("model=ddpm").model
+
+
+def test_checkpoint_hparams_rebuild_the_same_model():
+    torch.manual_seed(0)
+    model = VAE(image_shape=[1, 28, 28], latent_dim=3, mlp={"hidden": [32]}, beta=0.5)
+    hparams = dict(model.hparams)
+    assert hparams == model.spec.hparams()
+    rebuilt = VAE.from_hparams({**hparams, "grad_clip": 1.0})  # a key an older genlab stored
+    assert rebuilt.spec == model.spec
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(rebuilt.encode_mean(x), model.encode_mean(x))
+
+
+def test_constructor_refuses_unknown_keys_and_bad_values():
+    with pytest.raises(GenlabError, match="no key 'betta'.*beta"):
+        VAE(image_shape=[1, 28, 28], betta=1.0)
+    with pytest.raises(GenlabError, match=r"model\.mlp\.hidden=\[0\].*positive integers"):
+        VAE(image_shape=[1, 28, 28], mlp={"hidden": [0]})
+    with pytest.raises(GenlabError, match=r"model\.optimizer\.lr=-1.*> 0"):
+        build_spec(MODEL_SPECS["ddpm"], {"optimizer": {"lr": -1}})
