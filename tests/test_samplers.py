@@ -146,3 +146,11 @@ def test_loop_polls_for_stop_requests_once_per_step(sched50):
     finally:
         interrupt.unwatch()
     assert len(polls) == 4  # three steps ran; the stop came before the fourth
+
+
+def test_sample_options_accept_every_registered_sampler():
+    # sample.py checks its options before importing torch, so it names the samplers itself:
+    # the names must be the registry's.
+    from genlab.sample.options import SAMPLER_NAMES
+
+    assert set(SAMPLER_NAMES) == set(SAMPLERS)

@@ -22,13 +22,12 @@ class SamplerPlan:
     eta: float  # DDIM noise; 0 for ancestral, which has none to set
     guidance_scale: float
 
-    def visited(self, timesteps: int) -> list[int]:
-        """The code timesteps the sampler feeds the network, in sampling order."""
-        from genlab.diffusion import ddim_timesteps
+    def visited(self, schedule) -> list[int]:
+        """The code timesteps the sampler feeds the network, in sampling order (the sampler's
+        own answer, genlab.diffusion.samplers)."""
+        from genlab.diffusion import make_sampler
 
-        if self.sampler == "ddpm":
-            return list(range(timesteps - 1, -1, -1))
-        return ddim_timesteps(timesteps, self.steps)
+        return list(make_sampler(self.sampler, schedule, self.steps).timesteps())
 
     def describe(self) -> str:
         if self.sampler == "ddpm":
@@ -64,7 +63,9 @@ def _sampler_plan(job: Job, deterministic: bool = False) -> SamplerPlan:
         steps = T
     else:
         steps = steps or model.sample_steps
-        sampler = sampler or ("ddpm" if steps == T else "ddim")  # the model's own rule
+        from genlab.diffusion import default_sampler
+
+        sampler = sampler or default_sampler(steps, T)  # the model's own rule
     if sampler == "ddpm":
         if opts.eta is not None:
             raise GenlabError(
@@ -193,7 +194,7 @@ def denoise(job: Job) -> list[Path]:
     n, model, k = job.n, job.model, int(job.opts.strip_steps)
     T = model.schedule.timesteps
     plan = _sampler_plan(job)
-    shown = _evenly_spaced(plan.visited(T), k)
+    shown = _evenly_spaced(plan.visited(model.schedule), k)
     noised = _evenly_spaced(list(range(T)), k)[::-1]  # ascending: the forward direction
     x0, _ = job.test_images(n)
     generator = job.generator()

@@ -11,6 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
 
+# genlab.diffusion.SAMPLERS' names, checked here before torch is imported (a test keeps the two
+# equal; the registry itself needs torch).
+SAMPLER_NAMES = ("ddpm", "ddim")
+
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
@@ -57,8 +61,8 @@ def check_options(opts: DictConfig, tasks) -> None:
         ("mode", lambda v: v is None or v in ("linear", "slerp"), "one of linear, slerp (or null)"),
         (
             "sampler",
-            lambda v: v is None or v in ("ddpm", "ddim"),
-            "one of ddpm, ddim (or null: the model's own choice)",
+            lambda v: v is None or v in SAMPLER_NAMES,
+            f"one of {', '.join(SAMPLER_NAMES)} (or null: the model's own choice)",
         ),
         ("eta", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null)"),
         (
