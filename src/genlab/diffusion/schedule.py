@@ -256,6 +256,15 @@ class DiffusionSchedule:
 
     # ---- conversions between prediction targets ----------------------------------------------
 
+    def _prediction_inputs(self, model_output, xt, t, prediction):
+        """The network output and x_t in compute precision, sqrt(ab_t), sqrt(1 - ab_t), and
+        the dtype to return in: what converting between eps, x0 and v needs."""
+        _check_choice("prediction", prediction, PREDICTIONS)
+        cd, od = self._dtypes(model_output, xt)
+        a = self._gather("sqrt_alpha_bars", t, xt, cd)
+        s = self._gather("sqrt_one_minus_alpha_bars", t, xt, cd)
+        return model_output.to(cd), xt.to(cd), a, s, od
+
     def predict_x0(
         self, model_output: torch.Tensor, xt: torch.Tensor, t: Timesteps, prediction: str = "eps"
     ) -> torch.Tensor:
@@ -264,11 +273,7 @@ class DiffusionSchedule:
         eps: ``(x_t - sqrt(1 - ab) eps) / sqrt(ab)``; x0: as is;
         v: ``sqrt(ab) x_t - sqrt(1 - ab) v``.
         """
-        _check_choice("prediction", prediction, PREDICTIONS)
-        cd, od = self._dtypes(model_output, xt)
-        out, xt_c = model_output.to(cd), xt.to(cd)
-        a = self._gather("sqrt_alpha_bars", t, xt, cd)
-        s = self._gather("sqrt_one_minus_alpha_bars", t, xt, cd)
+        out, xt_c, a, s, od = self._prediction_inputs(model_output, xt, t, prediction)
         if prediction == "eps":
             x0 = (xt_c - s * out) / a
         elif prediction == "x0":
@@ -285,11 +290,7 @@ class DiffusionSchedule:
         eps: as is; x0: ``(x_t - sqrt(ab) x0) / sqrt(1 - ab)``;
         v: ``sqrt(1 - ab) x_t + sqrt(ab) v``.
         """
-        _check_choice("prediction", prediction, PREDICTIONS)
-        cd, od = self._dtypes(model_output, xt)
-        out, xt_c = model_output.to(cd), xt.to(cd)
-        a = self._gather("sqrt_alpha_bars", t, xt, cd)
-        s = self._gather("sqrt_one_minus_alpha_bars", t, xt, cd)
+        out, xt_c, a, s, od = self._prediction_inputs(model_output, xt, t, prediction)
         if prediction == "eps":
             eps = out
         elif prediction == "x0":
