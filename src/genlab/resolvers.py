@@ -1,14 +1,8 @@
-"""OmegaConf resolvers used by genlab's configs. Registered before Hydra composes anything."""
+"""`import genlab.resolvers` registers genlab's OmegaConf resolvers before a script or test
+composes conf/ on its own. The resolvers themselves, and the one registration function, live in
+genlab.composition; code of the package calls `register_resolvers()` (or composes through
+`genlab.composition.compose`, which does)."""
 
-import os
+from genlab.composition import register_resolvers
 
-from omegaconf import OmegaConf
-
-
-def register() -> None:
-    # The process id keeps two runs started in the same microsecond in different dirs.
-    if not OmegaConf.has_resolver("genlab_pid"):
-        OmegaConf.register_new_resolver("genlab_pid", lambda: os.getpid(), use_cache=True)
-
-
-register()
+register_resolvers()

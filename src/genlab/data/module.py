@@ -21,21 +21,14 @@ from genlab.data.sources import load_split
 def data_config(name: str, data_dir=None):
     """The data config `python train.py data=NAME` would use, composed from conf/ (also from
     inside a running Hydra app, e.g. `python sample.py`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import MissingConfigException
     from omegaconf import OmegaConf
 
-    import genlab.resolvers  # noqa: F401  (train.yaml interpolates ${genlab_pid:})
-    from genlab.cli import CONF_DIR
+    from genlab.composition import CONF_DIR, compose
 
     overrides = [f"data={name}"] + ([f"paths.data_dir={data_dir}"] if data_dir else [])
     try:
-        if GlobalHydra.instance().is_initialized():
-            cfg = compose("train", overrides=overrides)
-        else:
-            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-                cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides)
     except MissingConfigException:
         known = sorted(p.stem for p in (CONF_DIR / "data").glob("[!_]*.yaml"))
         raise GenlabError(f"Unknown dataset {name!r}: choose one of {', '.join(known)}.") from None

@@ -13,4 +13,8 @@
 Importing this package is cheap (no torch) and registers the resolvers the configs use.
 """
 
-from genlab.sweep import keys as _keys  # noqa: F401  (registers ${genlab_job_subdir:} ...)
+from genlab.composition import register_resolvers
+
+# A job's process (joblib, submitit) first imports this package when it unpickles the sweep's
+# callback or launcher, and then Hydra resolves the job's folder, ${genlab_job_subdir:}.
+register_resolvers()

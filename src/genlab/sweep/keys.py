@@ -101,28 +101,12 @@ def job_subdir(num: Any, overrides: list[str], sweep_dir: str | Path) -> str:
     return f"{num}_{text}" if text else str(num)
 
 
-def _job_subdir_resolver(*, _root_) -> str:
-    hydra = _root_.hydra
+def job_subdir_of(hydra: Any) -> str:
+    """The folder name of the sweep job whose `hydra` node this is (the resolver
+    `${genlab_job_subdir:}` of conf/train.yaml, registered by genlab.composition)."""
     overrides = OmegaConf.to_container(hydra.overrides.task, resolve=False)
     if read_sweep_file(hydra.sweep.dir) is None:
         # Not started by genlab's sweep callback (hydra.callbacks removed): Hydra's own naming.
         dirname = hydra.job.override_dirname.replace("/", "_")
         return f"{hydra.job.num}_{dirname}" if dirname else str(hydra.job.num)
     return job_subdir(hydra.job.num, overrides, hydra.sweep.dir)
-
-
-def _slurm_gpus_resolver(accelerator: Any, devices: Any) -> int | None:
-    """GPUs per node to ask Slurm for: trainer.devices when training on GPUs, else none."""
-    if str(accelerator).lower() in ("gpu", "cuda") and isinstance(devices, int) and devices > 0:
-        return devices
-    return None
-
-
-def register() -> None:
-    if not OmegaConf.has_resolver("genlab_job_subdir"):
-        OmegaConf.register_new_resolver("genlab_job_subdir", _job_subdir_resolver)
-    if not OmegaConf.has_resolver("genlab_slurm_gpus"):
-        OmegaConf.register_new_resolver("genlab_slurm_gpus", _slurm_gpus_resolver)
-
-
-register()

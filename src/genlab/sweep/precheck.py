@@ -201,24 +201,16 @@ def _check_metric(cfg: DictConfig, where: str) -> None:
 
 def check_multirun(argv: list[str], config_name: str) -> None:
     """Raise GenlabError when the sweep in `argv` (with -m) cannot run as asked."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    import genlab.resolvers  # noqa: F401
-    from genlab.cli import CONF_DIR, _friendly
+    from genlab.composition import compose, friendly_message, hydra_context
     from genlab.config import validate
     from genlab.sweep.keys import overrides_parser
 
     overrides = [a for a in argv if not a.startswith("-")]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        loader = GlobalHydra.instance().hydra.config_loader
+    with hydra_context() as loader:
         parser = overrides_parser(loader)
-
-        def compose(ov):
-            return hydra_compose(config_name, overrides=list(ov), return_hydra_config=True)
 
         def parse(items: list[str]):
             try:
@@ -235,10 +227,9 @@ def check_multirun(argv: list[str], config_name: str) -> None:
 
         def composed(ov: list[str], where: str = ""):
             try:
-                return compose(ov)
+                return compose(config_name, ov, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as err:
-                message = _friendly(err, ov, lambda o: hydra_compose(config_name, overrides=o))
-                raise GenlabError(message + where) from None
+                raise GenlabError(friendly_message(err, ov, config_name) + where) from None
 
         command_line = parse(overrides)
         # The first value of each swept key: enough to compose the sweep config and read

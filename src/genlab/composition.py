@@ -1,0 +1,160 @@
+"""Ground floor: where the configs are, how they are composed, and what a failed composition
+tells the user.
+
+- `CONF_DIR`: the conf/ folder every entry point and test composes from
+- `register_resolvers()`: every OmegaConf resolver genlab's YAML uses, registered in one place
+- `hydra_context()` / `compose()`: Hydra's compose API on conf/ (or on the running app's)
+- `friendly_message()`: a Hydra/OmegaConf composition error as one readable paragraph
+  ("did you mean", the keys or options there are)
+
+Torch-free, and it imports nothing of genlab at module level but GenlabError, so the CLI, the
+sweep precheck, the data module and the tests can all stand on it without import cycles. (Two
+lazy imports happen only when they are needed: the sweep's job naming, when Hydra resolves a
+sweep job's folder, and genlab.config's messages for typed values, when composing failed.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from genlab import GenlabError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+HYDRA_VERSION_BASE = "1.3"
+
+__all__ = [
+    "CONF_DIR",
+    "GenlabError",
+    "compose",
+    "friendly_message",
+    "hydra_context",
+    "register_resolvers",
+    "suggest",
+]
+
+
+# -- resolvers ---------------------------------------------------------------------------------
+def _pid() -> int:
+    # In the run dir name: two runs started in the same microsecond still get different dirs.
+    return os.getpid()
+
+
+def _job_subdir(*, _root_: Any) -> str:
+    # The folder name of a sweep job comes from the swept keys that the sweep recorded; that
+    # logic (Hydra's override grammar, sweep.json) is the sweep's, imported only when a sweep
+    # job's folder is resolved.
+    from genlab.sweep.keys import job_subdir_of
+
+    return job_subdir_of(_root_.hydra)
+
+
+def _slurm_gpus(accelerator: Any, devices: Any) -> int | None:
+    """GPUs per node to ask Slurm for: trainer.devices when training on GPUs, else none."""
+    if str(accelerator).lower() in ("gpu", "cuda") and isinstance(devices, int) and devices > 0:
+        return devices
+    return None
+
+
+# name -> (function, use_cache). Every `${genlab_...:}` in conf/ is one of these.
+RESOLVERS = {
+    "genlab_pid": (_pid, True),  # conf/train.yaml: hydra.run.dir, hydra.sweep.dir
+    "genlab_job_subdir": (_job_subdir, False),  # conf/train.yaml: hydra.sweep.subdir
+    "genlab_slurm_gpus": (_slurm_gpus, False),  # conf/hydra/launcher/slurm.yaml
+}
+
+
+def register_resolvers() -> None:
+    """Register every resolver of RESOLVERS with OmegaConf; calling it again does nothing."""
+    from omegaconf import OmegaConf
+
+    for name, (function, use_cache) in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=use_cache)
+
+
+# -- composing ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def hydra_context() -> Iterator[Any]:
+    """Hydra's compose API, initialised on CONF_DIR for the duration (or the running app's, when
+    one is initialised already, e.g. inside `python sample.py`); yields Hydra's config loader."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        yield GlobalHydra.instance().hydra.config_loader
+        return
+    with initialize_config_dir(str(CONF_DIR), version_base=HYDRA_VERSION_BASE):
+        yield GlobalHydra.instance().hydra.config_loader
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), *, return_hydra_config=False):
+    """The config `python <config_name>.py <overrides>` would get (Hydra's compose API)."""
+    from hydra import compose as hydra_compose
+
+    with hydra_context():
+        return hydra_compose(
+            config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
+
+
+# -- friendly errors ---------------------------------------------------------------------------
+def suggest(word: str, choices) -> str:
+    """The "Did you mean 'x'?" sentence for the choices close to `word`, else ""."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def friendly_message(
+    err: Exception, overrides: list[str], config_name: str, new_keys_ok: bool = True
+) -> str:
+    """One paragraph for a composition error of `config_name` with `overrides`: an unknown key
+    (with the keys there are), an unknown group option (with the options), a bad typed value
+    (genlab.config's message), else the first line of Hydra's own message."""
+    from genlab.config import explain_composition_error
+
+    text = str(err).strip()
+    typed = explain_composition_error(text, overrides)
+    if typed is not None:
+        return typed
+    missing_key = re.search(r"Could not override '([\w.]+)'", text) or re.search(
+        r"Key '([\w.]+)' is not in struct", text
+    )
+    if missing_key:
+        return _unknown_key(missing_key.group(1), overrides, config_name, new_keys_ok)
+    group = re.search(r"Could not find '(\w+)/([\w.-]+)'", text)
+    if group:
+        options = re.search(r"Available options in '\w+':\s*\n((?:\s+\S+\n?)+)", text)
+        names = [n for n in options.group(1).split() if not n.startswith("_")] if options else []
+        return (
+            f"Unknown option {group.group(1)}={group.group(2)}."
+            f"{suggest(group.group(2), names)} "
+            + (f"Choose one of: {', '.join(names)}." if names else "")
+        )
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _unknown_key(full: str, overrides: list[str], config_name: str, new_keys_ok: bool) -> str:
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = full.rpartition(".")
+    # The keys that do exist there: composed again without the override that named the key.
+    clean = [o for o in overrides if not o.lstrip("+~").startswith(full + "=")]
+    try:
+        cfg = compose(config_name, clean)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = list(node.keys()) if node is not None else []
+    except Exception:
+        keys = []
+    where = f"Keys under '{parent}'" if parent else "Top-level keys"
+    return (
+        f"Unknown config key '{full}'.{suggest(leaf, keys)} "
+        + (f"{where}: {', '.join(map(str, keys))}. " if keys else "")
+        + (f"To add a new key on purpose, write +{full}=..." if new_keys_ok else "")
+    ).strip()
