@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from genlab.sweep.keys import job_values, label, read_sweep_file
 
@@ -103,29 +103,30 @@ def global_rank() -> int:
 
 def prepare(cfg: DictConfig, job: JobInfo) -> None:
     """Settings a job takes from its sweep: W&B run name and group, a record of the sweep in
-    the run config, and resuming from its own checkpoints when it is run again."""
-    with open_dict(cfg):
-        cfg.sweep_job = {
-            "sweep": job.sweep_name,
-            "group": job.group,
-            "num": job.num,
-            "swept": dict(job.swept),
-        }
-        wandb = OmegaConf.select(cfg, "logger.wandb")
-        if isinstance(wandb, DictConfig) and "_target_" in wandb:
-            if wandb.get("group") is None and job.group:
-                wandb.group = job.group
-            # Name the run after its swept values unless a name was given on purpose.
-            default_name = OmegaConf.to_container(wandb, resolve=False).get("name") == "${name}"
-            if job.label and default_name:
-                wandb.name = job.label
-        if cfg.get("ckpt_path") in (None, "") and _has_checkpoints(job.output_dir):
-            # A job folder is unique to its sweep: checkpoints in it come from an earlier
-            # attempt of this very job (requeued after preemption, or the sweep run again with
-            # the same hydra.sweep.dir). Continue from the newest instead of starting over.
-            log.warning("Job %s resumes from its newest checkpoint in %s", job.num, job.output_dir)
-            # (genlab.train then also continues the W&B run whose id the checkpoint holds.)
-            cfg.ckpt_path = "last"
+    the run config, and resuming from its own checkpoints when it is run again. Every key set
+    here is in the YAML already (`sweep_job: null` in conf/train.yaml), so the config stays in
+    struct mode: a typo here fails instead of adding a key."""
+    cfg.sweep_job = {
+        "sweep": job.sweep_name,
+        "group": job.group,
+        "num": job.num,
+        "swept": dict(job.swept),
+    }
+    wandb = OmegaConf.select(cfg, "logger.wandb")
+    if isinstance(wandb, DictConfig) and "_target_" in wandb:
+        if wandb.get("group") is None and job.group:
+            wandb.group = job.group
+        # Name the run after its swept values unless a name was given on purpose.
+        default_name = OmegaConf.to_container(wandb, resolve=False).get("name") == "${name}"
+        if job.label and default_name:
+            wandb.name = job.label
+    if cfg.get("ckpt_path") in (None, "") and _has_checkpoints(job.output_dir):
+        # A job folder is unique to its sweep: checkpoints in it come from an earlier
+        # attempt of this very job (requeued after preemption, or the sweep run again with
+        # the same hydra.sweep.dir). Continue from the newest instead of starting over.
+        log.warning("Job %s resumes from its newest checkpoint in %s", job.num, job.output_dir)
+        # (genlab.train then also continues the W&B run whose id the checkpoint holds.)
+        cfg.ckpt_path = "last"
 
 
 def _has_checkpoints(output_dir: str) -> bool:

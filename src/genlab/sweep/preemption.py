@@ -39,9 +39,12 @@ def under_submitit_slurm() -> bool:
 
 
 def install(cfg: DictConfig) -> None:
-    """Add the stop-on-USR2 callback to this job's config when it runs under submitit/Slurm."""
+    """Fill this job's `callbacks.slurm_preemption` (null in conf/callbacks/default.yaml) with
+    the stop-on-USR2 callback when it runs under submitit/Slurm."""
     if not under_submitit_slurm() or threading.current_thread() is not threading.main_thread():
         return
+    # open_dict only for a config whose callbacks were removed on the command line
+    # (`~callbacks`, `~callbacks.slurm_preemption`): a requeued job must still checkpoint first.
     with open_dict(cfg):
         if cfg.get("callbacks") is None:
             cfg.callbacks = {}
