@@ -44,7 +44,7 @@ def evaluate(
     fid = FrechetInceptionDistance(feature=FeatureView(classifier), normalize=True)
     for start in range(0, len(real), 1000):
         fid.update(real[start : start + 1000].float() / 255, real=True)
-    conditional = model.preview_labels(1) is not None
+    conditional = model.capabilities.conditional
     wanted = torch.arange(num_samples) % model.num_classes if conditional else None
     generator = torch.Generator().manual_seed(seed)
     extra = {} if guidance is None else {"guidance_scale": guidance}

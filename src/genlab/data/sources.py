@@ -100,7 +100,7 @@ def _load_mnist_family(name, root, train, system_dirs, download):
     return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
 
 
-def _load_cifar10(root, train, system_dirs, download):
+def _load_cifar10(name, root, train, system_dirs, download):
     import torchvision
 
     folder = root / "cifar-10-batches-py"
@@ -142,8 +142,15 @@ def load_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images uint8 [N, C, H, W], labels int64 [N]) for a split of a known dataset."""
     root = Path(root).expanduser()
-    if name in ("mnist", "fashion_mnist"):
-        return _load_mnist_family(name, root, train, list(system_dirs), download)
-    if name == "cifar10":
-        return _load_cifar10(root, train, list(system_dirs), download)
-    raise GenlabError(f"Unknown dataset '{name}': data= accepts mnist, fashion_mnist, cifar10.")
+    if name not in LOADERS:
+        raise GenlabError(f"Unknown dataset '{name}': data= accepts {', '.join(LOADERS)}.")
+    return LOADERS[name](name, root, train, list(system_dirs), download)
+
+
+# Dataset name (conf/data/<name>.yaml's `name`) -> its loader(name, root, train, system_dirs,
+# download): the one list of datasets genlab can read.
+LOADERS = {
+    "mnist": _load_mnist_family,
+    "fashion_mnist": _load_mnist_family,
+    "cifar10": _load_cifar10,
+}

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from genlab.sample.options import CONF_DIR
+from genlab.composition import CONF_DIR
 from genlab.sample.tasks import TASKS, Task
 
 README = CONF_DIR.parent / "README.md"

@@ -11,7 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
-from genlab.sample.options import CONF_DIR, pick_device
+from genlab.composition import CONF_DIR
+from genlab.sample.options import pick_device
 
 
 # -- loading a run ---------------------------------------------------------------------------------

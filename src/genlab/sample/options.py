@@ -4,18 +4,16 @@ imported, so bad input fails fast) and the device they name."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
+from genlab.composition import CONF_DIR
 
 # genlab.diffusion.SAMPLERS' names, checked here before torch is imported (a test keeps the two
 # equal; the registry itself needs torch).
 SAMPLER_NAMES = ("ddpm", "ddim")
-
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def _is_int(v: Any) -> bool:
