@@ -1,12 +1,19 @@
 """Command-line front door: friendlier errors than a raw Hydra failure, and exit codes.
 
-Before Hydra starts a run, the same overrides are composed once through the compose API so a
-typo gets "did you mean" and a bad value gets one readable paragraph, with nothing written.
+- `precheck`: before Hydra starts a run, the same overrides are composed once through the
+  compose API, so a typo gets "did you mean" and a bad value gets one readable paragraph, with
+  nothing written
+- `task_wrapper`: the one failure policy around a task run by a Hydra main (`genlab.train.run`):
+  a single run exits with a message and a code; a sweep job records its outcome and returns
+- `start`: what `python train.py` does: precheck, Hydra's main, the sweep's exit code
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from genlab import GenlabError
 
@@ -51,3 +58,55 @@ def precheck(argv: list[str], config_name: str) -> None:
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     print(f"genlab: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def task_wrapper(task: Callable[[Any], dict], script: str) -> Callable[[Any], float | None]:
+    """`task(cfg) -> metrics` as a Hydra task function returning what a sweeper optimises.
+
+    A single run: bad input (GenlabError) exits 2 with one line, an interruption exits
+    128 + signal after its checkpoint. One job of a sweep: genlab.sweep.job.run_sweep_job
+    records a failure in the job's status.json and returns, so the sweep goes on (the exit code
+    is decided when the sweep ends); a DDP job runs `script` again in a process tree of its own.
+    Secrets given on the command line are first redacted from Hydra's records of the run."""
+
+    @functools.wraps(task)
+    def wrapped(cfg) -> float | None:
+        from genlab.secrets import redact_files
+        from genlab.sweep.job import current_job, objective, run_sweep_job
+
+        hydra_dir = f"{cfg.paths.output_dir}/.hydra"
+        redact_files([f"{hydra_dir}/{name}" for name in HYDRA_RECORDS])
+        if current_job() is not None:
+            return run_sweep_job(cfg, task, script=script)
+        from genlab.callbacks import TrainingInterrupted
+
+        try:
+            metrics = task(cfg)
+        except GenlabError as err:
+            fail(str(err))
+        except TrainingInterrupted as err:
+            fail(str(err), code=err.exit_code)
+        return objective(metrics, cfg)
+
+    return wrapped
+
+
+# What Hydra writes into <run dir>/.hydra: each may hold a secret given as an override.
+HYDRA_RECORDS = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> None:
+    """Precheck `argv`, run Hydra's main, exit with the sweep's code (0 for a single run).
+    A sweep stopped early (Ctrl-C, a sweeper error) still reports the jobs it ran."""
+    try:
+        precheck(argv, config_name)
+    except GenlabError as err:
+        fail(str(err))
+    from genlab.sweep.callback import finish_sweep, sweep_exit_code
+
+    try:
+        hydra_main()
+    except BaseException:
+        finish_sweep(interrupted=True)
+        raise
+    sys.exit(sweep_exit_code())

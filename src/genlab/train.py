@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,48 @@ def build_model(cfg: DictConfig):
     return cls(**spec)
 
 
-def build_callbacks(cfg: DictConfig) -> list:
+@dataclass(frozen=True)
+class CallbackPlan:
+    """What `build_callbacks` needs, each piece taken by `callback_plan` from its own config
+    subtree (or from the model's capabilities), so no builder reads the whole run config."""
+
+    configured: dict[str, Any]  # cfg.callbacks, resolved; a null entry is switched off
+    checkpoint_dir: Path  # <run dir>/checkpoints
+    validates: bool  # the data has a validation split (else no metric to monitor)
+    ema: dict[str, float] | None = None  # EMA(**ema) from the model's ema_* keys, or none
+    sample_quality: dict[str, Any] | None = None  # SampleQuality(**...) after testing, or none
+
+
+def callback_plan(cfg: DictConfig, capabilities) -> CallbackPlan:
+    """The callbacks of a run: cfg.callbacks, the model's EMA settings, and sample quality
+    (eval.sample_quality) for a generative model whose test stage runs."""
+    from genlab.metrics.quality import sample_quality_arguments
+
+    evaluation = cfg.get("eval") or {}
+    tests = bool(cfg.get("test", True))
+    measured = bool(evaluation.get("sample_quality")) and capabilities.generative and tests
+    return CallbackPlan(
+        configured=OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True),
+        checkpoint_dir=Path(cfg.paths.output_dir) / "checkpoints",
+        validates=has_validation(cfg.data),
+        ema=(
+            {"decay": cfg.model.ema_decay, "power": cfg.model.ema_power}
+            if cfg.model.get("ema_decay")
+            else None
+        ),
+        sample_quality=(
+            sample_quality_arguments(evaluation, dataset=cfg.data.name, data_dir=cfg.paths.data_dir)
+            if measured
+            else None
+        ),
+    )
+
+
+def has_validation(data_cfg: DictConfig) -> bool:
+    return data_cfg.get("val_fraction", 0.1) != 0
+
+
+def build_callbacks(plan: CallbackPlan) -> list:
     """The configured callbacks plus genlab's own: RNG state in checkpoints (exact resume),
     a checkpoint on SIGTERM/SIGINT, and a stop at the first non-finite loss."""
     from hydra.utils import instantiate
@@ -49,54 +91,41 @@ def build_callbacks(cfg: DictConfig) -> list:
         RNGState,
         RunIdentity,
     )
-
-    callbacks = []
-    for spec in (cfg.get("callbacks") or {}).values():
-        if spec is None:
-            continue
-        spec = OmegaConf.to_container(spec, resolve=True)
-        if cfg.data.get("val_fraction", 0.1) == 0 and "monitor" in spec:
-            spec["monitor"] = None  # no validation split: keep the latest checkpoint instead
-        callbacks.append(instantiate(spec))
-    if cfg.model.get("ema_decay"):
-        callbacks.append(EMA(decay=cfg.model.ema_decay, power=cfg.model.ema_power))
-    quality = cfg.get("eval") or {}
-    if quality.get("sample_quality") and cfg.model.name != "ae" and cfg.get("test", True):
-        from genlab.metrics.quality import SampleQuality
-
-        callbacks.append(
-            SampleQuality(
-                dataset=cfg.data.name,
-                data_dir=cfg.paths.data_dir,
-                num_samples=quality.num_samples,
-                domain=quality.domain,
-                inception_weights=quality.inception_weights,
-                kid_subset_size=quality.kid_subset_size,
-                batch_size=quality.batch_size,
-            )
-        )
     from genlab.progress import EvaluationProgress
 
-    checkpoint_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    callbacks = []
+    for spec in plan.configured.values():
+        if spec is None:
+            continue
+        if not plan.validates and "monitor" in spec:
+            spec = {**spec, "monitor": None}  # no validation split: keep the latest checkpoint
+        callbacks.append(instantiate(spec))
+    if plan.ema is not None:
+        callbacks.append(EMA(**plan.ema))
+    if plan.sample_quality is not None:
+        from genlab.metrics.quality import SampleQuality
+
+        callbacks.append(SampleQuality(**plan.sample_quality))
     return [
         *callbacks,
         EvaluationProgress(),  # test (and slow validation) progress as lines in train.log
         RNGState(),
         RunIdentity(),
-        LatestCheckpoint(checkpoint_dir),
-        CheckpointOnInterrupt(checkpoint_dir),
+        LatestCheckpoint(plan.checkpoint_dir),
+        CheckpointOnInterrupt(plan.checkpoint_dir),
         DivergenceGuard(),
     ]
 
 
-def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
+def build_trainer(trainer_cfg: DictConfig, loggers: list, callbacks: list, validates: bool):
+    """Lightning's Trainer from cfg.trainer, writing checkpoints atomically."""
     from hydra.utils import instantiate
 
-    spec = OmegaConf.to_container(cfg.trainer, resolve=True)
-    if cfg.data.get("val_fraction", 0.1) == 0:
-        spec["limit_val_batches"] = 0
     from genlab.checkpoints import AtomicCheckpointIO
 
+    spec = OmegaConf.to_container(trainer_cfg, resolve=True)
+    if not validates:
+        spec["limit_val_batches"] = 0
     return instantiate(
         spec, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
@@ -260,19 +289,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tidy_lightning_logging()
     quiet_known_warnings()
 
-    from genlab.callbacks import CheckpointOnInterrupt, TrainingInterrupted, wandb_run_id_in
-    from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
     from genlab.loggers import build_loggers, finish_loggers
-    from genlab.secrets import redact
 
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    wandb_resume_id = None
-    if ckpt_path:
-        checkpoint = load_checkpoint(ckpt_path)
-        check_compatible(checkpoint, OmegaConf.to_container(cfg.model, resolve=True), ckpt_path)
-        wandb_resume_id = wandb_run_id_in(checkpoint)
-        del checkpoint
+    ckpt_path, wandb_resume_id = resume_point(cfg.get("ckpt_path"), cfg.model, output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -282,32 +302,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model.apply_speed_switches(**(cfg.get("speed") or {}))
     loggers = build_loggers(cfg, wandb_resume_id)
     try:
-        trainer = build_trainer(cfg, loggers, build_callbacks(cfg))
-        run_config = redact(OmegaConf.to_container(cfg, resolve=True))
-        if trainer.is_global_zero:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(run_config), output_dir / "config.yaml")
-        for logger in loggers:
-            logger.log_hyperparams({k: v for k, v in run_config.items() if k != "paths"})
-
-        guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
-        with _signals_as_interruption(guard):
-            # weights_only=True: Lightning reads checkpoints as safely as genlab.checkpoints does.
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        if trainer.interrupted:
-            raise guard.interruption or TrainingInterrupted("signal", 1, None, trainer.global_step)
-        metrics = _final(trainer.callback_metrics)
-
-        if cfg.get("test", True):
-            if trainer.is_global_zero:  # the training numbers are kept if testing is stopped
-                write_metrics(metrics, output_dir)
-            best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-            with _signals_as_interruption(guard):
-                results = trainer.test(
-                    model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
-                )
-            metrics.update(_floats(results[0]) if results else {})
-
+        callbacks = build_callbacks(callback_plan(cfg, model.capabilities))
+        trainer = build_trainer(cfg.trainer, loggers, callbacks, has_validation(cfg.data))
+        record_config(cfg, trainer, loggers, output_dir)
+        test = bool(cfg.get("test", True))
+        metrics = fit_and_test(trainer, model, datamodule, ckpt_path, output_dir, test)
         if trainer.is_global_zero:
             if cfg.get("save_images", True):
                 datamodule.setup("test")
@@ -319,3 +318,54 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return metrics
     finally:
         finish_loggers(loggers)
+
+
+def resume_point(ckpt_path, model_cfg: DictConfig, output_dir: Path) -> tuple[str | None, Any]:
+    """The checkpoint to resume from (checked against the model config before anything is
+    restored) and the W&B run id it holds, or (None, None) for a fresh start."""
+    from genlab.callbacks import wandb_run_id_in
+    from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
+
+    path = resolve_ckpt_path(ckpt_path, output_dir)
+    if not path:
+        return None, None
+    checkpoint = load_checkpoint(path)
+    check_compatible(checkpoint, OmegaConf.to_container(model_cfg, resolve=True), path)
+    return path, wandb_run_id_in(checkpoint)
+
+
+def record_config(cfg: DictConfig, trainer, loggers: list, output_dir: Path) -> None:
+    """config.yaml in the run dir and the loggers' run config: the resolved config, secrets
+    redacted (the loggers without `paths`, which says nothing about the run)."""
+    from genlab.secrets import redact
+
+    run_config = redact(OmegaConf.to_container(cfg, resolve=True))
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(run_config), output_dir / "config.yaml")
+    for logger in loggers:
+        logger.log_hyperparams({k: v for k, v in run_config.items() if k != "paths"})
+
+
+def fit_and_test(trainer, model, datamodule, ckpt_path, output_dir: Path, test: bool) -> dict:
+    """Fit (resuming from `ckpt_path`), then test the best checkpoint when `test` is set; the
+    final metrics. A stop by SIGTERM/SIGINT raises TrainingInterrupted."""
+    from genlab.callbacks import CheckpointOnInterrupt, TrainingInterrupted
+
+    guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
+    with _signals_as_interruption(guard):
+        # weights_only=True: Lightning reads checkpoints as safely as genlab.checkpoints does.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.interrupted:
+        raise guard.interruption or TrainingInterrupted("signal", 1, None, trainer.global_step)
+    metrics = _final(trainer.callback_metrics)
+    if test:
+        if trainer.is_global_zero:  # the training numbers are kept if testing is stopped
+            write_metrics(metrics, output_dir)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        with _signals_as_interruption(guard):
+            results = trainer.test(
+                model, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
+            )
+        metrics.update(_floats(results[0]) if results else {})
+    return metrics

@@ -37,6 +37,15 @@ def _real_stats_path(cache_dir: Path, space: str, dataset: str, variant: str, sh
     return cache_dir / f"{space}-{dataset}-{variant}-test-{shape[1]}x{shape[2]}.pt"
 
 
+# The keys of the `eval` config group that SampleQuality takes as they are.
+EVAL_KEYS = ("num_samples", "domain", "inception_weights", "kid_subset_size", "batch_size")
+
+
+def sample_quality_arguments(eval_cfg, *, dataset: str, data_dir) -> dict:
+    """SampleQuality's arguments from the `eval` config subtree and the data it compares with."""
+    return {"dataset": dataset, "data_dir": data_dir, **{k: eval_cfg[k] for k in EVAL_KEYS}}
+
+
 class SampleQuality(pl.Callback):
     def __init__(
         self,
@@ -110,8 +119,10 @@ class SampleQuality(pl.Callback):
 
     # -- the evaluation ------------------------------------------------------------------------
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if not pl_module.capabilities.generative or trainer.datamodule is None:
-            return  # an AE is not generative
+        # Attached only to generative models (genlab.train.callback_plan asks capabilities);
+        # any module with sample() and preview_labels() can be measured.
+        if trainer.datamodule is None:
+            return
         from torchmetrics.image import (
             FrechetInceptionDistance,
             InceptionScore,

@@ -135,14 +135,17 @@ def _runs_stage(cfg: DictConfig, limit_key: str) -> bool:
 
 def logged_metrics(cfg: DictConfig) -> set[str] | None:
     """The metric names `genlab.train.run(cfg)` returns (what train.py hands the sweeper and
-    writes to metrics.json), None when the model class cannot be looked up. Single-step curves
+    writes to metrics.json), None when the model cannot be built. Single-step curves
     (train/loss_step, train/lr) are not among them: run() leaves them out."""
-    from hydra.utils import get_class
+    from genlab.train import build_model
 
     try:
-        cls = get_class(cfg.model._target_)
+        # Built once per sweep (the last job's config): whether it samples is its capabilities'
+        # answer, which depends on its config (a CVAE's or DDPM's conditioning, say).
+        model = build_model(cfg)
     except Exception:
         return None
+    cls = type(model)
     names = tuple(getattr(cls, "metric_names", ("loss",)))
     iwae = tuple(n for n in names if n in IWAE_TERMS)
     # Training logs the epoch means of the loss (as loss_epoch) and of compute_terms' terms.
@@ -161,7 +164,7 @@ def logged_metrics(cfg: DictConfig) -> set[str] | None:
         if bpd_images is None or bpd_images > 0:  # a DDPM's variational bound, in bits/dim
             metrics |= {f"test/{n}" for n in getattr(module, "BPD_PARTS", ())}
         quality = cfg.get("eval") or {}
-        if quality.get("sample_quality") and cfg.model.get("name") != "ae":
+        if quality.get("sample_quality") and model.capabilities.generative:
             spaces = []
             if quality.get("domain"):
                 spaces.append("_domain")
