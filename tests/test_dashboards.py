@@ -13,9 +13,9 @@ import torch
 import yaml
 from fixtures import TINY_DDPM
 from PIL import Image
+from wandb_offline import read_run
 
 from genlab.loggers import finish_loggers
-from genlab.sweep.wandb_offline import read_run
 from genlab.train import run
 from genlab.viz.grids import log_images, make_grid
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import CONF_DIR, FAST, REPO, TINY_DDPM
+from fixtures import FAST, REPO, TINY_DDPM
 from PIL import Image
+from wandb_offline import find_runs, read_run
 
 from genlab import GenlabError
 from genlab.sweep import keys as sweep_keys
 from genlab.sweep.report import collect_jobs, write_report
 from genlab.sweep.report import main as report_main
-from genlab.sweep.wandb_offline import find_runs, read_run
 
 
 def tiny(data_root) -> list[str]:
@@ -152,12 +152,9 @@ def test_grid_names_jobs_isolates_a_diverged_job_reports_and_logs_to_wandb(data_
 
 # -- sweep configs -----------------------------------------------------------------------------
 def compose_train(*overrides):
-    from hydra import compose, initialize_config_dir
+    from genlab.composition import compose
 
-    import genlab.resolvers  # noqa: F401
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
+    return compose("train", overrides, return_hydra_config=True)
 
 
 @pytest.mark.parametrize(

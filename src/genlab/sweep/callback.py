@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.composition import register_resolvers
 from genlab.sweep.keys import SWEEP_FILE, read_sweep_file, sweeper_param_overrides, swept_keys
+
+# A job's process (joblib) imports this module first, when it unpickles the sweep's callback,
+# and then Hydra resolves the job's folder, ${genlab_job_subdir:}.
+register_resolvers()
 
 log = logging.getLogger("genlab")
 
@@ -83,6 +87,8 @@ class SweepCallback(Callback):
         self.metrics = list(metrics) if metrics else None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from genlab.checkpoints import write_text_atomic  # (imports lightning: not at the top)
+
         STATE.reset()
         info = describe_sweep(config)
         sweep_dir = Path(info["dir"])
@@ -92,9 +98,7 @@ class SweepCallback(Callback):
             # The same sweep run again in its folder (its jobs resume): same W&B group.
             info["group"], info["started"] = earlier["group"], earlier.get("started", "")
             info["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        tmp = sweep_dir / f".{SWEEP_FILE}.partial"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, sweep_dir / SWEEP_FILE)
+        write_text_atomic(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2))
         STATE.sweep_dir = sweep_dir
         STATE.report_options = {"metrics": self.metrics, "enabled": self.report}
         swept = ", ".join(info["keys"]) or "nothing (one job)"
@@ -112,7 +116,8 @@ def finish_sweep(interrupted: bool = False) -> None:
     if STATE.sweep_dir is None or STATE.reported:
         return
     STATE.reported = True
-    from genlab.sweep.report import collect_jobs, write_report
+    from genlab.sweep.report import write_report
+    from genlab.sweep.results import collect_jobs
 
     options = STATE.report_options
     try:

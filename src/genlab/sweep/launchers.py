@@ -7,8 +7,8 @@ jobs after it are neither waited for nor reported. Here each such job gets a sta
 what Slurm reported (e.g. "CANCELLED"), counts as a job that did not complete (exit code 1 at the
 end), and the other jobs carry on.
 
-Importing this module (which submitit does in every job to unpickle the launcher) imports the
-genlab.sweep package, which registers genlab's resolvers before the job composes its config.
+Importing this module (which submitit does in every job to unpickle the launcher) registers
+genlab's resolvers before the job composes its config.
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import open_dict
 
-from genlab.sweep.job import JobInfo, read_status, write_status
+from genlab.composition import register_resolvers
 from genlab.sweep.keys import job_values, label, read_sweep_file
+from genlab.sweep.status import JobInfo, read_status, write_status
+
+# A job's process (submitit) imports this module first, when it unpickles the launcher,
+# and then Hydra resolves the job's folder, ${genlab_job_subdir:}.
+register_resolvers()
 
 log = logging.getLogger("genlab")
 

@@ -8,7 +8,7 @@ a block's tail shorter than a chunk header is zero padding. Each reassembled rec
 `wandb.proto.wandb_internal_pb2.Record`.
 
     run = read_run(path)          # OfflineRun: id, name, group, tags, config, history, summary
-    python -m genlab.sweep.wandb_offline <run dir or .wandb file>   # prints it
+    python tests/wandb_offline.py <run dir or .wandb file>   # prints it
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def find_runs(folder: str | Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m genlab.sweep.wandb_offline <run dir or .wandb file>")
+        print("usage: python tests/wandb_offline.py <run dir or .wandb file>")
         return 2
     paths = [Path(args[0])] if str(args[0]).endswith(".wandb") else find_runs(args[0])
     for path in paths:
