@@ -98,3 +98,24 @@ def test_ddp_two_cpu_processes_train_with_synced_metrics(data_root, tmp_path):
     # KL given the encoder is exact per image (no sampling): rank-sharded mean == full mean
     assert float(logged["val/kl"]) == pytest.approx(expected_kl, rel=1e-4)
     assert float(logged["val/recon"]) == pytest.approx(float(torch.stack(recon).mean()), rel=0.02)
+
+
+def test_ground_floor_composes_without_torch_and_registers_resolvers_once():
+    """genlab.composition is what the CLI, the sweep precheck and the data module stand on: it
+    imports nothing of genlab but GenlabError, composing pulls in no torch, and registering the
+    resolvers twice is harmless."""
+    code = (
+        "import sys\n"
+        "from genlab.composition import compose, register_resolvers\n"
+        "print(sorted(m for m in sys.modules if m.startswith('genlab')))\n"
+        "register_resolvers(); register_resolvers()\n"
+        "cfg = compose('train', ['hydra/launcher=slurm', 'trainer=gpu', 'trainer.devices=2'],"
+        " return_hydra_config=True)\n"
+        "assert cfg.hydra.launcher.gpus_per_node == 2 and cfg.sweep_job is None\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torch', 'lightning'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["['genlab', 'genlab.composition']", "[]"]
