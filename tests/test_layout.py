@@ -1,0 +1,69 @@
+"""The package's shape (issue 13, docs/architecture.md): every module short enough to read,
+and no import cycle among genlab's module-level imports."""
+
+import ast
+
+from fixtures import REPO
+
+SRC = REPO / "src"
+MAX_LINES = 450
+
+
+def _modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in sorted((SRC / "genlab").rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = (path, ast.parse(path.read_text()))
+    return found
+
+
+def _module_level_imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """genlab modules imported at module level (not inside functions: those are lazy)."""
+    package = name if name in known and any(k.startswith(name + ".") for k in known) else ""
+    targets = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = (package or name.rpartition(".")[0]).split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            targets.add(module)
+            targets |= {f"{module}.{alias.name}" for alias in node.names}
+    return {t for t in targets if t in known and t != name}
+
+
+def test_no_module_is_longer_than_the_limit():
+    long = {
+        name: n
+        for name, (path, _) in _modules().items()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_module_level_imports_have_no_cycle():
+    modules = _modules()
+    known = set(modules)
+    graph = {name: _module_level_imports(name, tree, known) for name, (_, tree) in modules.items()}
+    # A package's __init__ importing its own submodules is how packages work, not a cycle.
+    graph = {n: {t for t in ts if not t.startswith(n + ".")} for n, ts in graph.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycle = path[path.index(target) :] + [target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, path + [target])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
