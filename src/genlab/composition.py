@@ -8,9 +8,9 @@ tells the user.
   ("did you mean", the keys or options there are)
 
 Torch-free, and it imports nothing of genlab at module level but GenlabError, so the CLI, the
-sweep precheck, the data module and the tests can all stand on it without import cycles. (Two
-lazy imports happen only when they are needed: the sweep's job naming, when Hydra resolves a
-sweep job's folder, and genlab.config's messages for typed values, when composing failed.)
+sweep precheck, the data module and the tests can all stand on it without import cycles. (One
+lazy import happens only when it is needed: the sweep's job naming, when Hydra resolves a sweep
+job's folder.)
 """
 
 from __future__ import annotations
@@ -115,14 +115,10 @@ def friendly_message(
     err: Exception, overrides: list[str], config_name: str, new_keys_ok: bool = True
 ) -> str:
     """One paragraph for a composition error of `config_name` with `overrides`: an unknown key
-    (with the keys there are), an unknown group option (with the options), a bad typed value
-    (genlab.config's message), else the first line of Hydra's own message."""
-    from genlab.config import explain_composition_error
-
+    (with the keys there are), an unknown group option (with the options), else the first line
+    of Hydra's own message. (Bad values compose: the model schema is untyped on purpose, see
+    genlab.specs.schema_node, and genlab.config.validate names them.)"""
     text = str(err).strip()
-    typed = explain_composition_error(text, overrides)
-    if typed is not None:
-        return typed
     missing_key = re.search(r"Could not override '([\w.]+)'", text) or re.search(
         r"Key '([\w.]+)' is not in struct", text
     )

@@ -223,9 +223,3 @@ def _validate_ddpm(cfg: DictConfig) -> None:
         lambda v: isinstance(v, list | ListConfig) and all(r in sizes for r in v),
         f"a list drawn from the U-Net's feature-map sizes {sizes}",
     )
-
-
-def explain_composition_error(text: str, overrides: list[str]) -> str | None:
-    """A friendly message for a Hydra/OmegaConf composition error about a typed config value,
-    or None when the error is of another kind (genlab.composition handles those)."""
-    return None

@@ -23,8 +23,10 @@ def iwae_log_likelihood(model, x: torch.Tensor, y=None, k: int = 1000, chunk: in
     mu, logvar = model.encode(x, y)
     mu, std = mu.float(), (0.5 * logvar.float()).exp()
     q = Normal(mu, std)
-    # p(z), or a CVAE's p(z|y); None is the standard normal.
-    prior_params = model.prior(y)
+    # p(z), or a CVAE's p(z|y); None (and a bare encoder/decoder pair without `prior`, such as
+    # a test's analytic model) is the standard normal.
+    prior = getattr(model, "prior", None)
+    prior_params = prior(y) if prior is not None else None
     if prior_params is None:
         prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))
     else:
