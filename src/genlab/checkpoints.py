@@ -8,13 +8,13 @@ checkpoint is checked against the config that wants to use it before anything is
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from genlab import GenlabError
+from genlab.atomic import replace_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,43 +30,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location)
 
 
-def replace_atomically(path: str | os.PathLike, write, *, exclusive: bool = False) -> Path:
-    """Call `write(tmp)` for a temporary name beside `path`, then rename it onto `path`: readers
-    never see a half-written file, and a kill mid-write keeps the previous one. The temporary
-    name is unique, so two writers of one path never write into the same file. `exclusive`:
-    never replace an existing `path`, not even one that appeared mid-write (FileExistsError)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
-    try:
-        write(tmp)
-        (_publish_new if exclusive else os.replace)(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _publish_new(tmp: Path, path: Path) -> None:
-    try:  # a hard link fails rather than replace a file, where a rename would replace it
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError:  # a file system without hard links: check, then rename
-        if path.exists():
-            raise FileExistsError(path) from None
-        os.replace(tmp, path)
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save, atomically (`replace_atomically`)."""
     import torch
 
     return replace_atomically(path, lambda tmp: torch.save(obj, tmp))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """A text file, atomically (`replace_atomically`)."""
-    return replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:

@@ -231,7 +231,7 @@ def _signals_as_interruption(guard):
 
 def write_metrics(metrics: dict[str, float], output_dir: Path) -> Path:
     """metrics.json, replaced atomically (a reader never sees half of it)."""
-    from genlab.checkpoints import write_text_atomic
+    from genlab.atomic import write_text_atomic
 
     return write_text_atomic(
         output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True)

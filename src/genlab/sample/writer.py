@@ -14,12 +14,12 @@ def write_outputs(
     """Write files `<stem><ext>` (one per writer: `write(path)`) into out_dir, all under one
     free name, and return their paths.
 
-    Each file appears atomically (genlab.checkpoints.replace_atomically). With `overwrite`, the
+    Each file appears atomically (genlab.atomic.replace_atomically). With `overwrite`, the
     files replace `<stem><ext>`; otherwise an existing file is never replaced, not even one that
     another command writes meanwhile: the group then moves on to the next free name, `<stem>-1`,
     `<stem>-2`, ..., so two commands never clobber each other.
     """
-    from genlab.checkpoints import replace_atomically  # imports lightning: only when writing
+    from genlab.atomic import replace_atomically
 
     if overwrite:
         return [replace_atomically(out_dir / f"{stem}{ext}", w) for ext, w in writers.items()]

@@ -87,7 +87,7 @@ class SweepCallback(Callback):
         self.metrics = list(metrics) if metrics else None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from genlab.checkpoints import write_text_atomic  # (imports lightning: not at the top)
+        from genlab.atomic import write_text_atomic
 
         STATE.reset()
         info = describe_sweep(config)

@@ -47,7 +47,7 @@ def write_status(
     """Atomically (re)write the job's status.json: running / completed / failed / interrupted
     (/ cancelled, from the Slurm launcher). Each `running` counts an attempt."""
     # genlab's one atomic write; imported here, as genlab.checkpoints imports lightning.
-    from genlab.checkpoints import write_text_atomic
+    from genlab.atomic import write_text_atomic
 
     path = Path(output_dir) / STATUS_FILE
     previous = read_status(output_dir) or {}
