@@ -65,3 +65,25 @@ def test_constructor_refuses_unknown_keys_and_bad_values():
         VAE(image_shape=[1, 28, 28], mlp={"hidden": [0]})
     with pytest.raises(GenlabError, match=r"model\.optimizer\.lr=-1.*> 0"):
         build_spec(MODEL_SPECS["ddpm"], {"optimizer": {"lr": -1}})
+
+
+def test_cosine_schedule_ends_the_run_at_zero_learning_rate():
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.rand(64, 1, 28, 28), torch.zeros(64, dtype=torch.long))
+    model = VAE(image_shape=[1, 28, 28], latent_dim=2, mlp={"hidden": [16]}, lr_schedule="cosine")
+    trainer = pl.Trainer(
+        max_steps=12,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=8))
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(GenlabError, match="lr_schedule"):
+        VAE(image_shape=[1, 28, 28], lr_schedule="linear")

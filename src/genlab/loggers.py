@@ -1,4 +1,4 @@
-"""Build the loggers named in `cfg.logger`. W&B never blocks: without an API key it logs offline."""
+"""Build the loggers of a run's `logger` config. W&B never blocks: without an API key, offline."""
 
 from __future__ import annotations
 
@@ -38,12 +38,13 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-def build_loggers(cfg: DictConfig, wandb_resume_id: str | None = None) -> list:
-    """Instantiate cfg.logger's entries; a W&B logger continues run `wandb_resume_id` if given."""
+def build_loggers(logger_cfg: DictConfig | None, wandb_resume_id: str | None = None) -> list:
+    """Instantiate the entries of `logger_cfg` (the run's `logger` subtree); a W&B logger
+    continues run `wandb_resume_id` if given."""
     from hydra.utils import instantiate
 
     loggers = []
-    for key, spec in (cfg.get("logger") or {}).items():
+    for key, spec in (logger_cfg or {}).items():
         if spec is None:
             continue
         spec = redact(OmegaConf.to_container(spec, resolve=True))

@@ -185,6 +185,9 @@ class LatentSpec(ModelSpec):
             text="one of sum (true per-image ELBO), mean (per-pixel / per-latent means)",
         ),
     )
+    # Learning rate over the run: constant, or cosine (from optimizer.lr down to 0 at the
+    # run's last optimizer step, per step; needs trainer.max_epochs or max_steps).
+    lr_schedule: str = _key("constant", _one_of("constant", "cosine"))
 
 
 @dataclass

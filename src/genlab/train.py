@@ -300,7 +300,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()  # fails early (before the model or trainer) if data is missing
     model = build_model(cfg)
     model.apply_speed_switches(**(cfg.get("speed") or {}))
-    loggers = build_loggers(cfg, wandb_resume_id)
+    loggers = build_loggers(cfg.get("logger"), wandb_resume_id)
     try:
         callbacks = build_callbacks(callback_plan(cfg, model.capabilities))
         trainer = build_trainer(cfg.trainer, loggers, callbacks, has_validation(cfg.data))
