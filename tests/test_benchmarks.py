@@ -88,6 +88,7 @@ def test_sample_quality_script_scores_a_conditional_run(compose, data_root, tmp_
     cfg = compose(
         "model=cvae",
         "data=mnist",
+        "model.arch=mlp",
         "model.mlp.hidden=[64]",
         "model.latent_dim=4",
         "trainer.max_epochs=3",

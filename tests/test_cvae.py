@@ -22,7 +22,15 @@ def test_kl_between_gaussians_matches_torch_distributions():
 
 
 def test_prior_starts_standard_and_labels_reach_every_layer(compose):
-    model = build_model(compose("model=cvae", "data=mnist", "model.mlp.hidden=[64,32]"))
+    model = build_model(
+        compose(
+            "model=cvae",
+            "data=mnist",
+            "model.arch=mlp",
+            "model.latent_dim=16",
+            "model.mlp.hidden=[64,32]",
+        )
+    )
     mu, logvar = model.prior(torch.arange(10))
     assert not mu.any() and not logvar.any()  # N(0, I) until trained
     linears = [
@@ -51,6 +59,7 @@ def test_class_chosen_samples_are_of_that_class(compose):
     cfg = compose(
         "model=cvae",
         "data=mnist",
+        "model.arch=mlp",
         "trainer.max_epochs=20",
         "test=false",
         "save_images=false",

@@ -55,7 +55,9 @@ def runs(data_root, tmp_path_factory):
     return {
         "ae": _train(data_root, root / "ae", "model=ae", "data=mnist", "model.latent_dim=2"),
         "vae": _train(data_root, root / "vae", "model=vae", "model.latent_dim=2"),
-        "cvae": _train(data_root, root / "cvae", "model=cvae", f"model.latent_dim={CVAE_K}"),
+        "cvae": _train(
+            data_root, root / "cvae", "model=cvae", "model.arch=mlp", f"model.latent_dim={CVAE_K}"
+        ),
     }
 
 
