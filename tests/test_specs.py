@@ -89,3 +89,10 @@ def test_cosine_schedule_ends_the_run_at_zero_learning_rate():
     assert lr == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(GenlabError, match="lr_schedule"):
         VAE(image_shape=[1, 28, 28], lr_schedule="linear")
+
+
+def test_validate_refuses_a_model_key_the_spec_lacks(compose):
+    from genlab.config import validate
+
+    with pytest.raises(GenlabError, match=r"model\.betta is not a key of model=vae.*beta"):
+        validate(compose("+model.betta=1"))

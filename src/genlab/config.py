@@ -10,6 +10,7 @@ and how to fix it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -70,6 +71,14 @@ def validate(cfg: DictConfig) -> None:
     )
     # Each model key against its rule in the model's spec (genlab.specs): types and ranges.
     model = OmegaConf.to_container(cfg.model, resolve=True)
+    spec_keys = [f.name for f in dataclasses.fields(MODEL_SPECS[name])]
+    unknown = sorted(set(model) - set(spec_keys))
+    if unknown:  # added with +model.<key>=...: the model would refuse it once data is loaded
+        raise GenlabError(
+            f"Invalid config: model.{unknown[0]} is not a key of model={name} "
+            f"(genlab.specs.{MODEL_SPECS[name].__name__}). Its keys: "
+            f"{', '.join(k for k in spec_keys if k != '_target_')}. Drop +model.{unknown[0]}=."
+        )
     for key, value, rule in violations(MODEL_SPECS[name], model, "model"):
         _fail(key, value, rule.accepted, rule.fix)
 
