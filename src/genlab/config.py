@@ -10,7 +10,6 @@ and how to fix it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,22 +17,18 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genlab import GenlabError
-from genlab.specs import MODEL_SPECS, violations
+from genlab.specs import (
+    MODEL_SPECS,
+    is_int,
+    is_int_list,
+    is_number,
+    unknown_keys,
+    user_keys,
+    violations,
+)
 
 PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "64-true")
 MODELS = tuple(MODEL_SPECS)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _is_positive_int_list(v: Any) -> bool:
-    return isinstance(v, list | ListConfig) and all(_is_int(h) and h >= 1 for h in v)
 
 
 def _get(cfg: DictConfig, key: str, default: Any = "__missing__") -> Any:
@@ -66,18 +61,17 @@ def validate(cfg: DictConfig) -> None:
     _check(
         cfg,
         "seed",
-        lambda v: v is None or (_is_int(v) and 0 <= v < 2**32),
+        lambda v: v is None or (is_int(v) and 0 <= v < 2**32),
         "an integer in [0, 2**32) or null",
     )
     # Each model key against its rule in the model's spec (genlab.specs): types and ranges.
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    spec_keys = [f.name for f in dataclasses.fields(MODEL_SPECS[name])]
-    unknown = sorted(set(model) - set(spec_keys))
+    unknown = unknown_keys(MODEL_SPECS[name], model)
     if unknown:  # added with +model.<key>=...: the model would refuse it once data is loaded
         raise GenlabError(
             f"Invalid config: model.{unknown[0]} is not a key of model={name} "
             f"(genlab.specs.{MODEL_SPECS[name].__name__}). Its keys: "
-            f"{', '.join(k for k in spec_keys if k != '_target_')}. Drop +model.{unknown[0]}=."
+            f"{', '.join(user_keys(MODEL_SPECS[name]))}. Drop +model.{unknown[0]}=."
         )
     for key, value, rule in violations(MODEL_SPECS[name], model, "model"):
         _fail(key, value, rule.accepted, rule.fix)
@@ -95,13 +89,13 @@ def validate(cfg: DictConfig) -> None:
             )
     _validate_speed(cfg)
 
-    _check(cfg, "data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-    _check(cfg, "data.eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-    _check(cfg, "data.val_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+    _check(cfg, "data.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _check(cfg, "data.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    _check(cfg, "data.val_fraction", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
     _check(
         cfg,
         "data.image_shape",
-        lambda v: _is_positive_int_list(v) and len(v) == 3,
+        lambda v: is_int_list(v) and len(v) == 3,
         "a list [channels, height, width] of positive integers",
     )
 
@@ -123,7 +117,7 @@ def validate(cfg: DictConfig) -> None:
     _check(
         cfg,
         "trainer.max_epochs",
-        lambda v: _is_int(v) and (v >= 1 or v == -1),
+        lambda v: is_int(v) and (v >= 1 or v == -1),
         "an integer >= 1 (or -1 for no limit)",
     )
     _check(
@@ -131,18 +125,18 @@ def validate(cfg: DictConfig) -> None:
         "trainer.devices",
         lambda v: (
             v == "auto"
-            or (_is_int(v) and (v >= 1 or v == -1))
+            or (is_int(v) and (v >= 1 or v == -1))
             or (isinstance(v, list | ListConfig) and len(v) > 0)
         ),
         "a positive integer, -1, 'auto' or a list of device indices",
     )
     _check(
-        cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v) and v >= 1, "an integer >= 1"
+        cfg, "trainer.accumulate_grad_batches", lambda v: is_int(v) and v >= 1, "an integer >= 1"
     )
     _check(
         cfg,
         "trainer.gradient_clip_val",
-        lambda v: v is None or (_is_number(v) and v > 0),
+        lambda v: v is None or (is_number(v) and v > 0),
         "a number > 0, or null for no clipping",
     )
 
@@ -206,7 +200,7 @@ def _validate_ddpm(cfg: DictConfig) -> None:
     _check(
         cfg,
         "model.sample_steps",
-        lambda v: v is None or (_is_int(v) and 1 <= v <= timesteps),
+        lambda v: v is None or (is_int(v) and 1 <= v <= timesteps),
         f"an integer between 1 and model.timesteps={timesteps}",
         f"Use {timesteps} for ancestral sampling or fewer (e.g. 50) for DDIM.",
     )

@@ -17,28 +17,27 @@ genlab.config.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from genlab import GenlabError
 
 
-# -- value rules ---------------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
+# -- value rules (also genlab.config's and sample.py's options') ----------------------------------
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _is_int_list(v: Any, minimum: int = 1, nonempty: bool = False) -> bool:
-    try:
-        items = list(v)
-    except TypeError:
+def is_int_list(v: Any, minimum: int = 1, nonempty: bool = False) -> bool:
+    """A list (YAML's or OmegaConf's) of integers >= minimum; nonempty: at least one."""
+    if not isinstance(v, Sequence) or isinstance(v, str):
         return False
-    return (bool(items) or not nonempty) and all(_is_int(i) and i >= minimum for i in items)
+    return (len(v) > 0 or not nonempty) and all(is_int(i) and i >= minimum for i in v)
 
 
 @dataclass(frozen=True)
@@ -62,10 +61,10 @@ def _one_of(*choices: str, text: str = "") -> Rule:
     return Rule(lambda v: v in choices, text or f"one of {', '.join(choices)}")
 
 
-POSITIVE_INT = Rule(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+POSITIVE_INT = Rule(lambda v: is_int(v) and v >= 1, "an integer >= 1")
 LATENT_DIM = Rule(POSITIVE_INT.ok, "an integer >= 1", "e.g. model.latent_dim=16.")
-NON_NEGATIVE = Rule(lambda v: _is_number(v) and v >= 0, "a number >= 0")
-UNIT_INTERVAL_OPEN_RIGHT = Rule(lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+NON_NEGATIVE = Rule(lambda v: is_number(v) and v >= 0, "a number >= 0")
+UNIT_INTERVAL_OPEN_RIGHT = Rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 DEFAULT_OPTIMIZER = {
     "_target_": "torch.optim.Adam",  # any torch.optim class
@@ -78,7 +77,7 @@ DEFAULT_OPTIMIZER = {
 # The optimizer is a free-form node (any torch.optim class takes its own keys); its two shared
 # keys are checked by name.
 OPTIMIZER_RULES = {
-    "lr": Rule(lambda v: _is_number(v) and v > 0, "a number > 0", "e.g. model.optimizer.lr=1e-3."),
+    "lr": Rule(lambda v: is_number(v) and v > 0, "a number > 0", "e.g. model.optimizer.lr=1e-3."),
     "fused": Rule(
         lambda v: v is None or isinstance(v, bool),
         "true, false or null (fused where the optimizer has it)",
@@ -90,7 +89,7 @@ OPTIMIZER_RULES = {
 @dataclass
 class MLPSpec:
     # Hidden widths of the MLP encoder; the decoder mirrors them.
-    hidden: list[int] = _key([512, 256], Rule(_is_int_list, "a list of positive integers"))
+    hidden: list[int] = _key([512, 256], Rule(is_int_list, "a list of positive integers"))
 
 
 @dataclass
@@ -98,7 +97,7 @@ class ConvSpec:
     # Channels of the stride-2 conv stages; the decoder mirrors them.
     channels: list[int] = _key(
         [32, 64, 128],
-        Rule(lambda v: _is_int_list(v, nonempty=True), "a non-empty list of positive integers"),
+        Rule(lambda v: is_int_list(v, nonempty=True), "a non-empty list of positive integers"),
     )
     fc_dim: int = _key(256, POSITIVE_INT)  # width of the dense layer between features and z
 
@@ -113,7 +112,7 @@ class UNetSpec:
     # be divisible by 2^(levels - 1).
     channel_mults: list[int] = _key(
         [1, 2, 2],
-        Rule(lambda v: _is_int_list(v, nonempty=True), "a non-empty list of positive integers"),
+        Rule(lambda v: is_int_list(v, nonempty=True), "a non-empty list of positive integers"),
     )
     num_res_blocks: int = _key(1, POSITIVE_INT)  # residual blocks per level (paper: 2)
     # Feature-map sizes with self-attention (paper: [16]); the middle block always has one.
@@ -142,7 +141,7 @@ class ModelSpec:
     image_shape: list[int] = _key(
         [1, 28, 28],
         Rule(
-            lambda v: _is_int_list(v) and len(list(v)) == 3,
+            lambda v: is_int_list(v) and len(list(v)) == 3,
             "a list [channels, height, width] of positive integers",
         ),
     )
@@ -169,7 +168,7 @@ class LatentSpec(ModelSpec):
     likelihood: str = _key("bernoulli", _one_of("bernoulli", "gaussian"))
     gaussian_sigma: float | None = _key(
         None,
-        Rule(lambda v: v is None or (_is_number(v) and v > 0), "a number > 0, or null to learn it"),
+        Rule(lambda v: v is None or (is_number(v) and v > 0), "a number > 0, or null to learn it"),
     )
     # How the objective is reduced over one image:
     #   sum  - log-likelihood summed over pixels, KL summed over latent dims: the true
@@ -217,8 +216,8 @@ class VAESpec(LatentSpec):
     )
     # Importance samples per image of the IWAE bound (Burda et al. 2016), logged as */nll and
     # */bpd; 0 turns it off. Validation: cheap tracking; test: conf/eval/ sets it.
-    iwae_k_val: int = _key(5, Rule(lambda v: _is_int(v) and v >= 0, "an integer >= 0"))
-    iwae_k_test: int = _key(1000, Rule(lambda v: _is_int(v) and v >= 0, "an integer >= 0"))
+    iwae_k_val: int = _key(5, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
+    iwae_k_test: int = _key(1000, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
 
 
 @dataclass
@@ -268,14 +267,14 @@ class DDPMSpec(ModelSpec):
     ema_decay: float | None = _key(
         0.9999,
         Rule(
-            lambda v: v is None or (_is_number(v) and 0 < v < 1),
+            lambda v: v is None or (is_number(v) and 0 < v < 1),
             "a number in (0, 1), or null for no EMA",
         ),
     )
     ema_power: float = _key(
         2 / 3,
         Rule(
-            lambda v: _is_number(v) and 0 < v <= 1,
+            lambda v: is_number(v) and 0 < v <= 1,
             "a number in (0, 1]",
             "e.g. model.ema_power=0.6667 (short runs) or 0.75 (long runs, Karras et al.).",
         ),
@@ -283,7 +282,7 @@ class DDPMSpec(ModelSpec):
     # Linear learning-rate warm-up in optimizer steps (paper: 5000, which a 10-epoch
     # Fashion-MNIST run of ~4,200 steps never leaves).
     warmup_steps: int = _key(
-        500, Rule(lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no warm-up)")
+        500, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: no warm-up)")
     )
     # Test images scored with the full variational bound (T network calls each; null: all).
     test_bpd_images: int | None = 256
@@ -303,18 +302,27 @@ MODEL_SPECS: dict[str, type[ModelSpec]] = {
 NESTED = {"mlp": MLPSpec, "conv": ConvSpec, "unet": UNetSpec}
 
 
+def user_keys(spec_cls: type) -> list[str]:
+    """The keys a user sets, in field order (all but Hydra's `_target_`)."""
+    return [f.name for f in dataclasses.fields(spec_cls) if f.name != "_target_"]
+
+
+def unknown_keys(spec_cls: type, fields: Mapping[str, Any]) -> list[str]:
+    """The keys of `fields` that `spec_cls` does not have, sorted."""
+    return sorted(set(fields) - {f.name for f in dataclasses.fields(spec_cls)})
+
+
 def build_spec(spec_cls: type, fields: Mapping[str, Any], *, strict: bool = True):
     """The spec of `fields` (plain values, e.g. a resolved config node or a checkpoint's
     hyperparameters), nested nodes made into their specs. strict: an unknown key is an error
     naming it; otherwise (an older checkpoint's removed keys) it is left out."""
-    known = {f.name for f in dataclasses.fields(spec_cls)}
-    unknown = sorted(set(fields) - known)
+    unknown = unknown_keys(spec_cls, fields)
     if unknown and strict:
         raise GenlabError(
             f"{spec_cls.__name__} has no key {', '.join(map(repr, unknown))}; "
-            f"its keys are: {', '.join(sorted(known - {'_target_'}))}."
+            f"its keys are: {', '.join(sorted(user_keys(spec_cls)))}."
         )
-    values = {k: v for k, v in fields.items() if k in known}
+    values = {k: v for k, v in fields.items() if k not in unknown}
     if strict:
         for key, value, rule in violations(spec_cls, values, "model"):
             raise GenlabError(

@@ -59,9 +59,9 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
 def _init_kwargs(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The hyperparameters that are keys of `cls`'s spec. Checkpoints may hold others (a VAE's
     `beta_norm` ends up there when loggers record it; keys an older genlab had)."""
-    import dataclasses
+    from genlab.specs import user_keys
 
-    known = {f.name for f in dataclasses.fields(cls.spec_class)} - {"_target_"}
+    known = set(user_keys(cls.spec_class))
     return {k: v for k, v in hparams.items() if k in known}
 
 

@@ -10,18 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
 from genlab.composition import CONF_DIR
+from genlab.specs import is_int, is_number
 
 # genlab.diffusion.SAMPLERS' names, checked here before torch is imported (a test keeps the two
 # equal; the registry itself needs torch).
 SAMPLER_NAMES = ("ddpm", "ddim")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def invalid(key: str, value: Any, accepted: str) -> GenlabError:
@@ -47,13 +40,13 @@ def check_options(opts: DictConfig, tasks) -> None:
     if task not in tasks:
         raise invalid("task", task, f"one of {', '.join(tasks)}")
     checks: list[tuple[str, Callable[[Any], bool], str]] = [
-        ("n", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null)"),
-        ("seed", lambda v: _is_int(v) and 0 <= v < 2**63, "an integer >= 0"),
-        ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        ("steps", lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 (or null)"),
+        ("n", lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1 (or null)"),
+        ("seed", lambda v: is_int(v) and 0 <= v < 2**63, "an integer >= 0"),
+        ("batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("steps", lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1 (or null)"),
         (
             "frames",
-            lambda v: _is_int(v) and v >= 2,
+            lambda v: is_int(v) and v >= 2,
             "an integer >= 2 for task=interpolate (both ends are shown)",
         ),
         ("mode", lambda v: v is None or v in ("linear", "slerp"), "one of linear, slerp (or null)"),
@@ -62,17 +55,17 @@ def check_options(opts: DictConfig, tasks) -> None:
             lambda v: v is None or v in SAMPLER_NAMES,
             f"one of {', '.join(SAMPLER_NAMES)} (or null: the model's own choice)",
         ),
-        ("eta", lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null)"),
+        ("eta", lambda v: v is None or (is_number(v) and v >= 0), "a number >= 0 (or null)"),
         (
             "guidance_scale",
-            lambda v: v is None or (_is_number(v) and v >= 0),
+            lambda v: v is None or (is_number(v) and v >= 0),
             "a number >= 0 (or null)",
         ),
-        ("strip_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        ("strip_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("overwrite", lambda v: isinstance(v, bool), "true or false"),
-        ("traverse_range", lambda v: _is_number(v) and v > 0, "a number > 0"),
-        ("label", lambda v: v is None or (_is_int(v) and v >= 0), "a class index >= 0 or null"),
-        ("max_images", lambda v: v is None or (_is_int(v) and v >= 2), "an integer >= 2 or null"),
+        ("traverse_range", lambda v: is_number(v) and v > 0, "a number > 0"),
+        ("label", lambda v: v is None or (is_int(v) and v >= 0), "a class index >= 0 or null"),
+        ("max_images", lambda v: v is None or (is_int(v) and v >= 2), "an integer >= 2 or null"),
         (
             "device",
             lambda v: (

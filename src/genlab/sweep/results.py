@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genlab.specs import is_number
 from genlab.sweep.keys import job_values, label, read_sweep_file
 from genlab.sweep.status import STATUS_FILE
 
@@ -138,7 +139,7 @@ def collect_jobs(sweep_dir: str | Path, finished: bool = False) -> list[Job]:
                 dir=job_dir,
                 status=state,
                 swept={key: swept[key] for key in keys if key in swept},
-                metrics={k: float(v) for k, v in metrics.items() if _is_number(v)},
+                metrics={k: float(v) for k, v in metrics.items() if is_number(v)},
                 error=error,
                 error_type=status.get("error_type", ""),
                 started=status.get("started", ""),
@@ -147,10 +148,6 @@ def collect_jobs(sweep_dir: str | Path, finished: bool = False) -> list[Job]:
             )
         )
     return jobs
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def as_float(text: str) -> float | None:
