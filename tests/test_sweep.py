@@ -189,7 +189,7 @@ def test_launcher_configs_have_documented_keys():
     for key in ("partition", "account", "timeout_min", "array_parallelism", "max_num_timeout"):
         assert key in slurm
     local = compose_train("hydra/launcher=local_parallel").hydra.launcher
-    assert local.n_jobs == 2 and "joblib" in local._target_
+    assert local.n_jobs == 2 and local._target_.endswith("GenlabLocalParallelLauncher")
 
 
 # -- bad input, refused before any job starts --------------------------------------------------
@@ -393,6 +393,42 @@ def test_optuna_search_on_local_parallel_optimises_the_returned_metric(data_root
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert best.best_value == pytest.approx(max(elbos))  # direction: maximize
     assert (sweep_dir / "report" / "panel_samples.png").exists()  # a gallery of the trials
+
+
+def test_a_killed_local_parallel_job_fails_alone(data_root, tmp_path):
+    """hydra/launcher=local_parallel runs the two jobs at once, each in a process of its own.
+    kill -9 of job 0's process while it trains: job 1 still completes, job 0's status.json says
+    it failed and by which signal (not `running`), and the sweep exits 1 at the end."""
+    import signal
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENLAB_OUTPUT_DIR": str(tmp_path / "out")}
+    env.pop("WANDB_MODE", None)
+    command = [sys.executable, str(REPO / "train.py"), "-m", *tiny(data_root), "test=false"]
+    command += ["hydra/launcher=local_parallel", f"hydra.sweep.dir={sweep_dir}"]
+    # Job 0 trains for long enough to be killed; job 1 for one epoch.
+    command += ["trainer.max_epochs=500,1", "trainer.limit_train_batches=2"]
+    log = (tmp_path / "sweep.log").open("w")  # a file: a full pipe would stall the jobs
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    job0_pid, deadline = None, time.monotonic() + 120
+    while job0_pid is None and time.monotonic() < deadline and proc.poll() is None:
+        dirs = job_dirs(sweep_dir) if sweep_dir.is_dir() else []
+        record = status(dirs[0]) if dirs and (dirs[0] / "status.json").exists() else {}
+        # The sweep process writes `running` first; the job's own process then records itself.
+        mine = record.get("status") == "running" and record.get("pid") != proc.pid
+        if mine and (dirs[0] / "checkpoints").is_dir():  # training, past its first epoch
+            job0_pid = record["pid"]
+        time.sleep(0.2)
+    assert job0_pid is not None, "job 0 never started training"
+    os.kill(job0_pid, signal.SIGKILL)
+    proc.wait(timeout=240)
+    assert proc.returncode == 1, (tmp_path / "sweep.log").read_text()[-3000:]
+    killed, healthy = (status(d) for d in job_dirs(sweep_dir))
+    assert killed["status"] == "failed" and "killed by signal 9" in killed["error"]
+    assert healthy["status"] == "completed"
+    assert (job_dirs(sweep_dir)[1] / "metrics.json").exists()
+    assert job0_pid != healthy["pid"] != proc.pid  # each job in a process of its own
 
 
 def test_ctrl_c_stops_the_sweep_and_running_it_again_resumes(data_root, tmp_path):

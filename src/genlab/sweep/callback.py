@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from genlab.composition import register_resolvers
 from genlab.sweep.keys import SWEEP_FILE, read_sweep_file, sweeper_param_overrides, swept_keys
 
-# A job's process (joblib) imports this module first, when it unpickles the sweep's callback,
-# and then Hydra resolves the job's folder, ${genlab_job_subdir:}.
+# A process that unpickles the sweep's callback (a Slurm job, through submitit) imports this
+# module first, and then Hydra resolves the job's folder, ${genlab_job_subdir:}.
 register_resolvers()
 
 log = logging.getLogger("genlab")

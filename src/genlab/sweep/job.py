@@ -109,7 +109,7 @@ def run_sweep_job(cfg: DictConfig, run, script: str) -> float | None:
     job = current_job()
     assert job is not None
     if not job.own_process and needs_own_process(cfg):
-        return run_in_own_process(cfg, job, script)
+        return run_in_own_process(cfg, job, script, keep_hydra_dir=True)
     prepare(cfg, job)
 
     # These import lightning: only in the process that trains.

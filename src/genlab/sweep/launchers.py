@@ -1,5 +1,13 @@
 """Hydra launchers for genlab sweeps (configs in conf/hydra/launcher/).
 
+`LocalParallelLauncher` (`hydra/launcher=local_parallel`) runs n_jobs jobs at once on this
+machine, each as a process tree of its own (`python train.py <overrides>
+hydra.run.dir=<job dir>`, as a DDP job of any sweep runs), waited for by a thread of the sweep
+process. Hydra's joblib launcher shares one pool of worker processes among the jobs: when one
+worker dies (kill -9, the kernel's OOM killer), the pool is broken, the healthy jobs are
+killed with it and their status.json files keep saying `running`. Here a job that dies is
+recorded as failed (with the signal that killed it) and the others go on.
+
 `SlurmLauncher` is hydra-submitit-launcher's Slurm launcher with one change: the sweep survives
 jobs that never return a result. Hydra's version asks every job for its result in turn and stops
 at the first one that was cancelled (`scancel`), timed out for good or lost its node, so the
@@ -15,10 +23,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
     SlurmLauncher as _SubmititSlurmLauncher,
 )
@@ -26,6 +40,7 @@ from omegaconf import open_dict
 
 from genlab.composition import register_resolvers
 from genlab.sweep.keys import job_values, label, read_sweep_file
+from genlab.sweep.own_process import run_in_own_process, signal_group
 from genlab.sweep.status import JobInfo, read_status, write_status
 
 # A job's process (submitit) imports this module first, when it unpickles the launcher,
@@ -100,13 +115,8 @@ class SlurmLauncher(_SubmititSlurmLauncher):
             return ret
 
     def _job_dir(self, overrides: list[str], num: int) -> Path | None:
-        """Where the job's folder is (or would have been): composed exactly as the job does."""
         try:
-            assert self.hydra_context is not None and self.config is not None
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-            with open_dict(cfg.hydra.job):
-                cfg.hydra.job.num = num
-            return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+            return job_dir(self.hydra_context, self.config, overrides, num)
         except Exception as err:
             log.warning("Cannot place the record of job %d: %s", num, err)
             return None
@@ -136,6 +146,112 @@ class SlurmLauncher(_SubmititSlurmLauncher):
             slurm_job_id=str(slurm_id),
             slurm_state=state,
         )
+
+
+def job_dir(hydra_context, config, overrides: list[str], num: int) -> Path:
+    """Where job `num` of the sweep writes (or would have written): composed as the job does."""
+    assert hydra_context is not None and config is not None
+    cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.num = num
+    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+
+
+class LocalParallelLauncher(Launcher):
+    """n_jobs jobs at once on this machine, each in a process tree of its own (module doc)."""
+
+    def __init__(self, n_jobs: int = 2, threads_per_job: int | None = None) -> None:
+        cores = os.cpu_count() or 1
+        self.n_jobs = cores if n_jobs == -1 else max(1, int(n_jobs))
+        # Jobs at once share the cores: torch's and OpenMP's threads per job, so that they do
+        # not spin against each other (on 2 cores, two 2-thread jobs run far below half speed).
+        self.threads_per_job = threads_per_job or max(1, cores // self.n_jobs)
+        self.config = self.hydra_context = self.task_function = None
+        self._running: set = set()
+        self._lock = threading.Lock()
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "Running %d jobs, %d at once (%d threads each), in %s",
+            len(job_overrides),
+            self.n_jobs,
+            self.threads_per_job,
+            sweep_dir,
+        )
+        jobs = [
+            self._job(list(overrides), initial_job_idx + i)
+            for i, overrides in enumerate(job_overrides)
+        ]
+        for job in jobs:
+            log.info("\t#%d : %s", job.num, " ".join(filter_overrides(job.overrides)))
+        received: list[int] = []
+
+        def forward(signum, frame):  # Ctrl-C / SIGTERM: every running job checkpoints, stops
+            received.append(signum)
+            with self._lock:
+                for proc in list(self._running):
+                    signal_group(proc.pid, signum)
+
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with ThreadPoolExecutor(max_workers=self.n_jobs) as pool:
+                values = list(pool.map(self._run, jobs))
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        if received:
+            raise SystemExit(128 + received[-1])
+        returns = []
+        for job, value in zip(jobs, values, strict=True):
+            ret = JobReturn(overrides=job.overrides, working_dir=job.output_dir)
+            ret.status = JobStatus.COMPLETED  # a failed job speaks through its status.json
+            ret.return_value = value
+            returns.append(ret)
+        return returns
+
+    def _job(self, overrides: list[str], num: int) -> JobInfo:
+        folder = job_dir(self.hydra_context, self.config, overrides, num)
+        info = read_sweep_file(self.config.hydra.sweep.dir) or {}
+        swept = job_values(overrides, info.get("keys") or [])
+        return JobInfo(
+            num=num,
+            output_dir=str(folder),
+            sweep_dir=str(folder.parent),
+            overrides=overrides,
+            swept=swept,
+            label=label(swept),
+            sweep_name=info.get("name", ""),
+            group=info.get("group", ""),
+            sweeper=str(self.config.hydra.sweeper.get("_target_", "")),
+            cwd=os.getcwd(),
+        )
+
+    def _run(self, job: JobInfo) -> float | None:
+        threads = str(self.threads_per_job)
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+        def started(proc) -> None:
+            with self._lock:
+                self._running.add(proc)
+
+        try:
+            value = run_in_own_process(None, job, sys.argv[0], env=env, started=started)
+        except SystemExit:
+            return math.nan  # the job was interrupted; launch() stops the sweep after all end
+        finally:
+            with self._lock:
+                self._running = {p for p in self._running if p.poll() is None}
+        if value is not None and math.isnan(value):
+            log.error("Job %d failed: see %s", job.num, Path(job.output_dir) / "status.json")
+        return value
 
 
 def _slurm_state(job) -> str:

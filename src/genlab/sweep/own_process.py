@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -64,27 +65,48 @@ def needs_own_process(cfg: DictConfig) -> bool:
     return many or int(trainer.get("num_nodes", 1) or 1) > 1
 
 
-def run_in_own_process(cfg: DictConfig, job: JobInfo, script: str) -> float | None:
+def run_in_own_process(
+    cfg: DictConfig | None,
+    job: JobInfo,
+    script: str,
+    *,
+    env: dict[str, str] | None = None,
+    keep_hydra_dir: bool = False,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> float | None:
+    """Run `job` as `python <script> <overrides> hydra.run.dir=<job dir>` and wait for it; return
+    the value its status.json records (NaN when it failed, also when it was killed before it
+    could write one). `keep_hydra_dir`: the sweep already wrote <job dir>/.hydra (a DDP job of
+    Hydra's own launchers), so the process must not write it again. `started` is told of the
+    process (genlab's local launcher forwards signals to every job it runs)."""
     output_dir = Path(job.output_dir)
     command = [
         sys.executable,
         str(Path(script).resolve()),
         *job.overrides,
         f'hydra.run.dir="{output_dir.resolve()}"',
-        "hydra.output_subdir=null",  # the sweep already wrote <job dir>/.hydra
     ]
-    env = {**os.environ, ENV_JOB: json.dumps({**asdict(job), "own_process": True})}
-    log.info("Job %s runs %s processes on its own: %s", job.num, _devices(cfg), output_dir)
+    if keep_hydra_dir:
+        command.append("hydra.output_subdir=null")
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        ENV_JOB: json.dumps({**asdict(job), "own_process": True}),
+    }
+    if cfg is not None:
+        log.info("Job %s runs %s processes on its own: %s", job.num, _devices(cfg), output_dir)
     # Until the job's own process records itself, what status.json says is this (not the
     # outcome of an earlier attempt of the job).
     write_status(output_dir, job, "running", count_attempt=False)
     # A session of its own: the job's ranks can be signalled and cleaned up as one group.
-    proc = subprocess.Popen(command, cwd=job.cwd or None, env=env, start_new_session=True)
+    proc = subprocess.Popen(command, cwd=job.cwd or None, env=child_env, start_new_session=True)
+    if started is not None:
+        started(proc)
     received: list[int] = []
 
     def forward(signum, frame):
         received.append(signum)
-        _signal_group(proc.pid, signum)
+        signal_group(proc.pid, signum)
 
     handlers = {}
     if threading.current_thread() is threading.main_thread():
@@ -96,7 +118,10 @@ def run_in_own_process(cfg: DictConfig, job: JobInfo, script: str) -> float | No
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         _reap_group(proc.pid)
+    return _outcome(job, output_dir, code, received)
 
+
+def _outcome(job: JobInfo, output_dir: Path, code: int, received: list[int]) -> float | None:
     status = read_status(output_dir) or {}
     if status.get("status") in (None, "running"):
         reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
@@ -122,7 +147,7 @@ def _devices(cfg: DictConfig) -> str:
     return f"devices={trainer.get('devices')} x num_nodes={trainer.get('num_nodes', 1)}"
 
 
-def _signal_group(pgid: int, signum: int) -> None:
+def signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
 
@@ -136,4 +161,4 @@ def _reap_group(pgid: int, grace_s: float = 10.0) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.2)
-    _signal_group(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
