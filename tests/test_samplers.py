@@ -14,6 +14,7 @@ from genlab.diffusion import (
     AncestralSampler,
     DDIMSampler,
     DiffusionSchedule,
+    DPMSolverPlusPlusSampler,
     Sampler,
     StepOutput,
     ddim_sample,
@@ -37,14 +38,19 @@ def toy_net(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.T
 
 
 def test_registry_and_factory(sched50):
-    assert dict(SAMPLERS) == {"ddpm": AncestralSampler, "ddim": DDIMSampler}
+    assert dict(SAMPLERS) == {
+        "ddpm": AncestralSampler,
+        "ddim": DDIMSampler,
+        "dpmpp_2m": DPMSolverPlusPlusSampler,
+    }
     ancestral = make_sampler("ddpm", sched50, 50, variance="beta_tilde", eta=0.3)
     assert isinstance(ancestral, AncestralSampler) and ancestral.variance == "beta_tilde"
     assert ancestral.timesteps() == list(range(49, -1, -1))
     ddim = make_sampler("ddim", sched50, 5, prediction="v", clip_x0=False, variance="beta", eta=1)
     assert isinstance(ddim, DDIMSampler) and (ddim.eta, ddim.prediction) == (1, "v")
     assert not ddim.clip_x0 and len(ddim.timesteps()) == 5
-    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of: ddpm, ddim"):
+    known = "ddpm, ddim, dpmpp_2m"
+    with pytest.raises(ValueError, match=f"unknown sampler 'euler'; choose one of: {known}"):
         make_sampler("euler", sched50, 5)
     with pytest.raises(TypeError, match="etta"):
         make_sampler("ddim", sched50, 5, etta=0.5)
@@ -154,3 +160,85 @@ def test_sample_options_accept_every_registered_sampler():
     from genlab.sample.options import SAMPLER_NAMES
 
     assert set(SAMPLER_NAMES) == set(SAMPLERS)
+
+
+# -- DPM-Solver++(2M) against the exact probability-flow ODE -----------------------------------
+def gaussian_data_net(schedule: DiffusionSchedule, mean: float, std: float, prediction: str):
+    """The exact network for data ~ N(mean, std^2) per pixel: E[x0 | x_t] in closed form,
+    returned as the eps / x0 / v prediction a sampler was built for."""
+
+    def net(x, t, y):
+        ab = schedule.alpha_bars[t].to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        x0 = mean + a * std**2 / (ab * std**2 + (1 - ab)) * (x - a * mean)
+        if prediction == "x0":
+            return x0
+        if prediction == "eps":
+            return (x - a * x0) / s
+        return (a * x - x0) / s  # v, as schedule.predict_x0 reads it back
+
+    return net
+
+
+def exact_ode_end(schedule: DiffusionSchedule, x_T, mean: float, std: float):
+    """Where the probability-flow ODE takes x_T for Gaussian data: x_t = a_t mean +
+    sqrt(a_t^2 std^2 + s_t^2) u with u fixed, so x_0 = mean + std u."""
+    ab = schedule.alpha_bars[-1].to(x_T.dtype)
+    u = (x_T - ab.sqrt() * mean) / (ab * std**2 + 1 - ab).sqrt()
+    return mean + std * u
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_dpm_solver_pp_solves_the_ode_of_gaussian_data_to_second_order(prediction):
+    """With the exact denoiser of Gaussian data, DPM-Solver++(2M) lands close to the ODE's
+    exact end point, much closer than DDIM with the same number of network calls, and its
+    error falls faster than the steps grow (second order: (50/20)^2 = 6.25x; measured ~9x),
+    DDIM's about as fast (first order: 2.5x; measured 2.4x)."""
+    schedule = DiffusionSchedule.from_name("linear", 1000)
+    mean, std = 0.3, 0.2
+    net = gaussian_data_net(schedule, mean, std, prediction)
+    x_T = torch.randn(4096, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = exact_ode_end(schedule, x_T, mean, std)
+    errors = {}
+    for name in ("dpmpp_2m", "ddim"):
+        for steps in (20, 50):
+            sampler = make_sampler(name, schedule, steps, prediction=prediction, clip_x0=False)
+            out = sample_loop(sampler, net, None, x_T=x_T.clone())
+            errors[name, steps] = (out - exact).abs().max().item()
+    assert errors["dpmpp_2m", 50] < 0.01 < errors["ddim", 50]
+    assert errors["dpmpp_2m", 20] < errors["ddim", 20] / 5
+    assert errors["dpmpp_2m", 20] / errors["dpmpp_2m", 50] > 4.0
+    assert errors["ddim", 20] / errors["ddim", 50] < 3.0
+
+
+def test_dpm_solver_pp_is_exact_for_one_point_and_restarts_each_run():
+    """Data that is one point x*: the x0 prediction is x* at every step, so each first- and
+    second-order step keeps x_t = a_t x* + s_t eps exactly, and the run ends on x*. The same
+    instance run twice gives the same samples (its memory of the last step is reset)."""
+    schedule = DiffusionSchedule.from_name("cosine", 200)
+    point = torch.linspace(-0.9, 0.9, 16, dtype=torch.float64).reshape(1, 1, 4, 4)
+
+    def net(x, t, y):  # eps implied by x* at (x_t, t)
+        ab = schedule.alpha_bars[t].to(x.dtype).reshape(-1, 1, 1, 1)
+        return (x - ab.sqrt() * point) / (1 - ab).sqrt()
+
+    sampler = make_sampler("dpmpp_2m", schedule, 7)
+    x_T = torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    visited = sampler.timesteps()
+    out, traj = sample_loop(sampler, net, None, x_T=x_T, return_trajectory_at=visited[1:])
+    torch.testing.assert_close(out, point.expand_as(out), rtol=0, atol=1e-9)
+    eps = (x_T - schedule.alpha_bars[-1].sqrt() * point) / (1 - schedule.alpha_bars[-1]).sqrt()
+    for t, x_t in traj.items():
+        ab = schedule.alpha_bars[t].to(torch.float64)
+        torch.testing.assert_close(x_t, ab.sqrt() * point + (1 - ab).sqrt() * eps)
+    assert torch.equal(sample_loop(sampler, net, None, x_T=x_T), out)
+
+
+def test_quadratic_timesteps_are_strictly_decreasing_from_T_minus_1_to_0():
+    from genlab.diffusion import quadratic_timesteps
+
+    assert quadratic_timesteps(1000, 10) == [999, 789, 604, 444, 308, 197, 111, 49, 12, 0]
+    for T, steps in ((1000, 1000), (1000, 600), (50, 49), (10, 2), (1000, 1)):
+        ts = quadratic_timesteps(T, steps)
+        assert len(ts) == steps and ts[0] == T - 1 and (steps == 1 or ts[-1] == 0)
+        assert all(a > b for a, b in zip(ts, ts[1:], strict=False))

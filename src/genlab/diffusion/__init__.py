@@ -36,6 +36,7 @@ from genlab.diffusion.samplers import (
     SAMPLERS,
     AncestralSampler,
     DDIMSampler,
+    DPMSolverPlusPlusSampler,
     Sampler,
     StepOutput,
     check_steps,
@@ -44,6 +45,7 @@ from genlab.diffusion.samplers import (
     ddim_timesteps,
     default_sampler,
     make_sampler,
+    quadratic_timesteps,
 )
 from genlab.diffusion.schedule import (
     PREDICTIONS,
@@ -61,6 +63,7 @@ __all__ = [
     "VARIANCES",
     "AncestralSampler",
     "DDIMSampler",
+    "DPMSolverPlusPlusSampler",
     "DiffusionSchedule",
     "Sampler",
     "StepOutput",
@@ -71,6 +74,7 @@ __all__ = [
     "ddim_sigma",
     "ddim_step",
     "ddim_timesteps",
+    "quadratic_timesteps",
     "ddpm_sample",
     "default_sampler",
     "discretized_gaussian_log_likelihood",

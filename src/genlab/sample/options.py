@@ -14,7 +14,7 @@ from genlab.specs import is_int, is_number
 
 # genlab.diffusion.SAMPLERS' names, checked here before torch is imported (a test keeps the two
 # equal; the registry itself needs torch).
-SAMPLER_NAMES = ("ddpm", "ddim")
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")
 
 
 def invalid(key: str, value: Any, accepted: str) -> GenlabError:
