@@ -63,6 +63,12 @@ def build_model(kind: str):
         return VAE(image_shape=[3, 32, 32], latent_dim=64, arch="conv", likelihood="gaussian")
     if kind == "ddpm_small":
         return DDPM(image_shape=[1, 28, 28], ema_decay=None, warmup_steps=1)
+    if kind == "ddpm_tiny":
+        # The paper U-Net's layout (two res blocks, attention at one resolution) at a size a CPU
+        # steps in milliseconds: what `gpu_check.py --dry-run` measures instead.
+        unet = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 2}
+        unet["attn_resolutions"] = [14]
+        return DDPM(image_shape=[1, 28, 28], unet=unet, ema_decay=None, warmup_steps=1)
     if kind == "ddpm_paper":
         from genlab.nets.unet import PRESETS
 
@@ -94,14 +100,32 @@ def gradient_clip(model) -> float | None:
     return 1.0 if model.capabilities.diffusion else None
 
 
-def plain_loop(kind, data, batch_size, steps, device, fused=True):
+def plain_loop(
+    kind,
+    data,
+    batch_size,
+    steps,
+    device,
+    fused=True,
+    precision="32-true",
+    compile=False,
+    channels_last=False,
+):
     """The compute floor: the data already in one tensor, index a batch, step. No framework.
-    Same model, loss and update as genlab's: the fused Adam kernel genlab's default picks, and
-    for the DDPM its gradient-norm clipping."""
+    Same model, loss and update as genlab's: the fused Adam kernel genlab's default picks (off
+    under mixed precision, as genlab's build_optimizer does), for the DDPM its gradient-norm
+    clipping, bf16 autocast around the step as Lightning's bf16-mixed, and the `speed:`
+    switches applied by the model's own method."""
+    if precision not in ("32-true", "bf16-mixed"):
+        raise ValueError(f"plain_loop runs 32-true or bf16-mixed, not {precision!r}")
+    mixed = precision == "bf16-mixed"
     dm = datamodule(data, batch_size)
     images, labels = (t.to(device) for t in dm.splits["train"])
     model = build_model(kind).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=model.optimizer_cfg["lr"], fused=fused)
+    model.apply_speed_switches(compile=compile, channels_last=channels_last)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=model.optimizer_cfg["lr"], fused=fused and not mixed
+    )
     clip = gradient_clip(model)
     order = torch.randperm(len(images), device=device)
     for i in range(WARMUP + steps):
@@ -111,7 +135,8 @@ def plain_loop(kind, data, batch_size, steps, device, fused=True):
             start = time.perf_counter()
         idx = order[(i * batch_size) % (len(images) - batch_size) :][:batch_size]
         x = images[idx].float() / 255
-        loss, _ = model.compute_terms(x, labels[idx])
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=mixed):
+            loss, _ = model.compute_terms(x, labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip:

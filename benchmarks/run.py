@@ -14,7 +14,8 @@ memory (peak RSS of the default run).
 Every case runs its loops in this one process, alternating (a, b, c, a, b, c, ...) after a
 warm-up; a ratio is the median over repeats of the ratio of runs made back to back. Results go
 to benchmarks/results-<device>.json and a Markdown report, docs/benchmarks.md on a CPU and
-docs/benchmarks-gpu.md on a GPU, whose first table checks issue 7's targets. Shared machines
+docs/benchmarks-cuda.md on a GPU (docs/benchmarks-gpu.md is gpu_check.py's), whose first
+table checks issue 7's targets. Shared machines
 swing by 2x between runs: only ratios measured in the same run mean anything.
 
 Layout: harness.py (timing, paired ratios, writing results), loops.py (the measured
@@ -70,7 +71,7 @@ def main(argv=None):
                 results[section].append(row)
     out = Path(args.out or REPO / "benchmarks" / f"results-{device}.json")
     doc = Path(
-        args.doc or REPO / "docs" / ("benchmarks.md" if device == "cpu" else "benchmarks-gpu.md")
+        args.doc or REPO / "docs" / ("benchmarks.md" if device == "cpu" else "benchmarks-cuda.md")
     )
     report = markdown(results)
     write_results(results, out, doc, report)

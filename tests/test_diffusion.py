@@ -721,6 +721,7 @@ def test_bound_does_not_depend_on_the_chunking():
         )
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_inputs_work_without_moving_the_schedule(sched50):
     x0 = torch.rand(4, 1, 8, 8, device="cuda") * 2 - 1
