@@ -242,3 +242,17 @@ def test_quadratic_timesteps_are_strictly_decreasing_from_T_minus_1_to_0():
         ts = quadratic_timesteps(T, steps)
         assert len(ts) == steps and ts[0] == T - 1 and (steps == 1 or ts[-1] == 0)
         assert all(a > b for a, b in zip(ts, ts[1:], strict=False))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_dpm_solver_pp_first_order_step_is_ddim(sched50, prediction):
+    """DPM-Solver++'s first-order step (its first step, before it has a previous prediction)
+    is DDIM's deterministic step in closed form (Lu et al. 2022, Sec. 4): the same x_{t_prev}
+    from the same network output, for every pair of steps and prediction type."""
+    x_t = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(3))
+    out = toy_net(x_t, torch.full((2,), 49), None)
+    for t_prev in (40, 10, 0, -1):
+        solver = make_sampler("dpmpp_2m", sched50, 5, prediction=prediction)
+        ours = solver.step(out, 49, t_prev, x_t).prev_sample
+        ddim, _ = ddim_step(out, x_t, 49, t_prev, sched50, prediction=prediction)
+        torch.testing.assert_close(ours, ddim, rtol=1e-5, atol=1e-6)
