@@ -28,3 +28,47 @@ class PoisonWeights(pl.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+class PoisonValidation(pl.Callback):
+    """From epoch `epoch` on, validate (or, with `test`, test) with one weight tensor filled with
+    `value` (nan or inf) and put the training weights back afterwards: the evaluation loss becomes
+    non-finite while the training loss stays finite (a model that overflows on held-out data)."""
+
+    def __init__(self, epoch: int, value: float = float("nan"), test: bool = False):
+        self.epoch, self.value, self.test, self.kept = epoch, value, test, None
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch >= self.epoch and not trainer.sanity_checking and not self.test:
+            self._poison(pl_module)
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        if self.test:
+            self._poison(pl_module)
+
+    def _poison(self, pl_module):
+        weight = next(pl_module.parameters())
+        self.kept = weight.detach().clone()
+        with torch.no_grad():
+            weight.fill_(self.value)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if self.kept is not None:
+            with torch.no_grad():
+                next(pl_module.parameters()).copy_(self.kept)
+            self.kept = None
+
+    on_test_epoch_end = on_validation_epoch_end
+
+
+class Hang(pl.Callback):
+    """Sleep `seconds` before the first training batch: a run that stays alive while a test
+    starts another one beside it."""
+
+    def __init__(self, seconds: float = 300):
+        self.seconds = seconds
+
+    def on_train_start(self, trainer, pl_module):
+        import time
+
+        time.sleep(self.seconds)

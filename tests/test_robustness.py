@@ -12,6 +12,7 @@ from fixtures import FAST, REPO
 
 from genlab import GenlabError
 from genlab.callbacks import TrainingDiverged
+from genlab.models.base import STEP_METRICS
 from genlab.train import run
 
 SMALL = ["model.mlp.hidden=[64]", "model.latent_dim=4", "test=false", "save_images=false"]
@@ -104,18 +105,50 @@ def test_signal_mid_epoch_checkpoints_and_resumes_exactly(
         "trainer.max_epochs=2",
         f"hydra.run.dir={tmp_path / 'a'}",
     ]
-    killed = _train_cli(
-        *common,
+    preempt = [
         "+callbacks.preempt._target_=helpers.SelfSignal",
         "+callbacks.preempt.step=13",
         f"+callbacks.preempt.signum={signum}",
-    )
+    ]
+    killed = _train_cli(*common, *preempt)
     assert killed.returncode == code, killed.stderr[-2000:]
     assert f"Interrupted by {signum} at step 13" in killed.stderr
     assert _ckpt(tmp_path / "a")["global_step"] == 13  # mid-epoch 2 (9 steps per epoch)
-    resumed = _train_cli(*common, "ckpt_path=last")
+    # The same command line again, as a requeued job runs it (the signal step is behind it).
+    resumed = _train_cli(*common, *preempt, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_training_state(_ckpt(tmp_path / "a"), _ckpt(straight_cli_run))
+    # The interrupted epoch's train/* means cover all its batches, before and after the resume:
+    # the same numbers, bit for bit, in metrics.csv and metrics.json.
+    straight, again = _epoch_rows(straight_cli_run), _epoch_rows(tmp_path / "a")
+    assert any(k.startswith("train/") for k in again[1]) and again[1] == straight[1]
+    final = {k: v for k, v in _metrics_json(straight_cli_run).items() if k.startswith("train/")}
+    assert final and {k: _metrics_json(tmp_path / "a")[k] for k in final} == final
+
+
+def _epoch_rows(run_dir: Path) -> dict[int, dict[str, float]]:
+    """The epoch-level rows of the run's metrics.csv files (all versions: a resumed run writes
+    the next one): {epoch: {metric: value}} for train/* and val/* values that are epoch means."""
+    import csv
+
+    rows: dict[int, dict[str, float]] = {}
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                means = {
+                    k: float(v)
+                    for k, v in row.items()
+                    if v and k.startswith(("train/", "val/")) and k not in STEP_METRICS
+                }
+                if means:
+                    rows.setdefault(int(row["epoch"]), {}).update(means)
+    return rows
+
+
+def _metrics_json(run_dir: Path) -> dict[str, float]:
+    import json
+
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_checkpoint_writes_are_atomic(tmp_path):
@@ -148,7 +181,7 @@ def test_non_finite_loss_stops_with_a_diagnosis(compose, tmp_path):
     assert "loss is nan at step 12" in message and "epoch 1" in message
     assert "step 11:" in message  # the values just before
     assert "model.optimizer.lr=0.001" in message and "model.beta=1.0" in message
-    assert "trainer.precision=32-true" in message
+    assert "trainer.precision" not in message  # the run is 32-true already: nothing to try
     kept = _ckpt(tmp_path / "run")
     assert kept["global_step"] == STEPS_PER_EPOCH  # the last good checkpoint, not overwritten
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())

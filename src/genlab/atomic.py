@@ -4,9 +4,17 @@ sweep's parent process and sample.py's writer use it without importing Lightning
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
+
+from genlab import GenlabError
+
+# Failures of the storage, not of the data: the user's to fix (one message, exit code 2).
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def replace_atomically(path: str | os.PathLike, write, *, exclusive: bool = False) -> Path:
@@ -15,14 +23,51 @@ def replace_atomically(path: str | os.PathLike, write, *, exclusive: bool = Fals
     name is unique, so two writers of one path never write into the same file. `exclusive`:
     never replace an existing `path`, not even one that appeared mid-write (FileExistsError)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         (_publish_new if exclusive else os.replace)(tmp, path)
+    except Exception as err:
+        problem = _storage_problem(err, path.parent)  # before the partial file frees its space
+        if problem is None:
+            raise
+        raise GenlabError(
+            f"Cannot write {path}: {problem}. Nothing was replaced (an earlier {path.name} is "
+            "intact) and the partial file is removed. Free space there or make it writable, or "
+            "write elsewhere (train.py: hydra.run.dir= or paths.output_root=; sample.py: "
+            "out_dir=)."
+        ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        # Also after a failed write: a partial file would keep the disk full. (On a read-only
+        # file system there is none, and unlink fails even so.)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def _storage_problem(err: Exception, folder: Path) -> str | None:
+    """What is wrong with the storage when a write into `folder` failed because of it (full,
+    read-only, not writable); None for any other failure, which is raised as it is."""
+    code = getattr(err, "errno", None)
+    if code in _FULL:
+        return "the disk is full"
+    if code in _UNWRITABLE:
+        return f"the folder cannot be written ({os.strerror(code)})"
+    if isinstance(err, OSError):
+        return None
+    # torch.save reports a failed write as a RuntimeError without an errno: ask the disk.
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return None
+    if disk.f_flag & os.ST_RDONLY:
+        return "the file system is read-only"
+    if disk.f_bavail * disk.f_frsize < 1 << 20:
+        return "the disk is full"
+    return None
 
 
 def _publish_new(tmp: Path, path: Path) -> None:

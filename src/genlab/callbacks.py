@@ -99,6 +99,21 @@ class LatestCheckpoint(pl.Callback):
             trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
 
 
+class RunRecords(pl.Callback):
+    """Writes a resumed run's records (`pending`, set by genlab.train.record_config for a dir
+    that holds a run already) when training starts: after Lightning restored the checkpoint, so
+    a resume that fails (a checkpoint that does not load) leaves the dir's records as they were.
+    A run with nothing left to train (max_epochs reached) keeps them too."""
+
+    def __init__(self):
+        self.pending = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.pending is not None:
+            write, self.pending = self.pending, None
+            write()
+
+
 class RunIdentity(pl.Callback):
     """Keeps the W&B run id in checkpoints, so a resumed training continues the same W&B run."""
 
@@ -190,8 +205,12 @@ class CheckpointOnInterrupt(pl.Callback):
 
 
 class DivergenceGuard(pl.Callback):
-    """Stops at the first non-finite training loss, naming the step, the recent losses and the
-    settings most likely to blame. The last good checkpoint is left as it was."""
+    """Stops at the first non-finite training loss, and at a non-finite validation or test
+    metric (a model can overflow on held-out data while its training loss stays finite), naming
+    the step, the recent losses and the settings most likely to blame. It runs before Lightning's
+    ModelCheckpoint at the end of validation (Lightning orders checkpoint callbacks last) and
+    before `last.ckpt` (written at the end of the epoch, after validation), so no checkpoint of
+    the bad state is written or marked best: the last good checkpoint is left as it was."""
 
     def __init__(self, history: int = 5):
         self.recent: deque[tuple[int, float]] = deque(maxlen=history)
@@ -208,22 +227,59 @@ class DivergenceGuard(pl.Callback):
         if math.isfinite(value):
             self.recent.append((self.step, value))
             return
+        raise TrainingDiverged(
+            f"Training diverged: the loss is {value} at step {self.step} "
+            f"(epoch {trainer.current_epoch}, batch {batch_idx}). Losses just before: "
+            f"{self._before() or 'none (first step)'}. {self._diagnosis(trainer, pl_module)}"
+        )
+
+    # callback_metrics hold the epoch's val/* (test/*) values only once the evaluation epoch has
+    # ended, i.e. in on_validation_end / on_test_end (also during the sanity check, which then
+    # stops a resumed run before its first step).
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._check_evaluation(trainer, pl_module, "val", "Validation")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._check_evaluation(trainer, pl_module, "test", "Testing")
+
+    def _check_evaluation(self, trainer, pl_module, stage: str, what: str) -> None:
+        bad = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(f"{stage}/") and not math.isfinite(float(v))
+        }
+        if not bad:
+            return
+        values = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+        where = "sanity check before training" if trainer.sanity_checking else "evaluation"
+        raise TrainingDiverged(
+            f"{what} diverged: {values} at step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}, {where}); no checkpoint of it was written. "
+            f"Training losses just before: {self._before() or 'none'}. "
+            f"{self._diagnosis(trainer, pl_module)}"
+        )
+
+    def _before(self) -> str:
+        return ", ".join(f"step {s}: {v:.4g}" for s, v in self.recent)
+
+    def _diagnosis(self, trainer, pl_module) -> str:
+        """The suspects (each with a change to try, never the value the run already has) and the
+        checkpoint that is kept."""
         hp = pl_module.hparams
         lr = (hp.get("optimizer") or {}).get("lr")
-        suspects = [f"model.optimizer.lr={lr} (try 3-10x smaller)"]
+        suspects = [f"model.optimizer.lr={lr} (try 3-10x smaller)"] if lr else []
         if "beta" in hp:
             suspects.append(f"model.beta={hp['beta']}")
-        suspects.append(f"trainer.precision={trainer.precision} (try 32-true)")
+        # Only half precision overflows where 32-true does not (64-true is already safer).
+        if "16" in str(trainer.precision):
+            suspects.append(f"trainer.precision={trainer.precision} (try 32-true)")
         if not trainer.gradient_clip_val:
             suspects.append("trainer.gradient_clip_val=null (try 1.0)")
-        before = ", ".join(f"step {s}: {v:.4g}" for s, v in self.recent) or "none (first step)"
         latest = next((c for c in trainer.callbacks if isinstance(c, LatestCheckpoint)), None)
         last_ckpt = latest.dirpath / "last.ckpt" if latest else "none"
         if not Path(last_ckpt).is_file():
             last_ckpt = "none yet"
-        raise TrainingDiverged(
-            f"Training diverged: the loss is {value} at step {self.step} "
-            f"(epoch {trainer.current_epoch}, batch {batch_idx}). Losses just before: {before}. "
+        return (
             f"Most likely to blame: {'; '.join(suspects)}. The last good checkpoint is kept: "
             f"{last_ckpt}."
         )

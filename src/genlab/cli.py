@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from genlab import GenlabError
 
 # Exit codes: 2 = fix your input; 128 + signal number = interrupted (a checkpoint was written).
@@ -48,7 +50,7 @@ def precheck(argv: list[str], config_name: str) -> None:
 
     try:
         cfg = compose(config_name, overrides)
-    except (HydraException, OmegaConfBaseException) as err:
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: `=1`
         message = friendly_message(err, overrides, config_name, config_name == "train")
         raise GenlabError(message) from None
     if config_name == "train":
@@ -93,6 +95,38 @@ def task_wrapper(task: Callable[[Any], dict], script: str) -> Callable[[Any], fl
 
 # What Hydra writes into <run dir>/.hydra: each may hold a secret given as an override.
 HYDRA_RECORDS = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+class RunDirGuard(Callback):
+    """A Hydra callback (conf/train.yaml, hydra.callbacks) for single runs, run before Hydra
+    writes anything into the run dir (genlab.rundir): rank 0 takes the dir's lock, so a second
+    live run in the dir ends here (exit 2, naming the holder); and where the dir already holds
+    Hydra's records (a resume in place), Hydra does not rewrite them: genlab writes them once
+    the checkpoint has been restored, so a resume that fails keeps the originals."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from pathlib import Path
+
+        from omegaconf import open_dict, read_write
+
+        from genlab import rundir
+
+        run_dir = Path(str(config.hydra.run.dir))
+        try:
+            if rundir.is_rank_zero():
+                rundir.lock(run_dir)
+        except GenlabError as err:
+            fail(str(err))
+        subdir = config.hydra.output_subdir
+        if subdir is not None and (run_dir / str(subdir)).is_dir():
+            rundir.defer_hydra_records(run_dir / str(subdir), str(subdir))
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = None
+
+    def on_run_end(self, config, **kwargs) -> None:
+        from genlab import rundir
+
+        rundir.unlock(str(config.hydra.run.dir))
 
 
 def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> None:

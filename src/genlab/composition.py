@@ -119,21 +119,65 @@ def friendly_message(
     of Hydra's own message. (Bad values compose: the model schema is untyped on purpose, see
     genlab.specs.schema_node, and genlab.config.validate names them.)"""
     text = str(err).strip()
+    grammar = override_syntax_message(err, overrides)
+    if grammar:
+        return grammar
     missing_key = re.search(r"Could not override '([\w.]+)'", text) or re.search(
         r"Key '([\w.]+)' is not in struct", text
     )
     if missing_key:
         return _unknown_key(missing_key.group(1), overrides, config_name, new_keys_ok)
-    group = re.search(r"Could not find '(\w+)/([\w.-]+)'", text)
+    # `model=vea` (find), an entry of a list `logger=[csv,bogus]` (load), `hydra/launcher=x`
+    group = re.search(r"Could not (?:find|load) '([\w/]+)/([\w.-]+)'", text)
     if group:
-        options = re.search(r"Available options in '\w+':\s*\n((?:\s+\S+\n?)+)", text)
-        names = [n for n in options.group(1).split() if not n.startswith("_")] if options else []
+        options = re.search(r"Available options in '[\w/]+':\s*\n((?:\s+\S+\n?)+)", text)
+        names = options.group(1).split() if options else _options(group.group(1))
+        names = [n for n in names if not n.startswith("_")]
         return (
             f"Unknown option {group.group(1)}={group.group(2)}."
             f"{suggest(group.group(2), names)} "
             + (f"Choose one of: {', '.join(names)}." if names else "")
         )
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _options(group: str) -> list[str]:
+    """The options of a config group in conf/ (where Hydra's message does not list them)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def override_syntax_message(err: Exception, overrides: Sequence[str] = ()) -> str | None:
+    """The paragraph for an override Hydra's grammar cannot read (unbalanced brackets or quotes,
+    a bare `=` inside a value), naming its key and how to quote it; None for other errors."""
+    from hydra.errors import OverrideParseException
+
+    if isinstance(err, OverrideParseException):
+        override, detail = err.override, err.message
+    elif isinstance(err, ValueError) and "override must be" in str(err):
+        # Hydra's ValueError for an override without a key (`=1`)
+        override = next((o for o in overrides if o.lstrip("+~").startswith("=")), "")
+        detail = str(err)
+    else:
+        return None
+    # Hydra's own parser reason, without its "Error parsing override" and "See <docs>" lines.
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    detail = next((x for x in lines if not x.startswith(("Error parsing", "See http"))), "")
+    detail = detail or (lines[0] if lines else "")
+    key, sep, value = override.partition("=")
+    key = key.lstrip("+~")
+    if not sep or not key:
+        return (
+            f"Cannot read the override '{override}' ({detail}): write key=value, e.g. "
+            "model.beta=0.5 (a key to add is +key=value, one to delete ~key)."
+        )
+    # genlab's own checkpoint names (epoch=004-step=2110.ckpt) hold '=', which Hydra's grammar
+    # reads as a second assignment unless the value is quoted.
+    return (
+        f"Cannot read the value of {key} in '{override}' ({detail}). Quote a value holding "
+        "'=', spaces, commas, brackets or quotes for Hydra, inside shell quotes: "
+        f"'{key}=\"{value}\"' (a checkpoint name like epoch=004-step=2110.ckpt needs it). "
+        "A list needs balanced brackets, e.g. model.mlp.hidden=[64,32]."
+    )
 
 
 def _unknown_key(full: str, overrides: list[str], config_name: str, new_keys_ok: bool) -> str:

@@ -1,9 +1,11 @@
 """Checks on the composed config, run before anything heavy is built.
 
 Hydra already rejects unknown group options and unknown keys. The value rules of model keys
-live with their defaults in genlab.specs; this module applies them, checks the other groups'
-keys, and holds the rules that span several keys (a U-Net that fits the image size, guidance
-that needs a conditional model, a fused optimizer with clipping under mixed precision).
+live with their defaults in genlab.specs, those of the other groups' keys in genlab.run_rules;
+this module applies them, checks what a run reads from disk or needs of the machine (ckpt_path,
+the model's memory, genlab.resources) before anything is loaded or allocated, and holds the
+rules that span several keys (a U-Net that fits the image size, guidance that needs a
+conditional model, a fused optimizer with clipping under mixed precision).
 Each failure is a GenlabError whose message names the key, the value given, what is accepted
 and how to fix it.
 """
@@ -11,14 +13,15 @@ and how to fix it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genlab import GenlabError
+from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
 from genlab.specs import (
     MODEL_SPECS,
+    NESTED,
     is_int,
     is_int_list,
     is_number,
@@ -31,48 +34,49 @@ PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
 MODELS = tuple(MODEL_SPECS)
 
 
-def _get(cfg: DictConfig, key: str, default: Any = "__missing__") -> Any:
-    value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
-    return value
-
-
-def _fail(key: str, value: Any, accepted: str, fix: str = "") -> None:
-    shown = f"'{value}' ({type(value).__name__})" if isinstance(value, str) else repr(value)
-    raise GenlabError(
-        f"Invalid config: {key}={shown}. {key} must be {accepted}."
-        + (f" {fix}" if fix else f" Fix it on the command line, e.g. `{key}=...`.")
-    )
-
-
-def _check(cfg, key: str, ok: Callable[[Any], bool], accepted: str, fix: str = "") -> None:
-    value = _get(cfg, key)
-    if value == "__missing__":
-        return
-    if not ok(value):
-        _fail(key, value, accepted, fix)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise GenlabError on the first invalid setting, before any data or model is built."""
+def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None:
+    """Raise GenlabError on the first invalid setting, before any data or model is built.
+    local: the run happens on this machine (not on a cluster's nodes), so its accelerator must
+    be here; starting: the config is about to run, so its ckpt_path must hold a checkpoint (not
+    so for a finished run's config.yaml, read by sample.py)."""
     name = _get(cfg, "model.name", None)
     if name not in MODELS:
         _fail("model.name", name, f"one of {', '.join(MODELS)} (chosen with model=NAME)")
 
     _check(
         cfg,
+        "resume_changes",
+        lambda v: v in ("refuse", "allow"),
+        "refuse (stop when a resume asks for other settings) or allow (apply them)",
+    )
+    _check(
+        cfg,
         "seed",
         lambda v: v is None or (is_int(v) and 0 <= v < 2**32),
         "an integer in [0, 2**32) or null",
     )
+    # Before the model's keys: model.image_shape is interpolated from it.
+    _check(
+        cfg,
+        "data.image_shape",
+        lambda v: is_int_list(v) and len(v) == 3,
+        "a list [channels, height, width] of positive integers",
+    )
     # Each model key against its rule in the model's spec (genlab.specs): types and ranges.
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    unknown = unknown_keys(MODEL_SPECS[name], model)
+    unknown = unknown_keys(MODEL_SPECS[name], model) or [
+        f"{key}.{sub}"
+        for key, spec in NESTED.items()
+        if isinstance(model.get(key), dict)
+        for sub in unknown_keys(spec, model[key])
+    ]
     if unknown:  # added with +model.<key>=...: the model would refuse it once data is loaded
         raise GenlabError(
             f"Invalid config: model.{unknown[0]} is not a key of model={name} "
             f"(genlab.specs.{MODEL_SPECS[name].__name__}). Its keys: "
             f"{', '.join(user_keys(MODEL_SPECS[name]))}. Drop +model.{unknown[0]}=."
         )
+    check_optimizer(model.get("optimizer") or {})
     for key, value, rule in violations(MODEL_SPECS[name], model, "model"):
         _fail(key, value, rule.accepted, rule.fix)
 
@@ -92,12 +96,6 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "data.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _check(cfg, "data.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
     _check(cfg, "data.val_fraction", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
-    _check(
-        cfg,
-        "data.image_shape",
-        lambda v: is_int_list(v) and len(v) == 3,
-        "a list [channels, height, width] of positive integers",
-    )
 
     model_shape = _get(cfg, "model.image_shape", None)
     data_shape = _get(cfg, "data.image_shape", None)
@@ -139,6 +137,13 @@ def validate(cfg: DictConfig) -> None:
         lambda v: v is None or (is_number(v) and v > 0),
         "a number > 0, or null for no clipping",
     )
+    validate_trainer(cfg, local)
+    for key, rule in KEY_RULES.items():
+        _check(cfg, key, rule.ok, rule.accepted, rule.fix)
+    _validate_eval(cfg)
+    if starting:
+        _validate_ckpt_path(cfg.get("ckpt_path"))
+    _validate_size(cfg, model)
 
 
 def has_fused_kernel(optimizer_class) -> bool:
@@ -225,4 +230,100 @@ def _validate_ddpm(cfg: DictConfig) -> None:
         "model.unet.attn_resolutions",
         lambda v: isinstance(v, list | ListConfig) and all(r in sizes for r in v),
         f"a list drawn from the U-Net's feature-map sizes {sizes}",
+    )
+
+
+# Keys torch.optim.Adam / AdamW take: the default optimizer needs no torch import to check.
+ADAM_KEYS = {"lr", "betas", "eps", "weight_decay", "amsgrad", "fused", "foreach", "maximize"}
+
+
+def check_optimizer(optimizer: dict) -> None:
+    """model.optimizer._target_ must be an optimizer class and its other keys its arguments
+    (else the run fails in configure_optimizers, after the data is loaded)."""
+    target = str(optimizer.get("_target_", ""))
+    keys = sorted(k for k in optimizer if k != "_target_")
+    if target in ("torch.optim.Adam", "torch.optim.AdamW") and set(keys) <= ADAM_KEYS:
+        return
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise GenlabError(
+            f"Invalid config: model.optimizer._target_='{target}' is not an importable class. "
+            "Give a torch.optim class, e.g. model.optimizer._target_=torch.optim.AdamW."
+        ) from None
+    params = inspect.signature(cls).parameters
+    takes = [n for n in params if n != "params"]
+    for key in keys:
+        if key not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            raise GenlabError(
+                f"Invalid config: model.optimizer.{key} is not an argument of {target} (it "
+                f"takes {', '.join(takes)}). Drop +model.optimizer.{key}=."
+            )
+
+
+def _validate_eval(cfg: DictConfig) -> None:
+    num, kid = _get(cfg, "eval.num_samples", None), _get(cfg, "eval.kid_subset_size", None)
+    if is_int(num) and is_int(kid) and kid > num:
+        raise GenlabError(
+            f"Invalid config: eval.kid_subset_size={kid} is above eval.num_samples={num}: KID "
+            f"draws subsets of the generated images. Use eval.kid_subset_size<={num}, or raise "
+            "eval.num_samples."
+        )
+    weights = _get(cfg, "eval.inception_weights", None)
+    quality = _get(cfg, "eval.sample_quality", False)
+    if (
+        weights is not None
+        and quality
+        and not (isinstance(weights, str) and os.path.isfile(weights))
+    ):
+        raise GenlabError(
+            f"Invalid config: eval.inception_weights={weights} is not a file: give the path "
+            "of torch-fidelity's InceptionV3 weights, or eval.inception_weights=null."
+        )
+
+
+def _validate_ckpt_path(ckpt: Any) -> None:
+    """A ckpt_path that exists and holds torch checkpoints (`last` is this run's own dir, which a
+    fresh run does not have yet; what a checkpoint holds is checked when it is loaded)."""
+    from pathlib import Path
+
+    from genlab.resources import checkpoint_problem
+
+    if ckpt in (None, "", "last"):
+        return
+    how = "Give a .ckpt file written by `python train.py`, a run dir, or `last`."
+    if not isinstance(ckpt, str):
+        _fail("ckpt_path", ckpt, "the path of a .ckpt file, a run dir, or last", how)
+    path = Path(ckpt)
+    if path.is_dir():
+        files = sorted((path / "checkpoints").glob("*.ckpt")) or sorted(path.glob("*.ckpt"))
+        if not files:
+            raise GenlabError(f"ckpt_path={ckpt}: no *.ckpt in {path} or {path}/checkpoints. {how}")
+    elif path.exists():
+        files = [path]
+    else:
+        raise GenlabError(f"ckpt_path={ckpt} does not exist. {how}")
+    for file in files:
+        problem = checkpoint_problem(file)
+        if problem:
+            raise GenlabError(
+                f"ckpt_path={ckpt}: {file} is not a torch checkpoint: {problem}. {how}"
+            )
+
+
+def _validate_size(cfg: DictConfig, model: dict) -> None:
+    """Refuse a model that cannot fit in this machine's memory, before it is allocated."""
+    from genlab.resources import TRAIN_BYTES_PER_PARAMETER, model_parameters, refuse_if_too_big
+
+    count, key = model_parameters(model, _get(cfg, "data.image_shape", None))
+    refuse_if_too_big(
+        count * TRAIN_BYTES_PER_PARAMETER,
+        f"a {model.get('name')} of at least {count:,} parameters (weights, gradients and Adam's "
+        "state)",
+        f"{key}={_get(cfg, key, '?')}",
+        f"Use a smaller {key}.",
     )

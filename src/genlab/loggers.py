@@ -10,10 +10,10 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
+from genlab.run_rules import WANDB_MODES
 from genlab.secrets import masked_argv, redact
 
 log = logging.getLogger("genlab")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 def wandb_api_key_available() -> bool:

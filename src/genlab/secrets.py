@@ -1,8 +1,9 @@
 """Keep secrets out of everything genlab writes.
 
 Values of environment variables that look like credentials (WANDB_API_KEY, *_KEY, *_TOKEN,
-*_SECRET, *PASSWORD*) are replaced by *** in saved configs, logged hyperparameters and
-Hydra's own record of the run, wherever they were interpolated or typed.
+*_SECRET, and PASSWORD or PASSWD anywhere in the name) are replaced by *** in saved configs,
+logged hyperparameters and Hydra's own record of the run, wherever they were interpolated or
+typed; values of any length (see MIN_SUBSTRING for how short ones are matched).
 """
 
 from __future__ import annotations
@@ -14,22 +15,38 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_SECRET_NAME = re.compile(r"(API_KEY|_KEY|_TOKEN|_SECRET|PASSWORD|PASSWD)$|^WANDB_API_KEY$", re.I)
+_SECRET_NAME = re.compile(r"(API_KEY|_KEY|_TOKEN|_SECRET)$|PASSWORD|PASSWD|^WANDB_API_KEY$", re.I)
 MASK = "***"
 
 
+# Values at least this long are masked wherever they occur inside a text; shorter ones (a
+# 1-3 character token is a typo or a test, but still a secret) only where they stand as a whole
+# value: after `=`, `:`, a quote, a bracket, a comma or a space, up to the next such delimiter.
+# Replacing every "a" inside paths and words would garble the records.
+MIN_SUBSTRING = 6
+_BEFORE, _AFTER = r"(?:^|(?<=[\s=:\[,'\"]))", r"(?=$|[\s,\]'\"])"
+
+
 def secret_values() -> list[str]:
-    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6}
+    """The values of every secret-named environment variable, however short."""
+    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and v}
     return sorted(values, key=len, reverse=True)  # longest first: no partial masking
+
+
+def _redact_text(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        if len(s) >= MIN_SUBSTRING:
+            text = text.replace(s, MASK)
+        else:
+            text = re.sub(_BEFORE + re.escape(s) + _AFTER, MASK, text, flags=re.M)
+    return text
 
 
 def redact(obj: Any, secrets: list[str] | None = None) -> Any:
     """A copy of a nested dict/list/str structure with secret values masked."""
     secrets = secret_values() if secrets is None else secrets
     if isinstance(obj, str):
-        for s in secrets:
-            obj = obj.replace(s, MASK)
-        return obj
+        return _redact_text(obj, secrets)
     if isinstance(obj, dict):
         return {redact(k, secrets): redact(v, secrets) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

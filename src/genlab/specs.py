@@ -61,6 +61,7 @@ def _one_of(*choices: str, text: str = "") -> Rule:
     return Rule(lambda v: v in choices, text or f"one of {', '.join(choices)}")
 
 
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 POSITIVE_INT = Rule(lambda v: is_int(v) and v >= 1, "an integer >= 1")
 LATENT_DIM = Rule(POSITIVE_INT.ok, "an integer >= 1", "e.g. model.latent_dim=16.")
 NON_NEGATIVE = Rule(lambda v: is_number(v) and v >= 0, "a number >= 0")
@@ -81,6 +82,21 @@ OPTIMIZER_RULES = {
     "fused": Rule(
         lambda v: v is None or isinstance(v, bool),
         "true, false or null (fused where the optimizer has it)",
+    ),
+    # What torch.optim refuses with a ValueError only when the optimizer is built, after the
+    # data is loaded.
+    "weight_decay": Rule(NON_NEGATIVE.ok, "a number >= 0", "e.g. model.optimizer.weight_decay=0."),
+    "eps": Rule(NON_NEGATIVE.ok, "a number >= 0"),
+    "momentum": Rule(NON_NEGATIVE.ok, "a number >= 0"),
+    "betas": Rule(
+        lambda v: (
+            isinstance(v, Sequence)
+            and not isinstance(v, str)
+            and len(v) == 2
+            and all(is_number(b) and 0 <= b < 1 for b in v)
+        ),
+        "two numbers in [0, 1)",
+        "e.g. model.optimizer.betas=[0.9,0.999].",
     ),
 }
 
@@ -250,13 +266,14 @@ class DDPMSpec(ModelSpec):
     prediction: str = _key("eps", _one_of("eps", "x0", "v"))
     # Reverse-process variance sigma_t^2: beta | beta_tilde (the posterior's).
     variance: str = _key("beta", _one_of("beta", "beta_tilde"))
-    clip_x0: bool = True  # clip the predicted x0 to [-1, 1] while sampling
+    clip_x0: bool = _key(True, BOOL)  # clip the predicted x0 to [-1, 1] while sampling
     # Sampler steps: timesteps -> ancestral sampling (Algorithm 2, T network calls); fewer ->
     # DDIM with that many steps (Song et al. 2021); null = timesteps. Range: genlab.config.
     sample_steps: int | None = 100
     eta: float = _key(0.0, NON_NEGATIVE)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     unet: UNetSpec = field(default_factory=UNetSpec)
-    conditional: bool = False  # class-conditional: a label embedding added to the time embedding
+    # Class-conditional: a label embedding added to the time embedding.
+    conditional: bool = _key(False, BOOL)
     # Share of training labels replaced by "null" (for classifier-free guidance).
     cond_drop_prob: float = _key(0.1, UNIT_INTERVAL_OPEN_RIGHT)
     guidance_scale: float = _key(0.0, NON_NEGATIVE)  # guidance weight w (needs conditional)
@@ -285,10 +302,13 @@ class DDPMSpec(ModelSpec):
         500, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: no warm-up)")
     )
     # Test images scored with the full variational bound (T network calls each; null: all).
-    test_bpd_images: int | None = 256
+    test_bpd_images: int | None = _key(
+        256, Rule(lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0, or null: all")
+    )
     bpd_t_chunk: int = _key(10, POSITIVE_INT)  # timesteps per network call in the bound
     preview_steps: int = _key(50, POSITIVE_INT)  # DDIM steps of the grids logged after validation
-    preview_every_n_epochs: int = 1  # how often to log those grids (0: never)
+    # How often to log those grids (0: never).
+    preview_every_n_epochs: int = _key(1, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
     optimizer: dict[str, Any] = _key({**DEFAULT_OPTIMIZER, "lr": 2e-4})  # paper: Adam 2e-4
 
 

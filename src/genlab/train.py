@@ -47,6 +47,7 @@ class CallbackPlan:
     validates: bool  # the data has a validation split (else no metric to monitor)
     ema: dict[str, float] | None = None  # EMA(**ema) from the model's ema_* keys, or none
     sample_quality: dict[str, Any] | None = None  # SampleQuality(**...) after testing, or none
+    run_config: dict[str, Any] | None = None  # kept in every checkpoint (TrainedConfig)
 
 
 def callback_plan(cfg: DictConfig, capabilities) -> CallbackPlan:
@@ -59,6 +60,7 @@ def callback_plan(cfg: DictConfig, capabilities) -> CallbackPlan:
     measured = bool(evaluation.get("sample_quality")) and capabilities.generative and tests
     return CallbackPlan(
         configured=OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True),
+        run_config=run_config(cfg),
         checkpoint_dir=Path(cfg.paths.output_dir) / "checkpoints",
         validates=has_validation(cfg.data),
         ema=(
@@ -90,7 +92,9 @@ def build_callbacks(plan: CallbackPlan) -> list:
         LatestCheckpoint,
         RNGState,
         RunIdentity,
+        RunRecords,
     )
+    from genlab.checkpoints import TrainedConfig
     from genlab.progress import EvaluationProgress
 
     callbacks = []
@@ -114,6 +118,8 @@ def build_callbacks(plan: CallbackPlan) -> list:
         LatestCheckpoint(plan.checkpoint_dir),
         CheckpointOnInterrupt(plan.checkpoint_dir),
         DivergenceGuard(),
+        RunRecords(),
+        TrainedConfig(plan.run_config or {}),
     ]
 
 
@@ -279,11 +285,18 @@ def quiet_known_warnings() -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) the model described by `cfg`; return the final metrics.
 
-    Raises GenlabError for anything the user can fix, TrainingInterrupted after SIGTERM/SIGINT
-    (a checkpoint has been written), TrainingDiverged on a non-finite loss.
+    Raises GenlabError for anything the user can fix (also when another live run writes into
+    the same run dir: genlab.rundir), TrainingInterrupted after SIGTERM/SIGINT (a checkpoint
+    has been written), TrainingDiverged on a non-finite loss or validation/test metric.
     """
-    validate(cfg)
+    from genlab.rundir import holding
 
+    validate(cfg)
+    with holding(cfg.paths.output_dir):  # already held when train.py's RunDirGuard took it
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     tidy_lightning_logging()
@@ -292,7 +305,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from genlab.loggers import build_loggers, finish_loggers
 
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path, wandb_resume_id = resume_point(cfg.get("ckpt_path"), cfg.model, output_dir)
+    ckpt_path, wandb_resume_id = resume_point(cfg, output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -320,31 +333,55 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         finish_loggers(loggers)
 
 
-def resume_point(ckpt_path, model_cfg: DictConfig, output_dir: Path) -> tuple[str | None, Any]:
-    """The checkpoint to resume from (checked against the model config before anything is
-    restored) and the W&B run id it holds, or (None, None) for a fresh start."""
+def resume_point(cfg: DictConfig, output_dir: Path) -> tuple[str | None, Any]:
+    """The checkpoint of cfg.ckpt_path to resume from (checked against the run's config before
+    anything is restored: genlab.checkpoints.check_compatible, which refuses changed settings
+    unless resume_changes=allow) and the W&B run id it holds, or (None, None) for a fresh start."""
     from genlab.callbacks import wandb_run_id_in
     from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
 
-    path = resolve_ckpt_path(ckpt_path, output_dir)
+    path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if not path:
         return None, None
     checkpoint = load_checkpoint(path)
-    check_compatible(checkpoint, OmegaConf.to_container(model_cfg, resolve=True), path)
+    allow = cfg.get("resume_changes", "refuse") == "allow"
+    check_compatible(checkpoint, run_config(cfg), path, allow_changes=allow)
     return path, wandb_run_id_in(checkpoint)
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config, secrets redacted: config.yaml, the loggers' and checkpoints' record."""
+    from genlab.secrets import redact
+
+    return redact(OmegaConf.to_container(cfg, resolve=True))
 
 
 def record_config(cfg: DictConfig, trainer, loggers: list, output_dir: Path) -> None:
     """config.yaml in the run dir and the loggers' run config: the resolved config, secrets
-    redacted (the loggers without `paths`, which says nothing about the run)."""
+    redacted (the loggers without `paths`, which says nothing about the run).
+
+    Into a dir that holds a run already (a resume in place), config.yaml and Hydra's records
+    held back by genlab.cli.RunDirGuard are written only when training starts, after Lightning
+    restored the checkpoint (RunRecords): a resume that fails leaves them as they were."""
+    from genlab.atomic import write_text_atomic
+    from genlab.callbacks import RunRecords
+    from genlab.rundir import write_hydra_records
     from genlab.secrets import redact
 
     run_config = redact(OmegaConf.to_container(cfg, resolve=True))
-    if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(run_config), output_dir / "config.yaml")
     for logger in loggers:
         logger.log_hyperparams({k: v for k, v in run_config.items() if k != "paths"})
+    if not trainer.is_global_zero:
+        return
+
+    def write() -> None:
+        write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(run_config))
+        write_hydra_records(cfg)
+
+    if (output_dir / "config.yaml").is_file():
+        next(c for c in trainer.callbacks if isinstance(c, RunRecords)).pending = write
+    else:
+        write()
 
 
 def fit_and_test(trainer, model, datamodule, ckpt_path, output_dir: Path, test: bool) -> dict:

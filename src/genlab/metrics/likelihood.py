@@ -22,15 +22,21 @@ def iwae_log_likelihood(model, x: torch.Tensor, y=None, k: int = 1000, chunk: in
     """Per-image IWAE estimate of log p(x) in nats for a VAE/CVAE (K samples, in chunks)."""
     mu, logvar = model.encode(x, y)
     mu, std = mu.float(), (0.5 * logvar.float()).exp()
-    q = Normal(mu, std)
+    if not (torch.isfinite(mu).all() and torch.isfinite(std).all()):
+        # A diverged encoder: the bound is NaN, which genlab's DivergenceGuard reports with a
+        # diagnosis (drawing from it would stop the run with a bare RuntimeError instead).
+        return torch.full(mu.shape[:1], math.nan, device=mu.device)
+    # No argument checks, for the same reason: a prior with NaN parameters gives a NaN bound.
+    q = Normal(mu, std, validate_args=False)
     # p(z), or a CVAE's p(z|y); None (and a bare encoder/decoder pair without `prior`, such as
     # a test's analytic model) is the standard normal.
     prior = getattr(model, "prior", None)
     prior_params = prior(y) if prior is not None else None
     if prior_params is None:
-        prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+        prior = Normal(torch.zeros_like(mu), torch.ones_like(mu), validate_args=False)
     else:
-        prior = Normal(prior_params[0].float(), (0.5 * prior_params[1].float()).exp())
+        mean, log_var = prior_params[0].float(), prior_params[1].float()
+        prior = Normal(mean, (0.5 * log_var).exp(), validate_args=False)
     log_weights = []
     for start in range(0, k, chunk):
         interrupt.poll()  # thousands of decoder passes per batch: stop between chunks

@@ -24,6 +24,17 @@ STEP_LOSS, STEP_LR = "train/loss_step", "train/lr"
 STEP_METRICS = (STEP_LOSS, STEP_LR)
 
 
+def eval_mean() -> MeanMetric:
+    """The mean of a val/test metric. A NaN is kept (torchmetrics' default drops NaN values with
+    a warning), so one image with a non-finite value makes the epoch's number NaN and the run's
+    DivergenceGuard stops it, instead of a finite mean over the other images passing."""
+    return MeanMetric(nan_strategy="disable")
+
+
+# Where a checkpoint keeps the running sums of the epoch it was written in (on_save_checkpoint).
+TRAIN_SUMS = "genlab_train_sums"
+
+
 def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> torch.optim.Optimizer:
     """The optimizer a config describes, with `fused` resolved: null (the default) picks torch's
     fused kernels where the class has them (Adam, AdamW, SGD, Adagrad), every parameter is a
@@ -102,8 +113,9 @@ class GenerativeModule(pl.LightningModule):
         self._train_totals: torch.Tensor | None = None
         self._train_names: list[str] = []
         self._train_count = 0
+        self._resumed_sums: dict | None = None  # a checkpoint's sums, for the epoch it resumes
         self.eval_metrics = nn.ModuleDict(
-            {f"{s}_{n}": MeanMetric() for s in ("val", "test") for n in self.metric_names}
+            {f"{s}_{n}": eval_mean() for s in ("val", "test") for n in self.metric_names}
         )
 
     @classmethod
@@ -175,8 +187,7 @@ class GenerativeModule(pl.LightningModule):
             [loss.detach() * len(x), *(v.detach().sum() for v in terms.values())]
         )
         if self._train_totals is None or self._train_totals.shape != step_totals.shape:
-            self._train_totals, self._train_names = torch.zeros_like(step_totals), ["loss", *terms]
-            self._train_count = 0
+            self._start_sums(step_totals, ["loss", *terms])
         self._train_totals += step_totals
         self._train_count += len(x)
         every = self.trainer.log_every_n_steps
@@ -191,6 +202,51 @@ class GenerativeModule(pl.LightningModule):
                 lr = self.trainer.optimizers[0].param_groups[0]["lr"]
                 self.log(STEP_LR, float(lr), on_step=True, on_epoch=False)
         return loss
+
+    def _start_sums(self, like: torch.Tensor, names: list[str]) -> None:
+        """Zero sums for a new epoch, or the sums a checkpoint of this same epoch held."""
+        self._train_totals, self._train_names, self._train_count = torch.zeros_like(like), names, 0
+        resumed, self._resumed_sums = self._resumed_sums, None
+        # Matched by epoch, not by which hooks ran: Lightning 2.6 calls no on_train_epoch_start
+        # for an epoch resumed mid-way, and a checkpoint from an epoch's end must not carry its
+        # sums into the next epoch.
+        if resumed and resumed["epoch"] == self.current_epoch and resumed["names"] == names:
+            self._train_totals = resumed["totals"].to(like)
+            self._train_count = int(resumed["count"])
+
+    # The epoch's running sums travel in the checkpoint (Lightning keeps only the results it
+    # logged itself, not a module's): a run resumed mid-epoch then averages over every batch of
+    # the epoch, not only those after the resume. Tensors and plain data, for weights_only loads.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._train_totals is not None:
+            checkpoint[TRAIN_SUMS] = {
+                "epoch": int(self.current_epoch),
+                "names": list(self._train_names),
+                "totals": self._train_totals.detach().cpu().clone(),
+                "count": int(self._train_count),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._check_weights_fit(checkpoint.get("state_dict") or {})
+        self._resumed_sums = checkpoint.get(TRAIN_SUMS)
+
+    def _check_weights_fit(self, weights: dict) -> None:
+        """Refuse weights of another network shape by name, before Lightning loads them (a
+        resume with resume_changes=allow may change a key that shapes the network)."""
+        own = self.state_dict()
+        wrong = sorted(set(own) ^ set(weights)) + [
+            f"{k}: {list(v.shape)} in the checkpoint, {list(own[k].shape)} here"
+            for k, v in weights.items()
+            if k in own and getattr(v, "shape", None) is not None and v.shape != own[k].shape
+        ]
+        if wrong:
+            raise GenlabError(
+                f"The checkpoint's weights do not fit this {self.kind or type(self).__name__} "
+                f"built from the config ({'; '.join(wrong[:3])}"
+                f"{f'; and {len(wrong) - 3} more' if len(wrong) > 3 else ''}). The keys that "
+                "shape the network (model.arch, latent_dim, mlp.*, conv.*, unet.*, conditional) "
+                "must be the ones it was trained with."
+            )
 
     def on_train_epoch_start(self) -> None:
         self._train_totals, self._train_count = None, 0

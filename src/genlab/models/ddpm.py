@@ -20,7 +20,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
 
 from genlab.diffusion import (
     DiffusionSchedule,
@@ -31,7 +30,7 @@ from genlab.diffusion import (
     sample_loop,
     vlb_terms,
 )
-from genlab.models.base import Capabilities, GenerativeModule
+from genlab.models.base import Capabilities, GenerativeModule, eval_mean
 from genlab.nets.unet import UNet
 from genlab.specs import DDPMSpec
 
@@ -66,7 +65,7 @@ class DDPM(GenerativeModule):
         )
         self._check_sampling(self.sample_steps, spec.guidance_scale)
         for part in BPD_PARTS:
-            self.eval_metrics[f"test_{part}"] = MeanMetric()
+            self.eval_metrics[f"test_{part}"] = eval_mean()
 
     @property
     def capabilities(self) -> Capabilities:

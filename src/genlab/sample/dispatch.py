@@ -76,6 +76,36 @@ def check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
         check_label(opts.label, model.num_classes)
 
 
+def images_per_row(task_name: str, opts: DictConfig, model: Any, n: int) -> int:
+    """How many images one of a task's n rows holds (at least): n x n grids, or a row of frames,
+    latent dims, classes or strip steps."""
+    return {
+        "samples": n,
+        "reconstructions": 2 * n,
+        "manifold": n,
+        "interpolate": opts.frames,
+        "traverse": getattr(model, "latent_dim", 1),
+        "classes": getattr(model, "num_classes", 1),
+        "denoise": 2 * opts.strip_steps,
+    }.get(task_name, 1)
+
+
+def check_size(task_name: str, run: LoadedRun, opts: DictConfig, n: int | None) -> None:
+    """Refuse an `n` whose pictures cannot fit in memory, before any image is drawn."""
+    from genlab.resources import refuse_if_too_big
+
+    if n is None:
+        return
+    count = n * images_per_row(task_name, opts, run.model, n)
+    channels, height, width = run.image_shape
+    refuse_if_too_big(
+        4.0 * count * channels * height * width,  # float32 images, before the grid is made
+        f"task={task_name} draws {count:,} images of {channels}x{height}x{width}, which",
+        f"n={n}",
+        f"Use a smaller n (the task's default is {TASKS[task_name].default_n}).",
+    )
+
+
 def run(cfg: DictConfig | Mapping) -> list[Path]:
     """Do `cfg.task` for the run at `cfg.run`; return the files written."""
     cfg = options(cfg)
@@ -85,5 +115,6 @@ def run(cfg: DictConfig | Mapping) -> list[Path]:
     task = TASKS[cfg.task]
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else loaded.home / "samples"
     n = None if task.default_n is None else (cfg.n or task.default_n)
+    check_size(cfg.task, loaded, cfg, n)
     handler = task.handler(loaded.model.capabilities)
     return handler(Job(run=loaded, opts=cfg, n=n, out_dir=out_dir))

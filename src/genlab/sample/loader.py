@@ -134,8 +134,8 @@ def _read_run_config(path: Path) -> DictConfig:
         raise broken("it has no `data:` section")
     if not isinstance(cfg.get("model"), DictConfig):
         raise broken("it has no `model:` section")
-    try:
-        validate(cfg)
+    try:  # a finished run's config: trained elsewhere perhaps (its GPU), its resume is done
+        validate(cfg, local=False, starting=False)
     except GenlabError as err:
         raise broken(str(err)) from None
     except OmegaConfBaseException as err:

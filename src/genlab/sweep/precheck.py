@@ -83,8 +83,6 @@ def _launcher_tools(hydra: DictConfig) -> None:
                 "Slurm login node, or use hydra/launcher=local_parallel (several jobs at once on "
                 "this machine) or no launcher option (one job after another)."
             )
-    if "joblib" in target.lower() and importlib.util.find_spec("joblib") is None:
-        raise GenlabError(f"hydra/launcher={name} needs joblib: pip install hydra-joblib-launcher.")
     sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
     if "optuna" in sweeper.lower() and importlib.util.find_spec("optuna") is None:
         raise GenlabError("hydra/sweeper=optuna needs optuna: pip install hydra-optuna-sweeper.")
@@ -95,10 +93,14 @@ def _is_ddp(trainer: DictConfig) -> bool:
     return "ddp" in strategy and "spawn" not in strategy and "fork" not in strategy
 
 
+def _on_slurm(hydra: DictConfig) -> bool:
+    return str(OmegaConf.select(hydra, "launcher._target_", default="")).endswith("SlurmLauncher")
+
+
 def _slurm_layout(cfg: DictConfig, where: str) -> None:
     """One Slurm task per DDP rank: tasks per node must equal trainer.devices."""
     hydra = cfg.hydra
-    if not str(OmegaConf.select(hydra, "launcher._target_", default="")).endswith("SlurmLauncher"):
+    if not _on_slurm(hydra):
         return
     trainer = cfg.trainer
     devices = trainer.get("devices", 1)
@@ -207,7 +209,12 @@ def check_multirun(argv: list[str], config_name: str) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from genlab.composition import compose, friendly_message, hydra_context
+    from genlab.composition import (
+        compose,
+        friendly_message,
+        hydra_context,
+        override_syntax_message,
+    )
     from genlab.config import validate
     from genlab.sweep.keys import overrides_parser
 
@@ -218,7 +225,7 @@ def check_multirun(argv: list[str], config_name: str) -> None:
         def parse(items: list[str]):
             try:
                 return parser.parse_overrides(items)
-            except HydraException as err:
+            except (HydraException, ValueError) as err:
                 lines = [line for line in str(err).strip().splitlines() if line.strip()]
                 if "empty choice" in str(err):
                     bad = lines[0].split("'", 1)[-1].rstrip("'")
@@ -226,12 +233,15 @@ def check_multirun(argv: list[str], config_name: str) -> None:
                         f"Empty sweep: {bad} gives no values, so the sweep would run nothing. "
                         "Give at least one value, e.g. choice(1,2,3)."
                     ) from None
+                grammar = override_syntax_message(err, items)
+                if grammar:
+                    raise GenlabError(grammar) from None
                 raise GenlabError(". ".join(lines[:2])) from None
 
         def composed(ov: list[str], where: str = ""):
             try:
                 return compose(config_name, ov, return_hydra_config=True)
-            except (HydraException, OmegaConfBaseException) as err:
+            except (HydraException, OmegaConfBaseException, ValueError) as err:
                 raise GenlabError(friendly_message(err, ov, config_name) + where) from None
 
         command_line = parse(overrides)
@@ -287,8 +297,8 @@ def check_multirun(argv: list[str], config_name: str) -> None:
             where = f" (in the sweep job {text})" if text else ""
             cfg = composed(fixed + job, where)
             try:
-                if config_name == "train":
-                    validate(cfg)
+                if config_name == "train":  # Slurm jobs run on other nodes, with their GPUs
+                    validate(cfg, local=not _on_slurm(cfg.hydra))
             except GenlabError as err:
                 raise GenlabError(f"{err}{where}") from None
             if config_name == "train":

@@ -1,0 +1,116 @@
+"""What a command line asks of the machine, checked before anything is allocated or loaded.
+
+- `physical_memory()` and `refuse_if_too_big()`: a size estimate against this machine's memory,
+  so `model.latent_dim=10**9` or `sample.py n=10**12` fail with a message instead of an
+  out-of-memory kill (or a swap storm) minutes later
+- `model_parameters(model, image_shape)`: a lower bound on a model's parameter count from its
+  config alone (the largest layers of genlab.nets), never above the real count, so a model that
+  fits is never refused
+- `checkpoint_problem(path)`: whether a file can be a torch checkpoint at all (torch's zip
+  layout, or the legacy pickle), read from its first bytes, so a sweep precheck refuses a wrong
+  `ckpt_path` before any job starts; what it holds is checked by genlab.checkpoints when loaded
+
+Torch-free, like everything the CLI runs before Hydra hands over a config.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from genlab import GenlabError
+
+# Training holds each parameter 4 times (weights, gradients, Adam's two moments), 4 bytes each.
+TRAIN_BYTES_PER_PARAMETER = 16
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def refuse_if_too_big(needed: float, what: str, key: str, fix: str) -> None:
+    """GenlabError naming `key` when `needed` bytes exceed this machine's memory."""
+    memory = physical_memory()
+    if memory is None or needed <= memory:
+        return
+    raise GenlabError(
+        f"{key}: {what} needs at least {_gib(needed)} of memory, more than this machine has "
+        f"({_gib(memory)}); nothing was allocated. {fix}"
+    )
+
+
+def _ints(v: Any) -> list[int]:
+    try:
+        return [int(i) for i in v]
+    except (TypeError, ValueError):
+        return []
+
+
+def model_parameters(model: Mapping[str, Any], image_shape) -> tuple[int, str]:
+    """(a lower bound on the parameter count, the key that makes most of it). Only the layers
+    every variant has are counted (the input and latent layers, the U-Net's 3x3 convolutions)."""
+    shape = _ints(image_shape)
+    pixels = shape[0] * shape[1] * shape[2] if len(shape) == 3 else 0
+    terms: list[tuple[int, str]] = []
+    if model.get("name") == "ddpm":
+        unet = model.get("unet") or {}
+        base = int(unet.get("base_channels") or 0)
+        blocks = int(unet.get("num_res_blocks") or 0)
+        # Each residual block has two 3x3 convolutions of width base * mult.
+        convs = sum(2 * 9 * (base * m) ** 2 * blocks for m in _ints(unet.get("channel_mults")))
+        terms.append((convs, "model.unet.base_channels"))
+    else:
+        k = int(model.get("latent_dim") or 0)
+        if model.get("arch") == "conv":
+            conv = model.get("conv") or {}
+            channels = _ints(conv.get("channels"))
+            fc = int(conv.get("fc_dim") or 0)
+            side = shape[1] // 2 ** len(channels) if len(shape) == 3 and channels else 0
+            features = channels[-1] * side * side if channels else 0
+            terms += [(2 * features * fc, "model.conv.fc_dim"), (2 * fc * k, "model.latent_dim")]
+        else:
+            hidden = _ints((model.get("mlp") or {}).get("hidden"))
+            first, last = (hidden[0], hidden[-1]) if hidden else (pixels, pixels)
+            inner = sum(a * b for a, b in zip(hidden, hidden[1:], strict=False))
+            terms += [
+                (2 * pixels * first, "model.mlp.hidden"),
+                (2 * inner, "model.mlp.hidden"),
+                (2 * last * k, "model.latent_dim"),
+            ]
+    total = sum(n for n, _ in terms)
+    return total, max(terms)[1] if terms else "model"
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the file at `path` cannot be a torch checkpoint (None when it can): torch.save
+    writes a zip holding `<name>/data.pkl`, or (before torch 1.6) a pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror})"
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "it is a damaged zip file"
+        if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "it is a zip file, but not one torch.save wrote (no data.pkl inside)"
+        return None
+    if head[:1] == b"\x80":  # a pickle's PROTO opcode: torch's legacy format
+        return None
+    return "its content is neither torch's zip format nor a pickle"

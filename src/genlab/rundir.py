@@ -1,0 +1,146 @@
+"""One live run per run dir, and a resume that fails leaves the dir's records as they were.
+
+- The lock: two runs writing into one dir at once would mix their checkpoints, logs,
+  config.yaml and metrics.json. The process that writes a run (global rank 0: Lightning starts
+  the other DDP ranks with the same hydra.run.dir, and they write nothing of their own) holds an
+  advisory lock (`flock`) on `<run dir>/.genlab.lock` while it runs; a second run into the dir
+  is refused, naming the holder. The kernel drops the lock when its holder ends, by kill -9 or a
+  crash too, so a dead run never blocks its dir and there is no stale lock to clean up.
+- Hydra's records (`.hydra/`): Hydra writes them before the task starts. For a dir that already
+  holds them (a resume in place: `ckpt_path=last hydra.run.dir=<run dir>`) `genlab.cli.RunDirGuard`
+  holds Hydra's copy back (`defer_hydra_records`), and `genlab.train.record_config` writes them
+  with config.yaml only once Lightning has restored the checkpoint (`write_hydra_records`): a
+  resume that fails before that leaves both byte for byte as they were.
+
+Torch-free: genlab.cli uses it before Hydra writes anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from genlab import GenlabError
+
+log = logging.getLogger("genlab")
+
+LOCK_NAME = ".genlab.lock"
+# The rank variables of Lightning's launcher, torchrun and Slurm; read before any process
+# group exists. A variable that is unset or 0 says "rank 0" (a plain run sets none).
+RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+_held: dict[Path, int] = {}  # run dir (resolved) -> the open lock file this process holds
+_deferred: tuple[Path, str] | None = None  # (Hydra's records dir, hydra.output_subdir) held back
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes the run: a single process, or global rank 0 of a DDP run."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARS)
+
+
+def lock(run_dir: str | os.PathLike) -> bool:
+    """Take the lock of `run_dir` for this process; False when this process holds it already.
+    GenlabError when another live run holds it, or when the dir cannot be written at all."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _held:
+        return False
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise GenlabError(unwritable(run_dir, err)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise GenlabError(busy(run_dir, holder)) from None
+    except OSError as err:  # a file system without locks (some network mounts): run unguarded
+        log.warning("Cannot lock %s (%s): nothing stops a second run in it.", run_dir, err)
+        os.close(fd)
+        return False
+    _held[run_dir] = fd
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    with contextlib.suppress(OSError):  # the holder's name only serves the refusal's message
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {started}\n".encode(), 0
+        )
+    return True
+
+
+def unlock(run_dir: str | os.PathLike) -> None:
+    fd = _held.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # releases the flock; the file stays (deleting it would race a new holder)
+
+
+@contextlib.contextmanager
+def holding(run_dir: str | os.PathLike) -> Iterator[None]:
+    """The lock of `run_dir` while the block runs (rank 0 only; kept if already held)."""
+    took = is_rank_zero() and lock(run_dir)
+    try:
+        yield
+    finally:
+        if took:
+            unlock(run_dir)
+
+
+def busy(run_dir: Path, holder: str) -> str:
+    who = holder or "its pid is not recorded yet"
+    return (
+        f"The run dir {run_dir} is in use by another live run ({who}). Two runs writing into one "
+        "dir would mix their checkpoints, logs, config.yaml and metrics.json, so this one stops "
+        "before writing anything. Give it a dir of its own (hydra.run.dir=<another dir>, or no "
+        "hydra.run.dir for a new dated one), or wait until that run has ended (then "
+        f"`ckpt_path=last hydra.run.dir={run_dir}` resumes it)."
+    )
+
+
+def unwritable(path: Path, err: OSError) -> str:
+    return (
+        f"Cannot write into {path} ({err.strerror or err}). Give the run a writable dir: "
+        "hydra.run.dir=<dir>, or GENLAB_OUTPUT_DIR / paths.output_root for the dated run dirs."
+    )
+
+
+# -- Hydra's records of a resumed run ----------------------------------------------------------
+def defer_hydra_records(records_dir: Path, output_subdir: str) -> None:
+    """Remember that Hydra's records for `records_dir` are genlab's to write (later)."""
+    global _deferred
+    _deferred = (Path(records_dir), output_subdir)
+
+
+def write_hydra_records(task_cfg: Any) -> None:
+    """Hydra's three records of this run (as `hydra.core.utils.run_job` writes them, secrets
+    masked) into the dir `defer_hydra_records` held them back from; nothing if none was."""
+    global _deferred
+    if _deferred is None:
+        return
+    import copy
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from genlab.atomic import write_text_atomic
+    from genlab.secrets import redact
+
+    folder, subdir = _deferred
+    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):  # Hydra made it read-only
+        hydra_cfg.hydra.output_subdir = subdir  # what Hydra's own hydra.yaml would say
+    records = {
+        "config.yaml": task_cfg,
+        "hydra.yaml": hydra_cfg,
+        "overrides.yaml": hydra_cfg.hydra.overrides.task,
+    }
+    for name, node in records.items():
+        write_text_atomic(folder / name, redact(OmegaConf.to_yaml(node)))
+    _deferred = None
