@@ -61,7 +61,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, An
             f"({first}). genlab checkpoints never do; the file is from elsewhere or was tampered "
             "with. Loading stops here, so none of its code ran."
         ) from None
-    except (EOFError, RuntimeError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - any content: torch's readers raise many kinds
+        # (a damaged pickle stream ends in IndexError, KeyError, ValueError, ...).
         raise GenlabError(
             f"Checkpoint {path} is truncated or corrupted ({type(err).__name__}: {err}). "
             "Use another checkpoint of the run (e.g. the best `epoch=*.ckpt`)."
