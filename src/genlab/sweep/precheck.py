@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
 import sys
 from itertools import product
 from typing import Any
@@ -97,8 +98,56 @@ def _on_slurm(hydra: DictConfig) -> bool:
     return str(OmegaConf.select(hydra, "launcher._target_", default="")).endswith("SlurmLauncher")
 
 
-def _slurm_layout(cfg: DictConfig, where: str) -> None:
-    """One Slurm task per DDP rank: tasks per node must equal trainer.devices."""
+# Strategies whose ranks all live on one machine: Lightning starts them there (spawn, fork,
+# notebook) or there is one process (single_device, dp). Under Slurm every rank is a task.
+_ONE_MACHINE = ("spawn", "fork", "notebook", "single")
+
+
+def _one_machine(strategy: Any) -> bool:
+    return isinstance(strategy, str) and (
+        strategy == "dp" or any(word in strategy for word in _ONE_MACHINE)
+    )
+
+
+def _partition_nodes(partition: str | None) -> tuple[str, int] | None:
+    """(name, node count) of the Slurm partition the jobs go to (the cluster's default for
+    None; the largest of a comma list), from `scontrol show partition`; None when Slurm cannot
+    tell (no scontrol here, no answer), so that the check never blocks a sweep on its own."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "partition", "--oneliner"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    found = {}
+    for line in out.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "PartitionName" in fields and fields.get("TotalNodes", "").isdigit():
+            found[fields["PartitionName"]] = (int(fields["TotalNodes"]), fields.get("Default"))
+    if partition is None:
+        default = [(name, n) for name, (n, is_default) in found.items() if is_default == "YES"]
+        return default[0] if default else None
+    names = [name.strip() for name in str(partition).split(",") if name.strip()]
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        raise GenlabError(
+            f"hydra.launcher.partition={partition}: this Slurm cluster has no partition "
+            f"{', '.join(unknown)}. Its partitions: {', '.join(sorted(found)) or 'none'} "
+            "(`sinfo -s`); drop the key for the default one."
+        )
+    return max(((name, found[name][0]) for name in names), key=lambda item: item[1])
+
+
+def _slurm_layout(cfg: DictConfig, where: str, partitions: dict | None = None) -> None:
+    """One Slurm task per DDP rank: tasks per node must equal trainer.devices, a job of several
+    nodes needs a strategy whose ranks can be Slurm tasks on other machines, and no more nodes
+    than its partition has (Slurm would refuse the array, or hold the job forever).
+    `partitions` caches the partition sizes across the jobs of one sweep."""
     hydra = cfg.hydra
     if not _on_slurm(hydra):
         return
@@ -106,22 +155,45 @@ def _slurm_layout(cfg: DictConfig, where: str) -> None:
     devices = trainer.get("devices", 1)
     tasks = OmegaConf.select(hydra, "launcher.tasks_per_node", default=1)
     nodes = OmegaConf.select(hydra, "launcher.nodes", default=1)
+    num_nodes = trainer.get("num_nodes", 1)
     if not isinstance(devices, int) or devices < 1:
         raise GenlabError(
             f"trainer.devices={devices}{where}: with hydra/launcher=slurm give the number of "
             "devices (processes) per node, e.g. trainer.devices=4; Slurm starts one task per "
             "device."
         )
-    if (devices > 1 or _is_ddp(trainer)) and tasks != devices:
+    multi_node = num_nodes > 1  # (validate() has checked it is an int >= 1)
+    if (devices > 1 or multi_node or _is_ddp(trainer)) and tasks != devices:
         raise GenlabError(
             f"hydra.launcher.tasks_per_node={tasks} but trainer.devices={devices}{where}: under "
             "Slurm each DDP rank is a Slurm task, so they must be equal. Drop the "
             "tasks_per_node override (it follows trainer.devices)."
         )
-    if nodes != trainer.get("num_nodes", 1):
+    if nodes != num_nodes:
         raise GenlabError(
-            f"hydra.launcher.nodes={nodes} but trainer.num_nodes={trainer.get('num_nodes', 1)}"
+            f"hydra.launcher.nodes={nodes} but trainer.num_nodes={num_nodes}"
             f"{where}: they must be equal (drop the nodes override, it follows num_nodes)."
+        )
+    strategy = trainer.get("strategy", "auto")
+    if multi_node and _one_machine(strategy):
+        raise GenlabError(
+            f"trainer.strategy={strategy} cannot span trainer.num_nodes={num_nodes} nodes"
+            f"{where}: its ranks all run on one machine, but on Slurm each rank is a task on "
+            "its own node. Use trainer.strategy=ddp (or auto, fsdp, deepspeed)."
+        )
+    if not multi_node:
+        return
+    partition = OmegaConf.select(hydra, "launcher.partition", default=None)
+    cache = {} if partitions is None else partitions
+    if partition not in cache:
+        cache[partition] = _partition_nodes(partition)
+    if cache[partition] is not None and num_nodes > cache[partition][1]:
+        name, available = cache[partition]
+        raise GenlabError(
+            f"trainer.num_nodes={num_nodes}{where}, but the Slurm partition {name} has "
+            f"{available} node{'s' if available != 1 else ''}: Slurm would refuse the job. "
+            f"Give trainer.num_nodes<={available}, or a partition with more nodes "
+            "(hydra.launcher.partition=<name>; `sinfo -s` lists them)."
         )
 
 
@@ -291,6 +363,7 @@ def check_multirun(argv: list[str], config_name: str) -> None:
         optimizing = _GRID not in sweeper or any(
             o.key_or_group == "optimize_metric" for o in command_line
         )
+        partitions: dict = {}  # asked once per sweep
         for combo in grid:
             job = [f"{swept[k].get_key_element()}={v}" for k, v in zip(keys, combo, strict=True)]
             text = label(dict(zip(keys, combo, strict=True)))
@@ -302,6 +375,6 @@ def check_multirun(argv: list[str], config_name: str) -> None:
             except GenlabError as err:
                 raise GenlabError(f"{err}{where}") from None
             if config_name == "train":
-                _slurm_layout(cfg, where)
+                _slurm_layout(cfg, where, partitions)
         if optimizing and config_name == "train":
             _check_metric(cfg, "")

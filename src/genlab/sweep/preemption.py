@@ -10,6 +10,13 @@ The requeued job finds the checkpoint in its folder and resumes from it (genlab.
 
 A plain SIGTERM (preemption with `PreemptMode=REQUEUE`, `scancel`) already writes `last.ckpt`;
 Slurm itself requeues a preempted job, which resumes the same way.
+
+Under DDP (one Slurm task per rank, on one node or several) the ranks decide together: the
+signal reaches each task on its own, at its own moment (or only the tasks of one node), and a
+rank that stopped alone would leave the others waiting for it in their next all-reduce. After
+every training batch the ranks all-reduce "did any of us get the signal?"; when one did, every
+rank stops after that batch, all write the checkpoint together (a collective), and rank 0, whom
+submitit lets requeue the job, requeues it also when the signal reached only other ranks.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class StopOnRequeueSignal(pl.Callback):
     def __init__(self) -> None:
         self._previous = None
         self._signum: int | None = None
+        self._received = False  # by this process; the ranks decide together (module doc)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -68,16 +76,28 @@ class StopOnRequeueSignal(pl.Callback):
         STATE.submitit_handler = self._previous
 
         def handler(signum, frame):
-            STATE.signum = signum
+            self._received = True
             log.warning(
                 "Slurm signal %s: stopping after this batch, writing a checkpoint, then "
-                "requeueing this job.",
+                "requeueing this job (rank %d).",
                 signal.Signals(signum).name,
+                trainer.global_rank,
             )
-            # Lightning's loops poll this flag at batch boundaries (as for SIGTERM).
-            trainer._signal_connector.received_sigterm = True
 
         signal.signal(self._signum, handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._signum is None:
+            return
+        # Every rank runs this after every batch (a single process reduces nothing).
+        if not trainer.strategy.reduce_boolean_decision(self._received, all=False):
+            return
+        if not self._received:
+            name = signal.Signals(self._signum).name
+            log.warning("Slurm signal %s reached another rank: stopping after this batch.", name)
+        STATE.signum = self._signum
+        # Lightning's loops poll this flag at the end of the batch (as for SIGTERM).
+        trainer._signal_connector.received_sigterm = True
 
     def _restore(self) -> None:
         if self._signum is not None and self._previous is not None:
