@@ -1,6 +1,9 @@
 """genlab: train, sweep and sample latent-variable generative models with Lightning + Hydra.
 
 Importing the package is cheap (no torch): `python train.py --cfg job` only needs the config path.
+
+The Python API (docs/python-api.md): `genlab.load(path)` -> a Pipeline (sample, encode, decode,
+reconstruct; `.data`), `genlab.train(overrides)` -> (metrics, run_dir). Both import lazily.
 """
 
 __version__ = "0.1.0"
@@ -11,3 +14,20 @@ class GenlabError(Exception):
 
     Entry points print its message as one paragraph, without a traceback, and exit with code 2.
     """
+
+
+def load(path, device="cpu"):
+    """The trained model of a run dir, a .ckpt or an export folder: genlab.api.load."""
+    from genlab.api import load as load_pipeline
+
+    return load_pipeline(path, device)
+
+
+def __getattr__(name: str):
+    # `genlab.train` is the module genlab.train, callable as genlab.train(overrides) (see its
+    # _CallableModule), imported on first use so that `import genlab` stays torch-free.
+    if name == "train":
+        import importlib
+
+        return importlib.import_module("genlab.train")
+    raise AttributeError(f"module 'genlab' has no attribute {name!r}")

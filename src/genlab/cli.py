@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
@@ -57,9 +58,34 @@ def precheck(argv: list[str], config_name: str) -> None:
         validate(cfg)
 
 
+# Set by `raising_errors` (genlab.api.train): a library caller gets the GenlabError, not an exit.
+_raise_instead_of_exit = False
+
+
+@contextlib.contextmanager
+def raising_errors():
+    """Within: `fail` raises GenlabError(message) instead of printing it and exiting."""
+    global _raise_instead_of_exit
+    before, _raise_instead_of_exit = _raise_instead_of_exit, True
+    try:
+        yield
+    finally:
+        _raise_instead_of_exit = before
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> None:
+    if _raise_instead_of_exit:
+        raise GenlabError(message)
     print(f"genlab: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def redact_hydra_records(cfg) -> None:
+    """Mask secrets given as overrides in what Hydra wrote into the run dir's .hydra/."""
+    from genlab.secrets import redact_files
+
+    hydra_dir = f"{cfg.paths.output_dir}/.hydra"
+    redact_files([f"{hydra_dir}/{name}" for name in HYDRA_RECORDS])
 
 
 def task_wrapper(task: Callable[[Any], dict], script: str) -> Callable[[Any], float | None]:
@@ -73,11 +99,9 @@ def task_wrapper(task: Callable[[Any], dict], script: str) -> Callable[[Any], fl
 
     @functools.wraps(task)
     def wrapped(cfg) -> float | None:
-        from genlab.secrets import redact_files
         from genlab.sweep.job import current_job, objective, run_sweep_job
 
-        hydra_dir = f"{cfg.paths.output_dir}/.hydra"
-        redact_files([f"{hydra_dir}/{name}" for name in HYDRA_RECORDS])
+        redact_hydra_records(cfg)
         if current_job() is not None:
             return run_sweep_job(cfg, task, script=script)
         from genlab.callbacks import TrainingInterrupted

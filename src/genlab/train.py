@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -406,3 +408,17 @@ def fit_and_test(trainer, model, datamodule, ckpt_path, output_dir: Path, test: 
             )
         metrics.update(_floats(results[0]) if results else {})
     return metrics
+
+
+class _CallableModule(types.ModuleType):
+    """`genlab.train(overrides)` is the library's training call (genlab.api.train). Python binds
+    the package attribute `genlab.train` to this module once it is imported, over any function
+    of that name, so the module itself takes the call; `genlab.train.run(cfg)` stays as it is."""
+
+    def __call__(self, overrides=()):
+        from genlab.api import train
+
+        return train(overrides)
+
+
+sys.modules[__name__].__class__ = _CallableModule
