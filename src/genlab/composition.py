@@ -61,11 +61,19 @@ def _slurm_gpus(accelerator: Any, devices: Any) -> int | None:
     return None
 
 
+def _image_classes(path: Any) -> int:
+    """data.num_classes of `data=image_folder`: its class folders (1 when unlabelled)."""
+    from genlab.image_files import count_classes
+
+    return count_classes(path)
+
+
 # name -> (function, use_cache). Every `${genlab_...:}` in conf/ is one of these.
 RESOLVERS = {
     "genlab_pid": (_pid, True),  # conf/train.yaml: hydra.run.dir, hydra.sweep.dir
     "genlab_job_subdir": (_job_subdir, False),  # conf/train.yaml: hydra.sweep.subdir
     "genlab_slurm_gpus": (_slurm_gpus, False),  # conf/hydra/launcher/slurm.yaml
+    "genlab_image_classes": (_image_classes, False),  # conf/data/image_folder.yaml
 }
 
 

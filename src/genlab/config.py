@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genlab import GenlabError
+from genlab.image_files import check_config as check_image_folder
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
 from genlab.specs import (
     MODEL_SPECS,
@@ -55,6 +56,8 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
         lambda v: v is None or (is_int(v) and 0 <= v < 2**32),
         "an integer in [0, 2**32) or null",
     )
+    # data=image_folder's keys and folder, before data.image_shape, which is derived from them.
+    check_image_folder(cfg, starting)
     # Before the model's keys: model.image_shape is interpolated from it.
     _check(
         cfg,
@@ -79,6 +82,13 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     check_optimizer(model.get("optimizer") or {})
     for key, value, rule in violations(MODEL_SPECS[name], model, "model"):
         _fail(key, value, rule.accepted, rule.fix)
+    if model.get("iwae_k_train", 1) > 1 and (model["beta"] != 1 or model["reduction"] != "sum"):
+        raise GenlabError(
+            f"Invalid config: model.iwae_k_train={model['iwae_k_train']} trains on the IWAE "
+            "bound, which has no KL term to weight or per-pixel mean: it needs model.beta=1 "
+            f"and model.reduction=sum (got beta={model['beta']}, reduction={model['reduction']})."
+            " Set both, or model.iwae_k_train=1 for the (beta-)ELBO."
+        )
 
     if _get(cfg, "model.optimizer.fused", None) is True:
         require_fused_optimizer(str(_get(cfg, "model.optimizer._target_", "")))

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 
 from genlab import GenlabError
-from genlab.data.sources import load_split
+from genlab.data.sources import IN_SPLIT_ORDER, identity, load_split
 
 
 def data_config(name: str, data_dir=None):
@@ -98,7 +98,13 @@ class InMemoryBatches:
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Train/val/test splits of MNIST, Fashion-MNIST or CIFAR-10 as uint8 tensors in memory."""
+    """Train/val/test splits of MNIST, Fashion-MNIST, CIFAR-10 or an image folder as uint8
+    tensors (an image folder's memory-mapped from its cache, genlab.data.folder).
+
+    What other code may read: `splits[name]` = (images, labels) for "train", "val", "test"
+    after `setup`; `image_shape`, `num_classes`, `labelled` (two classes or more: a domain
+    classifier can be trained), `dataset_id` (the name caches of this data go by) and
+    `class_names` (None where genlab knows none)."""
 
     def __init__(
         self,
@@ -116,7 +122,9 @@ class ImageDataModule(pl.LightningDataModule):
         hflip: bool = False,
         system_dirs: Sequence[str] = (),
         binarize: str | None = None,
-        **model_hints,  # keys only models read (likelihood, default_arch)
+        # The dataset's own keys, for its loader (image_folder: path, image_size, channels,
+        # resize, test_fraction), and keys only models read (likelihood, default_arch).
+        **source_options,
     ):
         super().__init__()
         self.name, self.root = name, root
@@ -132,7 +140,9 @@ class ImageDataModule(pl.LightningDataModule):
                 f"Invalid config: data.binarize='{binarize}'. It must be null, dynamic or static."
             )
         self.binarize = binarize
+        self.source_options = source_options
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._identity: dict | None = None
 
     @classmethod
     def from_name(cls, name: str, data_dir, **overrides) -> ImageDataModule:
@@ -146,7 +156,14 @@ class ImageDataModule(pl.LightningDataModule):
     # -- loading -------------------------------------------------------------------------------
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = load_split(
-            self.name, self.root, train=train, system_dirs=self.system_dirs, download=self.download
+            self.name,
+            self.root,
+            train=train,
+            system_dirs=self.system_dirs,
+            download=self.download,
+            split_seed=self.split_seed,
+            val_fraction=self.val_fraction,
+            **self.source_options,
         )
         if tuple(images.shape[1:]) != self.image_shape:
             raise GenlabError(
@@ -169,10 +186,13 @@ class ImageDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate") and "train" not in self.splits:
             images, labels = self._load(train=True)
             n_val = int(round(len(images) * self.val_fraction))
-            order = torch.randperm(
-                len(images), generator=torch.Generator().manual_seed(self.split_seed)
-            )
-            val, train = order[:n_val], order[n_val:]
+            if self.name in IN_SPLIT_ORDER:  # views: memory-mapped rows stay on disk
+                val, train = slice(0, n_val), slice(n_val, None)
+            else:
+                order = torch.randperm(
+                    len(images), generator=torch.Generator().manual_seed(self.split_seed)
+                )
+                val, train = order[:n_val], order[n_val:]
             self.splits["train"] = (images[train], labels[train])
             self.splits["val"] = (images[val], labels[val])
         if stage in (None, "test", "predict") and "test" not in self.splits:
@@ -191,9 +211,34 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _storage_device(self) -> torch.device:
         trainer_device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        if self.on_device == "auto" and trainer_device.type == "cuda":
+            # A (memory-mapped) set that would take over a quarter of the GPU stays on the CPU.
+            size = sum(x.nelement() for x, _ in self.splits.values())
+            if size > torch.cuda.get_device_properties(trainer_device).total_memory // 4:
+                return torch.device("cpu")
         if self.on_device is True or (self.on_device == "auto" and trainer_device.type == "cuda"):
             return trainer_device
         return torch.device("cpu")
+
+    # -- what the data is ----------------------------------------------------------------------
+    @property
+    def labelled(self) -> bool:
+        return self.num_classes >= 2
+
+    @property
+    def dataset_id(self) -> str:
+        return self._identify()["id"]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self._identify()["classes"]
+
+    def _identify(self) -> dict:
+        if self._identity is None:
+            self._identity = identity(
+                self.name, self.root, split_seed=self.split_seed, **self.source_options
+            )
+        return self._identity
 
     # -- batches -------------------------------------------------------------------------------
     def _batches(self, split: str, batch_size: int, shuffle: bool) -> InMemoryBatches:

@@ -3,7 +3,8 @@
 Search order for each dataset: `<root>/<torchvision layout>`, then the configured system folders
 (Debian's dataset-fashion-mnist package puts Fashion-MNIST in /usr/share/datasets/fashion-mnist),
 then torchvision's download. torchvision's own dataset classes do the reading, so files in the
-genuine layout work unchanged; genlab adds the size checks and the error messages.
+genuine layout work unchanged; genlab adds the size checks and the error messages. A folder of
+the user's own images (`data=image_folder`) is read by genlab.data.folder instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from genlab import GenlabError
+from genlab.data.folder import folder_identity, load_image_folder
 from genlab.data.formats import (
     CIFAR10_TEST_FILES,
     CIFAR10_TRAIN_FILES,
@@ -70,7 +72,7 @@ def _stage_idx_from(folder: Path, raw: Path) -> bool:
     return True
 
 
-def _load_mnist_family(name, root, train, system_dirs, download):
+def _load_mnist_family(name, root, train, system_dirs, download, **_options):
     import torchvision
 
     cls = getattr(torchvision.datasets, _TV_CLASS[name])
@@ -100,7 +102,7 @@ def _load_mnist_family(name, root, train, system_dirs, download):
     return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
 
 
-def _load_cifar10(name, root, train, system_dirs, download):
+def _load_cifar10(name, root, train, system_dirs, download, **_options):
     import torchvision
 
     folder = root / "cifar-10-batches-py"
@@ -138,19 +140,34 @@ def _load_cifar10(name, root, train, system_dirs, download):
 
 
 def load_split(
-    name: str, root: str | Path, *, train: bool, system_dirs=(), download: bool = True
+    name: str, root: str | Path, *, train: bool, system_dirs=(), download: bool = True, **options
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (images uint8 [N, C, H, W], labels int64 [N]) for a split of a known dataset."""
+    """Return (images uint8 [N, C, H, W], labels int64 [N]) for a split of a known dataset.
+    `options`: the data config's other keys (split_seed, val_fraction, and the keys of a
+    dataset's own, e.g. image_folder's path and image_size); each loader takes what it reads."""
     root = Path(root).expanduser()
     if name not in LOADERS:
         raise GenlabError(f"Unknown dataset '{name}': data= accepts {', '.join(LOADERS)}.")
-    return LOADERS[name](name, root, train, list(system_dirs), download)
+    return LOADERS[name](name, root, train, list(system_dirs), download, **options)
+
+
+def identity(name: str, root: str | Path, **options) -> dict:
+    """{"id": the name caches of this data go by (domain classifier, FID statistics), "classes":
+    class names or None}: the dataset's name, or for an image folder one unique to its files."""
+    if name == "image_folder":
+        return folder_identity(root=root, **options)
+    return {"id": name, "classes": None}
 
 
 # Dataset name (conf/data/<name>.yaml's `name`) -> its loader(name, root, train, system_dirs,
-# download): the one list of datasets genlab can read.
+# download, **options): the one list of datasets genlab can read.
 LOADERS = {
     "mnist": _load_mnist_family,
     "fashion_mnist": _load_mnist_family,
     "cifar10": _load_cifar10,
+    "image_folder": load_image_folder,
 }
+# Datasets whose loader returns the train rows already in the seeded split order (validation
+# first), so ImageDataModule slices instead of indexing: the image folder's memory-mapped rows
+# then stay on disk instead of being copied into RAM.
+IN_SPLIT_ORDER = {"image_folder"}

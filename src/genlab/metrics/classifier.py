@@ -92,10 +92,11 @@ def _current(path: Path) -> bool:
     return load_checkpoint(path).get("recipe", 1) >= RECIPE
 
 
-def ensure_classifier(data_dir, dataset: str) -> Path:
+def ensure_classifier(data_dir, dataset: str, datamodule=None) -> Path:
     """The cached classifier for `dataset`, trained first if there is none (~1 min on 2 CPU
     cores for the MNIST family). Parallel jobs of a sweep wait on a lock for the first one to
-    train it instead of training it each."""
+    train it instead of training it each. `datamodule`: the data to train it on, where
+    `dataset` is no name of conf/data/ (an image folder's id)."""
     import fcntl
     import logging
     import time
@@ -119,7 +120,7 @@ def ensure_classifier(data_dir, dataset: str) -> Path:
         start = time.monotonic()
         # Called from Lightning's test stage, which runs with gradients off.
         with torch.inference_mode(False), torch.enable_grad():
-            _, accuracy = train_classifier(dataset, data_dir, out=path)
+            _, accuracy = train_classifier(dataset, data_dir, out=path, datamodule=datamodule)
         log.info(
             "domain classifier ready: %.2f%% test accuracy, %.0f s",
             100 * accuracy,
@@ -163,7 +164,8 @@ def train_classifier(
     datamodule.prepare_data()
     datamodule.setup("fit")
     datamodule.setup("test")
-    images, labels = datamodule.splits["train"]
+    # On the CPU, where the classifier trains (a run's own splits may be on its GPU).
+    images, labels = (t.cpu() for t in datamodule.splits["train"])
     model = DomainClassifier(datamodule.image_shape, datamodule.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     steps_per_epoch = math.ceil(len(images) / batch_size)
@@ -183,7 +185,7 @@ def train_classifier(
             optimizer.step()
             schedule.step()
     report("domain classifier", epochs, epochs, unit="epochs")
-    accuracy = evaluate_accuracy(model.eval(), *datamodule.splits["test"])
+    accuracy = evaluate_accuracy(model.eval(), *(t.cpu() for t in datamodule.splits["test"]))
     state = {
         "state_dict": model.state_dict(),
         "dataset": dataset,

@@ -76,14 +76,26 @@ class SampleQuality(pl.Callback):
         self.cache_dir = self.data_dir / "genlab_fid_cache"
 
     # -- feature spaces ------------------------------------------------------------------------
-    def _spaces(self, image_shape, device) -> dict[str, tuple]:
+    def _spaces(self, image_shape, device, datamodule=None) -> dict[str, tuple]:
         """{name: (features module, logits module or None, to_input function)}."""
         from genlab.metrics.classifier import FeatureView, ensure_classifier, load_classifier
 
         spaces = {}
-        if self.domain:
-            path = ensure_classifier(self.data_dir, self.dataset)
-            clf, acc = load_classifier(path, self.dataset, image_shape)
+        if self.domain and not getattr(datamodule, "labelled", True):
+            log.warning(
+                "test/fid_domain, test/kid_domain, test/is_domain skipped: the %s data has no "
+                "labels to train the domain classifier on (an image folder without class "
+                "subfolders; put each class's images in its own subfolder of data.path).",
+                self.dataset,
+            )
+        elif self.domain:
+            # A named dataset's classifier trains on its standard splits (ImageDataModule.from_name)
+            # and serves every run; an image folder's (its id names its files and split) on
+            # this run's own data.
+            dataset = getattr(datamodule, "dataset_id", self.dataset)
+            own = datamodule if dataset != self.dataset else None
+            path = ensure_classifier(self.data_dir, dataset, datamodule=own)
+            clf, acc = load_classifier(path, dataset, image_shape)
             clf = clf.to(device)
             spaces["domain"] = (FeatureView(clf), FeatureView(clf, logits=True), lambda x: x, acc)
         if self.inception_weights is None:
@@ -130,14 +142,24 @@ class SampleQuality(pl.Callback):
         )
 
         device = pl_module.device
+        self.dataset_id = getattr(trainer.datamodule, "dataset_id", self.dataset)
         real_images, _ = trainer.datamodule.splits["test"]
         self.variant = (
             f"binarized-{trainer.datamodule.binarize}" if trainer.datamodule.binarize else "8bit"
         )
         shape = tuple(real_images.shape[1:])
+        if len(real_images) < 2:  # an image folder's test split can be this small
+            log.warning(
+                "test/fid*, test/kid*, test/is* skipped: the test split holds %d image; FID "
+                "needs two or more (more images, or a larger data.test_fraction).",
+                len(real_images),
+            )
+            return
+        # KID draws subsets of both image sets: no larger than the real one.
+        subset = min(self.kid_subset_size, len(real_images))
         rank, world = trainer.global_rank, trainer.world_size
         share = math.ceil(self.num_samples / world)
-        spaces = self._spaces(shape, device)
+        spaces = self._spaces(shape, device, trainer.datamodule)
         if not spaces:
             return
         fakes = self._generate(pl_module, share, seed=rank)
@@ -148,7 +170,7 @@ class SampleQuality(pl.Callback):
                 feature=features, normalize=custom, reset_real_features=False
             ).to(device)
             kid = KernelInceptionDistance(
-                feature=features, normalize=custom, subset_size=self.kid_subset_size
+                feature=features, normalize=custom, subset_size=subset
             ).to(device)
             # normalize=False: torchmetrics' IS turns normalised images into bytes 0..255 even for
             # a custom feature module (FID and KID do not), so the domain classifier would see
@@ -190,7 +212,8 @@ class SampleQuality(pl.Callback):
     def _add_real(self, fid, kid, real_images, to_input, name, shape, rank, world, device):
         """Real-image features for FID from the cache (or computed and cached), and for KID."""
         variant = getattr(self, "variant", "grey")
-        path = _real_stats_path(self.cache_dir, name, self.dataset, variant, shape)
+        dataset = getattr(self, "dataset_id", self.dataset)
+        path = _real_stats_path(self.cache_dir, name, dataset, variant, shape)
         shard = real_images[rank::world]
         cached = None
         if path.is_file() and world == 1:

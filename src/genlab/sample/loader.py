@@ -204,7 +204,7 @@ class LoadedRun:
         from genlab.train import build_datamodule
 
         spec = self.data_config(data, data_dir)
-        key = (spec.name, str(spec.root))
+        key = (spec.name, str(spec.root), str(spec.get("path")))  # path: data=image_folder's
         if key not in self._splits:
             spec.on_device = False
             try:
