@@ -72,3 +72,34 @@ class Hang(pl.Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+def wandb_core_children(pid: int) -> list[int]:
+    """The wandb-core service processes started by process `pid` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                name, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue  # ended meanwhile
+        if name.endswith("(wandb-core") and int(rest.split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+class SignalWithWandbService(pl.Callback):
+    """After optimizer step `step`, SIGTERM this process and its wandb-core service at the same
+    moment, as Slurm's scancel does (it signals every process of the job step)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            services = wandb_core_children(os.getpid())
+            assert services, "no wandb-core child to signal"
+            for pid in [*services, os.getpid()]:
+                os.kill(pid, signal.SIGTERM)

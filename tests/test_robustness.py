@@ -249,6 +249,68 @@ def test_resumed_run_continues_the_same_wandb_run(compose, tmp_path):
     assert second[0].name.endswith(f"-{run_id}")  # same W&B run id: the dashboard continues it
 
 
+def test_sigterm_that_also_kills_the_wandb_service_is_an_interruption(data_root, tmp_path):
+    """SIGTERM to the run and its wandb-core at once (Slurm's scancel signals every process of
+    the job): wandb-core dies without writing out its buffer (wandb/wandb#9963) and every later
+    wandb call raises "Connection lost". The run still stops as an interruption (checkpoint,
+    exit 143), and the W&B run is reopened under the same id and closed with its last values,
+    its state and exit code 143."""
+    from wandb_offline import find_runs, read_run
+
+    run_dir = tmp_path / "r"
+    result = _train_cli(
+        *SMALL,
+        *FAST,
+        f"paths.data_dir={data_root}",
+        "data=mnist",
+        "logger=[csv,wandb]",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",  # the batch after the signal logs into the dead service
+        "+callbacks.kill._target_=helpers.SignalWithWandbService",
+        "+callbacks.kill.step=12",
+        f"hydra.run.dir={run_dir}",
+        # Its own wandb-core: an earlier in-process W&B run of this pytest leaves its service's
+        # address in WANDB_SERVICE, which a child would connect to instead of starting one.
+        env={"OMP_NUM_THREADS": "1", "WANDB_SERVICE": ""},
+        timeout=240,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 143, out[-3000:]
+    assert "Interrupted by SIGTERM at step 12" in out
+    assert "Traceback" not in out, out[-3000:]
+    assert "Reopened the run in a new service" in out and "wandb/wandb#9963" in out
+    ckpt = _ckpt(run_dir)
+    assert ckpt["global_step"] == 12
+    run_id = ckpt["callbacks"]["RunIdentity"]["wandb_run_id"]
+
+    runs = [read_run(f) for f in find_runs(run_dir / "wandb")]
+    assert all(r.id in ("", run_id) for r in runs)  # the first segment may hold its header only
+    closed = [r for r in runs if r.id == run_id and r.exit_code is not None]
+    assert len(closed) == 1, [(r.path, r.id, r.exit_code) for r in runs]
+    (closed,) = closed
+    assert closed.exit_code == 128 + 15
+    summary = closed.summary
+    assert summary["genlab/status"] == "interrupted" and summary["genlab/signal"] == "SIGTERM"
+    assert summary["genlab/exit_code"] == 143
+    # The last values genlab logged: epoch 0's validation, step 12's loss (logged after the
+    # service had died), as metrics.csv has them.
+    assert summary["trainer/global_step"] == 11  # Lightning logs step s's loss at s - 1
+    csv_rows = list(_csv_rows(run_dir))
+    last_loss = [float(r["train/loss_step"]) for r in csv_rows if r.get("train/loss_step")][-1]
+    assert summary["train/loss_step"] == pytest.approx(last_loss)
+    val = [float(r["val/elbo"]) for r in csv_rows if r.get("val/elbo")][-1]
+    assert summary["val/elbo"] == pytest.approx(val)
+    assert closed.config["model"]["latent_dim"] == 4  # the run config, written again
+
+
+def _csv_rows(run_dir: Path):
+    import csv
+
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with open(path) as f:
+            yield from csv.DictReader(f)
+
+
 def test_last_checkpoint_follows_every_epoch_not_only_improvements(compose, tmp_path):
     # mode=max makes every later (lower-loss) epoch "worse", so Lightning's ModelCheckpoint keeps
     # epoch 0 as best; last.ckpt must still be the latest epoch.

@@ -1,6 +1,6 @@
 """Sweeps through `hydra/launcher=slurm` on a real single-node Slurm cluster
 (tests/slurm_cluster.py): a DDP sweep of two jobs, a job cancelled with scancel, a job preempted
-and requeued.
+and requeued, a job logging to W&B cancelled (its W&B service is signalled with it).
 
 Skipped only where Slurm is not installed and CI is not set; .ci/run installs it."""
 
@@ -19,6 +19,7 @@ import torch
 from fixtures import REPO
 from slurm_cluster import LocalSlurm, missing_tools
 from test_sweep import job_dirs, status, tiny
+from wandb_offline import find_runs, read_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -162,3 +163,51 @@ def test_preempted_job_checkpoints_is_requeued_and_resumes(slurm, data_root, tmp
     assert min(steps) >= interrupted_at and max(steps) == epochs * 9 - 1
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["val/elbo"] < 0
+
+
+def test_cancelled_job_logging_to_wandb_is_cancelled_and_its_wandb_run_closed(
+    slurm, data_root, tmp_path
+):
+    """scancel signals every process of the job, wandb's service (wandb-core) too, which dies
+    without writing out its buffer. The job still stops as an interruption (not "failed:
+    Connection lost"), the launcher records it as cancelled, and the W&B run (same id, reopened
+    in a fresh service) is closed with exit code 143, its last values and genlab/status."""
+    sweep_dir = tmp_path / "sweep"
+    proc = start_sweep(
+        slurm,
+        tmp_path,
+        *tiny(data_root),
+        "test=false",
+        "save_images=false",
+        "logger=[csv,wandb]",
+        "trainer.max_epochs=1000",
+        "trainer.log_every_n_steps=1",
+        "model.beta=choice(1)",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    slurm_id = wait_for(
+        lambda: running_job("0_*", sweep_dir, with_checkpoint=True), 120, "a first checkpoint"
+    )
+    subprocess.run(["scancel", slurm_id], env=slurm.env, check=True)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 1, out[-4000:]
+    (job,) = job_dirs(sweep_dir)
+    record = status(job)
+    assert record["status"] == "cancelled" and "CANCELLED" in record["error"], record
+    assert "Interrupted by SIGTERM at step" in record["error"]  # the job's own record, kept
+    assert "Connection lost" not in record["error"]
+    log = (job / "train.log").read_text()
+    assert "Reopened the run in a new service" in log, log[-3000:]  # wandb-core did die
+    ckpt = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    run_id = ckpt["callbacks"]["RunIdentity"]["wandb_run_id"]
+
+    closed = [r for r in map(read_run, find_runs(job / "wandb")) if r.exit_code is not None]
+    assert [r.id for r in closed] == [run_id]
+    (run,) = closed
+    assert run.exit_code == 143
+    assert run.summary["genlab/status"] == "cancelled" and run.summary["genlab/signal"] == "SIGTERM"
+    metrics_csv = sorted((job / "csv").glob("version_*/metrics.csv"))[-1]
+    with open(metrics_csv) as f:
+        elbo = [float(row["val/elbo"]) for row in csv.DictReader(f) if row.get("val/elbo")]
+    assert run.summary["val/elbo"] == pytest.approx(elbo[-1])
+    assert run.config["sweep_job"]["num"] == 0  # the run config, written again

@@ -453,7 +453,9 @@ def test_ctrl_c_stops_the_sweep_and_running_it_again_resumes(data_root, tmp_path
     assert (only / "checkpoints" / "last.ckpt").exists()
     assert "| 0 | interrupted | 0.5 |" in (sweep_dir / "report" / "report.md").read_text()
 
-    second = sweep(*common, tmp_path=tmp_path)
+    # Without the test's stop callback: a change of settings, which a resume refuses unless it
+    # is asked for (genlab.checkpoints); a user reruns the very same command.
+    second = sweep(*common, "resume_changes=allow", tmp_path=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     resumed, fresh = job_dirs(sweep_dir)
     assert resumed == only and status(resumed)["attempts"] == 2
@@ -463,3 +465,27 @@ def test_ctrl_c_stops_the_sweep_and_running_it_again_resumes(data_root, tmp_path
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert min(steps) >= 3 and max(steps) == 8  # continued at step 3 of epoch 0's 9
     assert "2 of 2 jobs completed" in second.stderr + second.stdout
+
+
+def test_a_cancelled_record_is_not_overwritten_by_the_jobs_own(tmp_path):
+    """sacct says CANCELLED at scancel, so the Slurm launcher may record the job before the job
+    itself (still checkpointing, closing its W&B run) writes `interrupted`: `cancelled` stays."""
+    from genlab.sweep.status import JobInfo, read_status, write_status
+
+    job = JobInfo(num=1, output_dir=str(tmp_path), sweep_dir=str(tmp_path), overrides=[])
+    write_status(tmp_path, job, "running")
+    write_status(
+        tmp_path,
+        job,
+        "cancelled",
+        error="Slurm job 7_1: CANCELLED by 0.",
+        error_type="SlurmCancelled",
+        slurm_state="CANCELLED by 0",
+    )
+    write_status(tmp_path, job, "interrupted", error="Interrupted by SIGTERM at step 12")
+    record = read_status(tmp_path)
+    assert record["status"] == "cancelled" and record["slurm_state"] == "CANCELLED by 0"
+    assert record["error"].endswith("The job itself recorded: Interrupted by SIGTERM at step 12")
+    write_status(tmp_path, job, "running")  # the sweep run again: a new attempt
+    write_status(tmp_path, job, "interrupted", error="Interrupted by SIGINT")
+    assert read_status(tmp_path)["status"] == "interrupted"

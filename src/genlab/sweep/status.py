@@ -51,6 +51,19 @@ def write_status(
 
     path = Path(output_dir) / STATUS_FILE
     previous = read_status(output_dir) or {}
+    from_job = "slurm_state" not in extra  # the launcher's records name Slurm's state
+    if previous.get("status") == "cancelled" and status in ("interrupted", "failed") and from_job:
+        # The Slurm launcher can record `cancelled` before the job's own record: sacct says
+        # CANCELLED at scancel, while the job is still checkpointing and closing its W&B run.
+        # Slurm's verdict stands; the job's words are added to it.
+        detail = extra.get("error")
+        extra = {
+            k: previous[k] for k in ("error_type", "slurm_job_id", "slurm_state") if k in previous
+        }
+        extra["error"] = previous.get("error", "") + (
+            f"\nThe job itself recorded: {detail}" if detail else ""
+        )
+        status = "cancelled"
     record = {
         "status": status,
         "num": job.num,
