@@ -1,11 +1,14 @@
 """Sample quality of trained runs in the domain classifier's feature space, for docs/results.md.
 
     python benchmarks/sample_quality.py RUN_OR_CKPT [...] --num-samples 1000 [--guidance 2]
+    python benchmarks/sample_quality.py DDPM_RUN --sampler dpmpp_2m --steps 10 20 50 100
 
 For each run dir or checkpoint: domain FID against the Fashion-MNIST (or MNIST) test split, the
 share of samples the classifier assigns with confidence >= 0.9, and, for conditional models
 (CVAE, conditional DDPM), the share classified as the class that was asked for (labels cycle
 over the classes). One JSON line per run goes to stdout and, with --out, into a JSON list.
+For a DDPM, --sampler (ddpm, ddim, dpmpp_2m) and --steps (one row per value; network calls =
+steps, twice with guidance) measure quality against sampling cost on the same model.
 The FID uses the same torchmetrics metric and features as the test stage (genlab.metrics);
 compare runs only at the same --num-samples.
 """
@@ -27,6 +30,8 @@ def evaluate(
     data_dir: str,
     seed: int,
     dataset: str = "fashion_mnist",
+    sampler: str | None = None,
+    steps: int | None = None,
 ):
     """One row of scores; `dataset` applies to a bare checkpoint (a run dir says its own)."""
     from torchmetrics.image import FrechetInceptionDistance
@@ -48,6 +53,10 @@ def evaluate(
     wanted = torch.arange(num_samples) % model.num_classes if conditional else None
     generator = torch.Generator().manual_seed(seed)
     extra = {} if guidance is None else {"guidance_scale": guidance}
+    if sampler is not None:
+        extra["sampler"] = sampler
+    if steps is not None:
+        extra["steps"] = steps
     started, fakes = time.monotonic(), []
     for start in range(0, num_samples, 250):
         labels = None if wanted is None else wanted[start : start + 250]
@@ -74,6 +83,8 @@ def evaluate(
         row["requested_class_share"] = round(float((probs.argmax(1) == wanted).float().mean()), 4)
         if guidance is not None:
             row["guidance_scale"] = guidance
+    if sampler is not None or steps is not None:
+        row["sampler"], row["steps"] = sampler, steps
     return row
 
 
@@ -86,14 +97,24 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", default="fashion_mnist", help="for bare .ckpt files")
     parser.add_argument("--out", type=Path, default=None, help="append the rows to this JSON")
+    parser.add_argument("--sampler", default=None, help="DDPM sampler: ddpm, ddim, dpmpp_2m")
+    parser.add_argument("--steps", type=int, nargs="*", default=None, help="DDPM sampler steps")
     args = parser.parse_args(argv)
     rows = []
     for path in args.runs:
-        row = evaluate(
-            path, args.num_samples, args.guidance, args.data_dir, args.seed, args.dataset
-        )
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for steps in args.steps or [None]:
+            row = evaluate(
+                path,
+                args.num_samples,
+                args.guidance,
+                args.data_dir,
+                args.seed,
+                args.dataset,
+                sampler=args.sampler,
+                steps=steps,
+            )
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     if args.out is not None:
         old = json.loads(args.out.read_text()) if args.out.is_file() else []
         args.out.write_text(json.dumps(old + rows, indent=1) + "\n")

@@ -66,7 +66,7 @@ def _models() -> list[tuple]:
             ("train", [m, "model.arch=resnet"], "model.arch", "mlp"),
             ("train", [m, "model.likelihood=poisson"], "model.likelihood", "bernoulli"),
             ("train", [m, "model.reduction=median"], "model.reduction", "sum"),
-            ("train", [m, "model.lr_schedule=linear"], "model.lr_schedule", "cosine"),
+            ("train", [m, "model.lr_schedule=cosine"], "model.lr_schedule", "scheduler=warmup"),
             ("train", [m, "model.gaussian_sigma=0"], "model.gaussian_sigma", "> 0"),
             ("train", [m, "model.mlp.hidden=[0]"], "model.mlp.hidden", "positive"),
             ("train", [m, "model.conv.channels=[]"], "model.conv.channels", "non-empty"),
@@ -93,6 +93,9 @@ def _models() -> list[tuple]:
         ("train", ["model=cvae", "model.label_encoding=bogus"], "model.label_encoding", "onehot"),
         ("train", ["model=cvae", "model.label_embed_dim=0"], "model.label_embed_dim", ">= 1"),
     ]
+    rows.append(
+        ("train", ["model=cvae", "model.label_dropout=0"], "model.guidance_scale", "=0 for")
+    )
     d = "model=ddpm"
     rows += [
         ("train", [d, "+model.bogus=1"], "model.bogus", "Drop"),
@@ -119,6 +122,8 @@ def _models() -> list[tuple]:
         ("train", [d, "model.ema_decay=1.5"], "model.ema_decay", "(0, 1)"),
         ("train", [d, "model.ema_power=0"], "model.ema_power", "(0, 1]"),
         ("train", [d, "model.warmup_steps=-1"], "model.warmup_steps", ">= 0"),
+        ("train", ["scheduler=warmup_cosine", "scheduler.warmup_steps=-1"], "warmup_steps", ">= 0"),
+        ("train", ["scheduler=bogus"], "scheduler=bogus", "warmup_cosine"),
         ("train", [d, "model.bpd_t_chunk=0"], "model.bpd_t_chunk", ">= 1"),
         ("train", [d, "model.preview_steps=0"], "model.preview_steps", ">= 1"),
         ("train", [d, "model.clip_x0=abc"], "model.clip_x0", "true or false"),

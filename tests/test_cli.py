@@ -33,7 +33,8 @@ def test_bad_value_exits_2_with_one_line(tmp_path):
 def test_unknown_group_option_lists_choices(tmp_path):
     result = _train("model=vea", f"paths.output_root={tmp_path}")
     assert result.returncode == 2
-    assert "Unknown option model=vea. Did you mean 'vae'? Choose one of: ae, cvae, ddpm, vae." in (
+    choices = "ae, cvae, ddpm, latent_ddpm, vae, vqvae"
+    assert f"Unknown option model=vea. Did you mean 'vae'? Choose one of: {choices}." in (
         result.stderr
     )
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()

@@ -2,6 +2,7 @@
 at every layer of both networks. Checked on data whose class is known by construction."""
 
 import numpy as np
+import pytest
 import torch
 from fixtures import TINY_DDPM, class_images
 from torch.distributions import Normal, kl_divergence
@@ -77,6 +78,8 @@ def test_class_chosen_samples_are_of_that_class(compose):
     samples = model.sample(200, wanted, generator=torch.Generator().manual_seed(0))
     hit = requested_share(samples, wanted)
     assert hit >= 0.8, hit  # 0.91 measured; 0.54 with an N(0, I) prior and the label at one layer
+    plain = model.sample(200, wanted, generator=torch.Generator().manual_seed(0), guidance_scale=0)
+    assert hit >= requested_share(plain, wanted)  # the default guidance (w = 1) does not hurt
     # The learned prior moved away from N(0, I) and differs between classes.
     mu, _ = model.prior(torch.arange(10))
     assert mu.std(0).mean() > 0.01
@@ -104,3 +107,34 @@ def test_guided_conditional_ddpm_draws_the_requested_class(compose):
     # Measured 0.80 guided, 0.43 unguided for these 300 steps on 320 images (the full-size
     # figure, 99.1% on Fashion-MNIST, is in docs/results.md); guidance must carry the label.
     assert hits[2.0] >= 0.7 and hits[2.0] >= hits[0.0] + 0.2, hits
+
+
+def test_cvae_guidance_is_the_formula_and_needs_label_dropout():
+    """Guided decoding: sigmoid((1 + w) l(z, y) - w l(z, null)) for the same z ~ p(z|y); the
+    null label's one-hot code is all zeros; label dropout replaces about that share of the
+    training labels (and none in evaluation); guidance without label dropout is refused."""
+    from genlab.models import CVAE
+
+    torch.manual_seed(0)
+    model = CVAE(image_shape=[1, 28, 28], num_classes=10, arch="mlp", guidance_scale=2.0).eval()
+    labels = torch.arange(6) % 10
+    guided = model.sample(6, labels, generator=torch.Generator().manual_seed(3))
+    eps = torch.randn(6, model.latent_dim, generator=torch.Generator().manual_seed(3))
+    z = model.latent_from_noise(eps, labels)
+    with torch.no_grad():
+        l_y, l_null = model.decode(z, labels), model.decode(z, torch.full_like(labels, 10))
+    torch.testing.assert_close(guided, torch.sigmoid(3.0 * l_y - 2.0 * l_null))
+    assert torch.equal(model.condition(torch.tensor([10])), torch.zeros(1, 10))
+
+    seen = []
+    model.decode = lambda z, y: (seen.append(y.clone()), torch.zeros(len(y), 1, 28, 28))[1]
+    x, y = torch.rand(4000, 1, 28, 28), torch.randint(0, 10, (4000,))
+    model.train()
+    model.compute_terms(x, y)
+    dropped = (seen[-1] == 10).float().mean().item()
+    assert abs(dropped - 0.1) < 0.02, dropped
+    model.eval()
+    model.compute_terms(x, y)
+    assert torch.equal(seen[-1], y)
+    with pytest.raises(ValueError, match="model.label_dropout=0"):
+        CVAE(image_shape=[1, 28, 28], num_classes=10, label_dropout=0.0, guidance_scale=1.0)

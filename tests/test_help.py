@@ -17,8 +17,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 
 CHOICES = {
-    "model": ["ae", "cvae", "ddpm", "vae"],
-    "data": ["cifar10", "fashion_mnist", "mnist"],
+    "model": ["ae", "cvae", "ddpm", "latent_ddpm", "vae", "vqvae"],
+    "data": ["cifar10", "fashion_mnist", "image_folder", "mnist"],
+    "scheduler": ["constant", "onecycle", "warmup_constant", "warmup_cosine"],
+    "debug": ["fast", "limit", "overfit"],
+    "callbacks": ["default", "early_stopping"],
 }
 
 

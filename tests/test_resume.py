@@ -81,7 +81,7 @@ def test_refusal_of_an_older_checkpoint_uses_its_model_keys_and_config_yaml(comp
 
 
 def test_resume_changes_allow_applies_the_new_lr_and_records_it(compose, tmp_path, caplog):
-    common = [*SMALL, "model.lr_schedule=cosine"]
+    common = [*SMALL, "scheduler=warmup_cosine", "scheduler.warmup_steps=0"]
     run(compose(*common, run_dir=tmp_path / "a"))
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     # Unchanged settings, but other free keys: the reference schedule.

@@ -256,6 +256,20 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
 
 
 # -- bad input: a clear GenlabError, nothing written ---------------------------------------------
+def test_a_run_of_an_older_genlab_still_samples(runs, tmp_path):
+    """config.yaml of a run trained before model.lr_schedule became the scheduler= group still
+    carries the retired key: sample.py reads the run as it is (the key said how it trained)."""
+    from omegaconf import OmegaConf
+
+    older = tmp_path / "older"
+    shutil.copytree(runs["vae"], older, ignore=shutil.ignore_patterns("samples"))
+    cfg = OmegaConf.load(older / "config.yaml")
+    cfg.model.lr_schedule = "cosine"
+    OmegaConf.save(cfg, older / "config.yaml")
+    written = sample(older, "samples", tmp_path / "out", n=2)
+    assert pixels(written[0]).float().std() > 0
+
+
 def _forged_checkpoint(path, name):
     torch.save({"state_dict": {}, "hyper_parameters": {"name": name}}, path)
     return path
@@ -363,6 +377,7 @@ DDPM_GEOMETRY = [
     ("ddpm", "samples", {"n": 3}, (px(3), px(3))),
     ("ddpm", "samples", {"n": 2, "sampler": "ddpm"}, (px(2), px(2))),
     ("ddpm", "samples", {"n": 2, "sampler": "ddim", "steps": 4, "eta": 1.0}, (px(2), px(2))),
+    ("ddpm", "samples", {"n": 2, "sampler": "dpmpp_2m", "steps": 4}, (px(2), px(2))),
     ("cddpm", "samples", {"n": 2, "label": 3, "guidance_scale": 1.5}, (px(2), px(2))),
     ("ddpm", "interpolate", {"n": 2, "frames": 5}, (px(5), px(2))),
     ("cddpm", "interpolate", {"n": 2, "frames": 3, "mode": "linear"}, (px(3), px(2))),

@@ -75,7 +75,13 @@ def test_cosine_schedule_ends_the_run_at_zero_learning_rate():
 
     torch.manual_seed(0)
     data = TensorDataset(torch.rand(64, 1, 28, 28), torch.zeros(64, dtype=torch.long))
-    model = VAE(image_shape=[1, 28, 28], latent_dim=2, mlp={"hidden": [16]}, lr_schedule="cosine")
+    model = VAE(image_shape=[1, 28, 28], latent_dim=2, mlp={"hidden": [16]})
+    # conf/scheduler/warmup_cosine.yaml with warmup_steps=0: the plain cosine decay.
+    model.scheduler_cfg = {
+        "_target_": "genlab.schedules.warmup_cosine",
+        "_partial_": True,
+        "warmup_steps": 0,
+    }
     trainer = pl.Trainer(
         max_steps=12,
         accelerator="cpu",
@@ -87,8 +93,8 @@ def test_cosine_schedule_ends_the_run_at_zero_learning_rate():
     trainer.fit(model, DataLoader(data, batch_size=8))
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert lr == pytest.approx(0.0, abs=1e-12)
-    with pytest.raises(GenlabError, match="lr_schedule"):
-        VAE(image_shape=[1, 28, 28], lr_schedule="linear")
+    with pytest.raises(GenlabError, match="lr_schedule"):  # a retired key (scheduler= now)
+        VAE(image_shape=[1, 28, 28], lr_schedule="cosine")
 
 
 def test_validate_refuses_a_model_key_the_spec_lacks(compose):

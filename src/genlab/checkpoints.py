@@ -200,6 +200,7 @@ FREE_ON_RESUME = (
     "eval",
     "test",
     "save_images",
+    "previews",
     "speed",  # compile / channels_last: the same math (README "Speed")
     "model.iwae_k_val",
     "model.iwae_k_test",

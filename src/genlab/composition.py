@@ -113,6 +113,39 @@ def compose(config_name: str, overrides: Sequence[str] = (), *, return_hydra_con
 
 
 # -- friendly errors ---------------------------------------------------------------------------
+# Keys genlab had and replaced, and what to write instead: an old command line gets the new way
+# (an older checkpoint's stored key is dropped when it loads: genlab.specs.build_spec).
+RETIRED_KEYS = {
+    "model.lr_schedule": (
+        "the learning-rate schedule is the scheduler= config group now (conf/scheduler/): "
+        "model.lr_schedule=cosine is scheduler=warmup_cosine scheduler.warmup_steps=0, "
+        "model.lr_schedule=constant is scheduler=constant (the default)"
+    ),
+}
+
+
+def drop_retired_keys(cfg) -> list[str]:
+    """Remove the RETIRED_KEYS from a finished run's config (written by an older genlab): they
+    said how it was trained, not how to read it back. Returns the keys removed."""
+    from omegaconf import OmegaConf
+
+    removed = []
+    for key in RETIRED_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and leaf in node:
+            del node[leaf]
+            removed.append(key)
+    return removed
+
+
+def retired_key_message(key: str) -> str | None:
+    """The paragraph for a key genlab no longer has, else None."""
+    if key in RETIRED_KEYS:
+        return f"{key} no longer exists: {RETIRED_KEYS[key]}."
+    return None
+
+
 def suggest(word: str, choices) -> str:
     """The "Did you mean 'x'?" sentence for the choices close to `word`, else ""."""
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
@@ -134,6 +167,9 @@ def friendly_message(
         r"Key '([\w.]+)' is not in struct", text
     )
     if missing_key:
+        retired = retired_key_message(missing_key.group(1))
+        if retired:
+            return retired
         return _unknown_key(missing_key.group(1), overrides, config_name, new_keys_ok)
     # `model=vea` (find), an entry of a list `logger=[csv,bogus]` (load), `hydra/launcher=x`
     group = re.search(r"Could not (?:find|load) '([\w/]+)/([\w.-]+)'", text)

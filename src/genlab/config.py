@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genlab import GenlabError
+from genlab.composition import retired_key_message
 from genlab.image_files import check_config as check_image_folder
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
 from genlab.specs import (
@@ -73,6 +74,8 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
         if isinstance(model.get(key), dict)
         for sub in unknown_keys(spec, model[key])
     ]
+    if unknown and retired_key_message(f"model.{unknown[0]}"):
+        raise GenlabError(retired_key_message(f"model.{unknown[0]}"))
     if unknown:  # added with +model.<key>=...: the model would refuse it once data is loaded
         raise GenlabError(
             f"Invalid config: model.{unknown[0]} is not a key of model={name} "
@@ -116,8 +119,15 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
             "from the data config: drop the model.image_shape override."
         )
 
-    if name == "ddpm":
-        _validate_ddpm(cfg)
+    if name in ("ddpm", "latent_ddpm"):
+        _validate_ddpm(cfg, pixels=name == "ddpm")
+    if name == "cvae" and model.get("guidance_scale") and not model.get("label_dropout"):
+        raise GenlabError(
+            f"Invalid config: model.guidance_scale={model['guidance_scale']} compares the CVAE's "
+            "decoder with and without the label, but with model.label_dropout=0 it never learns "
+            "without one: keep model.label_dropout=0.1 (the default), or set "
+            "model.guidance_scale=0 for plain samples."
+        )
 
     _check(
         cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"
@@ -204,7 +214,7 @@ def _validate_speed(cfg: DictConfig) -> None:
             )
 
 
-def _validate_ddpm(cfg: DictConfig) -> None:
+def _validate_ddpm(cfg: DictConfig, pixels: bool = True) -> None:
     timesteps = cfg.model.timesteps
     if _get(cfg, "model.schedule", None) == "linear" and timesteps <= 20:
         raise GenlabError(
@@ -224,6 +234,8 @@ def _validate_ddpm(cfg: DictConfig) -> None:
             f"Invalid config: model.guidance_scale={cfg.model.guidance_scale} needs a "
             "class-conditional model: add model.conditional=true, or set model.guidance_scale=0."
         )
+    if not pixels:  # a latent DDPM's U-Net fits its latent grid: checked once that is known
+        return
     mults = _get(cfg, "model.unet.channel_mults", [1])
     _, height, width = cfg.data.image_shape
     factor = 2 ** (len(mults) - 1)
@@ -251,7 +263,9 @@ def check_optimizer(optimizer: dict) -> None:
     """model.optimizer._target_ must be an optimizer class and its other keys its arguments
     (else the run fails in configure_optimizers, after the data is loaded)."""
     target = str(optimizer.get("_target_", ""))
-    keys = sorted(k for k in optimizer if k != "_target_")
+    # `fused` is genlab's key, resolved by models.base.build_optimizer (null: where the class
+    # has a fused kernel) and checked by require_fused_optimizer: not the class's argument.
+    keys = sorted(k for k in optimizer if k not in ("_target_", "fused"))
     if target in ("torch.optim.Adam", "torch.optim.AdamW") and set(keys) <= ADAM_KEYS:
         return
     import inspect

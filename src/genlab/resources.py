@@ -63,6 +63,10 @@ def model_parameters(model: Mapping[str, Any], image_shape) -> tuple[int, str]:
     shape = _ints(image_shape)
     pixels = shape[0] * shape[1] * shape[2] if len(shape) == 3 else 0
     terms: list[tuple[int, str]] = []
+    if model.get("name") == "latent_ddpm":
+        # Its denoiser (an MLP or a U-Net) is sized by the autoencoder's latent, which is known
+        # only once that run is loaded: no lower bound above 0 holds for every autoencoder.
+        return 0, "model"
     if model.get("name") == "ddpm":
         unet = model.get("unet") or {}
         base = int(unet.get("base_channels") or 0)

@@ -104,8 +104,13 @@ KEY_RULES: dict[str, Rule] = {
     "eval.iwae_k": _int(0),
     "eval.bound_images": _int(0, none=True),
     "logger.wandb.mode": Rule(lambda v: v in WANDB_MODES, f"one of {', '.join(WANDB_MODES)}"),
+    # conf/scheduler/ (the keys each schedule has; a torch scheduler checks the rest itself).
+    "scheduler.warmup_steps": _int(0),
+    "scheduler.min_lr_ratio": Rule(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "scheduler.pct_start": Rule(lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "test": _flag(),
     "save_images": _flag(),
+    "previews.keep": _int(0),
 }
 
 

@@ -36,7 +36,11 @@ def build_model(cfg: DictConfig):
 
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     cls = get_class(spec.pop("_target_"))
-    return cls(**spec)
+    model = cls(**spec)
+    # The learning-rate schedule (conf/scheduler/): built in configure_optimizers.
+    scheduler = cfg.get("scheduler")
+    model.scheduler_cfg = OmegaConf.to_container(scheduler, resolve=True) if scheduler else None
+    return model
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()  # fails early (before the model or trainer) if data is missing
     model = build_model(cfg)
     model.apply_speed_switches(**(cfg.get("speed") or {}))
+    keep = int((cfg.get("previews") or {}).get("keep", 0) or 0)
+    if keep > 0:  # the grids sent to the loggers after each validation, as files too
+        model.preview_dir, model.preview_keep = output_dir / "previews", keep
     loggers = build_loggers(cfg.get("logger"), wandb_resume_id)
     try:
         callbacks = build_callbacks(callback_plan(cfg, model.capabilities))

@@ -6,9 +6,13 @@ from genlab.models.ae import AE
 from genlab.models.base import Capabilities, GenerativeModule
 from genlab.models.cvae import CVAE
 from genlab.models.ddpm import DDPM
+from genlab.models.latent_ddpm import LatentDDPM
 from genlab.models.vae import VAE
+from genlab.models.vqvae import VQVAE
 
-MODEL_CLASSES: dict[str, type[GenerativeModule]] = {cls.kind: cls for cls in (AE, VAE, CVAE, DDPM)}
+MODEL_CLASSES: dict[str, type[GenerativeModule]] = {
+    cls.kind: cls for cls in (AE, VAE, CVAE, DDPM, VQVAE, LatentDDPM)
+}
 
 
 def model_class(name: str) -> type[GenerativeModule]:
@@ -26,6 +30,8 @@ __all__ = [
     "VAE",
     "CVAE",
     "DDPM",
+    "VQVAE",
+    "LatentDDPM",
     "Capabilities",
     "GenerativeModule",
     "MODEL_CLASSES",

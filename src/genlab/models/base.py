@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,7 +16,7 @@ from torchmetrics import MeanMetric
 from genlab import GenlabError
 from genlab.config import has_fused_kernel, require_fused_optimizer
 from genlab.specs import ModelSpec, build_spec
-from genlab.viz.grids import log_images, shows_images
+from genlab.viz.grids import log_images, shows_images, write_preview
 
 # Values of single training steps, logged every `trainer.log_every_n_steps` steps: curves in the
 # loggers, not final results (genlab.train leaves them out of metrics.json). The epoch mean of
@@ -66,6 +67,28 @@ def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> to
     return cls(params, **spec)
 
 
+def build_scheduler(spec: Mapping[str, Any], optimizer: torch.optim.Optimizer, trainer):
+    """The learning-rate scheduler a `scheduler` config describes (a `_partial_` of a torch
+    scheduler or a genlab.schedules factory), called with the optimizer and, where it takes
+    `total_steps` and the config does not set it, the run's optimizer steps."""
+    import inspect
+    import math
+
+    from hydra.utils import instantiate
+
+    make = instantiate(dict(spec), _partial_=True)
+    if "total_steps" in inspect.signature(make).parameters and "total_steps" not in spec:
+        total = trainer.estimated_stepping_batches if trainer is not None else math.inf
+        if not math.isfinite(total):
+            raise GenlabError(
+                f"scheduler={spec['_target_'].rsplit('.', 1)[-1]} shapes the learning rate over "
+                "the run's optimizer steps, but this run has no length: set trainer.max_epochs "
+                "or trainer.max_steps."
+            )
+        return make(optimizer, total_steps=max(1, int(total)))
+    return make(optimizer)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a model can do. Callers (sample.py's tasks, train.py, the metrics) ask these
@@ -108,6 +131,14 @@ class GenerativeModule(pl.LightningModule):
         self.save_hyperparameters(spec.hparams(), logger=False)
         self.image_shape = tuple(int(v) for v in spec.image_shape)
         self.optimizer_cfg = dict(spec.optimizer)
+        # The run's `scheduler` config (conf/scheduler/), set by genlab.train; not part of the
+        # spec, since the schedule is the run's (how long it goes), not the model's: None or a
+        # null _target_ is the constant rate.
+        self.scheduler_cfg: dict[str, Any] | None = None
+        # Where preview grids are written per validation epoch, and how many epochs of them
+        # stay (the run's `previews` config, set by genlab.train); None: not written.
+        self.preview_dir: Path | None = None
+        self.preview_keep = 5
         # MeanMetric keeps a weighted sum and count, synchronised across ranks at compute(),
         # so val/test numbers are averages over every image exactly once.
         self._train_totals: torch.Tensor | None = None
@@ -284,7 +315,10 @@ class GenerativeModule(pl.LightningModule):
             x, y = batch
             x, y = x[: self.preview_count], y[: self.preview_count]
             for name, images in self.preview_images(x, y).items():
-                log_images(self.loggers, f"val/{name}", images, step=self.global_step)
+                pixels = log_images(self.loggers, f"val/{name}", images, step=self.global_step)
+                if self.preview_dir is not None:  # the same bytes as a file, for any logger
+                    epoch = self.trainer.current_epoch
+                    write_preview(pixels, self.preview_dir, epoch, name, self.preview_keep)
         self._eval_step("val", batch)
 
     def _should_preview(self) -> bool:
@@ -293,7 +327,7 @@ class GenerativeModule(pl.LightningModule):
         return (
             trainer.is_global_zero
             and not trainer.sanity_checking
-            and shows_images(self.loggers)
+            and (shows_images(self.loggers) or self.preview_dir is not None)
             and every > 0
             and (trainer.current_epoch + 1) % every == 0
         )
@@ -303,6 +337,13 @@ class GenerativeModule(pl.LightningModule):
 
     def configure_optimizers(self):
         precision = str(self._trainer.precision) if self._trainer is not None else ""
-        return build_optimizer(
+        optimizer = build_optimizer(
             self.optimizer_cfg, self.parameters(), mixed_precision=precision.endswith("-mixed")
         )
+        if not (self.scheduler_cfg or {}).get("_target_"):
+            return optimizer  # scheduler=constant
+        # _trainer: None outside a fit (tests step optimizers by hand), read only when needed.
+        scheduler = build_scheduler(self.scheduler_cfg, optimizer, self._trainer)
+        # Per optimizer step, not per epoch: every schedule of conf/scheduler/ counts steps.
+        lr_scheduler = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}

@@ -50,19 +50,13 @@ class DDPM(GenerativeModule):
     def __init__(self, spec: DDPMSpec | None = None, **fields):
         super().__init__(spec, **fields)
         spec = self.spec
-        c, h, w = self.image_shape
         self.num_classes, self.conditional = spec.num_classes, spec.conditional
         self.prediction, self.variance, self.clip_x0 = spec.prediction, spec.variance, spec.clip_x0
         self.sample_steps = spec.sample_steps or spec.timesteps
         self.eta, self.guidance_scale = spec.eta, spec.guidance_scale
         self.preview_every_n_epochs = spec.preview_every_n_epochs
         self.schedule = DiffusionSchedule.from_name(spec.schedule, spec.timesteps)
-        self.net = UNet(
-            in_channels=c,
-            image_size=h,
-            num_classes=spec.num_classes if spec.conditional else None,
-            **dataclasses.asdict(spec.unet),
-        )
+        self.net = self.build_net()
         self._check_sampling(self.sample_steps, spec.guidance_scale)
         for part in BPD_PARTS:
             self.eval_metrics[f"test_{part}"] = eval_mean()
@@ -93,8 +87,24 @@ class DDPM(GenerativeModule):
         drop = torch.rand(y.shape[0], device=y.device) < self.spec.cond_drop_prob
         return torch.where(drop, torch.full_like(y, self.num_classes), y)
 
+    def build_net(self) -> torch.nn.Module:
+        """The denoiser net(x_t, t, labels): a U-Net of the image's shape (the latent DDPM
+        builds one for its latents). Also sets `noise_shape`, the shape of one x_T."""
+        c, h, _ = self.noise_shape = self.image_shape
+        return UNet(
+            in_channels=c,
+            image_size=h,
+            num_classes=self.spec.num_classes if self.spec.conditional else None,
+            **dataclasses.asdict(self.spec.unet),
+        )
+
     def compute_terms(self, x, y, generator: torch.Generator | None = None):
-        x0 = x * 2 - 1
+        return self.diffusion_loss(x * 2 - 1, y, generator)
+
+    def diffusion_loss(self, x0, y, generator: torch.Generator | None = None):
+        """(mean loss, {}) of Algorithm 1 on clean data x0 (images in [-1, 1], or normalised
+        latents): uniform t, the prediction target's MSE averaged over each item's values;
+        `generator` fixes t and noise (held-out losses)."""
         t = torch.randint(
             0, self.schedule.timesteps, (x0.shape[0],), device=x0.device, generator=generator
         )
@@ -103,8 +113,8 @@ class DDPM(GenerativeModule):
         labels = self._labels_for_training(y) if generator is None else self._eval_labels(y)
         output = self.net(x_t, t, labels)
         target = self.schedule.target(x0, noise, t, self.prediction)
-        per_image = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)
-        return per_image.mean(), {}
+        per_item = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)
+        return per_item.mean(), {}
 
     def _eval_labels(self, y):
         return y if self.conditional else None
@@ -162,7 +172,8 @@ class DDPM(GenerativeModule):
     # -- optimisation --------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         planned = self.trainer.estimated_stepping_batches
-        warmup = int(self.spec.warmup_steps)
+        # The warm-up of the run's schedule (conf/scheduler/ takes it from model.warmup_steps).
+        warmup = int((self.scheduler_cfg or {}).get("warmup_steps") or 0)
         if math.isfinite(planned) and warmup > 0.5 * planned:
             log.warning(
                 "model.warmup_steps=%d is more than half of this run's %d optimizer steps: the "
@@ -172,18 +183,6 @@ class DDPM(GenerativeModule):
                 planned,
                 max(1, int(planned) // 10),
             )
-
-    def configure_optimizers(self):
-        optimizer = super().configure_optimizers()
-        warmup = max(1, int(self.spec.warmup_steps))
-        # Linear warm-up of the learning rate over the first steps (Ho et al.: 5000).
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup)
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
     # -- sampling ------------------------------------------------------------------------------
     def denoise_fn(self, labels: torch.Tensor | None = None, guidance_scale: float = 0.0):
@@ -206,7 +205,8 @@ class DDPM(GenerativeModule):
         progress: bool = False,
     ):
         """n images in [0, 1]. `sampler`: a name in genlab.diffusion.SAMPLERS, "ddpm" (ancestral,
-        T steps) or "ddim" (`steps` steps); by default ancestral when steps == T, else DDIM."""
+        T steps), "ddim" or "dpmpp_2m" (`steps` steps); by default ancestral when steps == T,
+        else DDIM."""
         steps = steps or self.sample_steps
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         self._check_sampling(steps, guidance_scale)
@@ -225,7 +225,7 @@ class DDPM(GenerativeModule):
             out = sample_loop(
                 chosen,
                 self.net,
-                (n, *self.image_shape),
+                (n, *self.noise_shape),
                 labels=labels if self.conditional else None,
                 null_label=self.num_classes,
                 guidance_scale=guidance_scale,
@@ -239,8 +239,12 @@ class DDPM(GenerativeModule):
             self.train(was_training)
         if return_trajectory_at is not None:
             images, trajectory = out
-            return (images + 1) / 2, {t: (v + 1) / 2 for t, v in trajectory.items()}
-        return (out + 1) / 2
+            return self.to_images(images), {t: self.to_images(v) for t, v in trajectory.items()}
+        return self.to_images(out)
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] of the sampler's output (x_0 or an x_t): here pixels in [-1, 1]."""
+        return (x + 1) / 2
 
     def preview_labels(self, n: int) -> torch.Tensor | None:
         return torch.arange(n, device=self.device) % self.num_classes if self.conditional else None

@@ -13,7 +13,6 @@ import math
 import torch
 from torch import nn
 
-from genlab import GenlabError
 from genlab.models.base import Capabilities, GenerativeModule
 from genlab.nets.backbone import build_backbone
 from genlab.objectives import reconstruction_nll
@@ -66,22 +65,6 @@ class LatentModel(GenerativeModule):
     def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         code = self.encode(x, y)
         return code[0] if self.head_factor == 2 else code
-
-    def configure_optimizers(self):
-        optimizer = super().configure_optimizers()
-        if self.spec.lr_schedule == "constant":
-            return optimizer
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise GenlabError(
-                "model.lr_schedule=cosine decays the learning rate to 0 at the run's last step, "
-                "but this run has no length: set trainer.max_epochs or trainer.max_steps."
-            )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total)))
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
 
     # Conditioning hooks: unconditional by default, CVAE overrides both.
     def condition_dim(self) -> int:

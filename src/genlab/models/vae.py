@@ -3,6 +3,11 @@
 q(z|x) = N(mu(x), diag(sigma^2(x))), p(z) = N(0, I), p(x|z) from the configured likelihood.
 The logged ELBO is always the true one, -(recon + kl) in nats per image, whatever beta and
 the loss reduction are.
+
+With `iwae_k_train` = K > 1 the model trains on the importance-weighted bound (IWAE, Burda et
+al. 2016), log (1/K) sum_k p(x, z_k) / q(z_k|x) with K reparameterised draws z_k per image,
+which is >= the ELBO and tightens with K; it is logged as `*/iwae_bound` and the loss is its
+negative. It has no KL term to weight, so it needs beta = 1 and reduction = sum.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributions import Normal
 
+from genlab import GenlabError
 from genlab.metrics.likelihood import iwae_log_likelihood, nats_to_bits_per_dim
 from genlab.models.latent import LatentModel
 from genlab.objectives import (
@@ -25,7 +32,7 @@ from genlab.viz.grids import originals_above_reconstructions
 
 class VAE(LatentModel):
     kind = "vae"
-    metric_names = ("loss", "recon", "kl", "elbo", "mse", "nll", "bpd")
+    metric_names = ("loss", "recon", "kl", "elbo", "mse", "nll", "bpd", "iwae_bound")
     head_factor = 2
 
     spec_class = VAESpec
@@ -36,6 +43,13 @@ class VAE(LatentModel):
         self.beta = spec.beta
         self.iwae_k = {"val": spec.iwae_k_val, "test": spec.iwae_k_test}
         self.beta_norm = normalised_beta(self.beta, self.reduction, self.input_dim, self.latent_dim)
+        self.iwae_k_train = spec.iwae_k_train
+        if self.iwae_k_train > 1 and (self.beta != 1 or self.reduction != "sum"):
+            # genlab.config refuses this with the config's keys; this is for library callers.
+            raise GenlabError(
+                f"iwae_k_train={self.iwae_k_train} trains on the IWAE bound, which has no KL "
+                "term to weight: it needs beta=1 and reduction=sum."
+            )
 
     def on_train_start(self) -> None:
         # Logged beside the hyperparameters so runs compare across loss reductions.
@@ -62,15 +76,11 @@ class VAE(LatentModel):
 
     def compute_terms(self, x, y):
         mu, logvar = self.encode(x, y)
+        if self.iwae_k_train > 1:
+            return self._iwae_terms(x, y, mu, logvar)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation trick
         terms = self.recon_terms(self.decode(z, y), x)
-        prior = self.prior(y)
-        if prior is None:
-            terms["kl"] = gaussian_kl(mu.float(), logvar.float())
-        else:
-            terms["kl"] = gaussian_kl_between(
-                mu.float(), logvar.float(), prior[0].float(), prior[1].float()
-            )
+        terms["kl"] = self.kl_terms(mu, logvar, y)
         terms["elbo"] = -(terms["recon"] + terms["kl"])
         loss = training_objective(
             terms["recon"],
@@ -81,6 +91,45 @@ class VAE(LatentModel):
             latent_dim=self.latent_dim,
         )
         return loss, terms
+
+    def kl_terms(self, mu, logvar, y):
+        """KL(q(z|x[, y]) || p(z[|y])) per image, in closed form."""
+        prior = self.prior(y)
+        if prior is None:
+            return gaussian_kl(mu.float(), logvar.float())
+        return gaussian_kl_between(mu.float(), logvar.float(), prior[0].float(), prior[1].float())
+
+    def log_weights(self, x, y, mu, logvar, eps):
+        """Importance weights log p(x|z_k) + log p(z_k[|y]) - log q(z_k|x[, y]) [K, B] for the
+        draws z_k = mu + sigma * eps_k (eps [K, B, latent]), and the reconstruction terms of
+        each draw ({name: [K, B]}). Reparameterised: gradients reach the encoder through z_k."""
+        k, n = eps.shape[:2]
+        std = (0.5 * logvar).exp()
+        z = mu + std * eps
+        log_q = Normal(mu.float(), std.float(), validate_args=False).log_prob(z.float()).sum(-1)
+        prior = self.prior(y)
+        if prior is None:
+            log_p = Normal(0.0, 1.0, validate_args=False).log_prob(z.float()).sum(-1)
+        else:
+            p = Normal(prior[0].float(), (0.5 * prior[1].float()).exp(), validate_args=False)
+            log_p = p.log_prob(z.float()).sum(-1)
+        flat_y = None if y is None else y.repeat(k)  # row j * B + b holds image b's draw j
+        logits = self.decode(z.reshape(k * n, -1), flat_y)
+        recon = self.recon_terms(logits, x.repeat(k, *([1] * (x.dim() - 1))))
+        recon = {name: v.view(k, n) for name, v in recon.items()}
+        return -recon["recon"] + log_p - log_q, recon
+
+    def _iwae_terms(self, x, y, mu, logvar):
+        k = self.iwae_k_train
+        eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+        log_w, recon = self.log_weights(x, y, mu, logvar, eps)
+        bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+        # The ELBO beside it: the reconstruction averaged over the same K draws, the KL exact.
+        terms = {name: v.mean(0) for name, v in recon.items()}
+        terms["kl"] = self.kl_terms(mu, logvar, y)
+        terms["elbo"] = -(terms["recon"] + terms["kl"])
+        terms["iwae_bound"] = bound
+        return -bound.mean(), terms
 
     def eval_terms(self, stage, x, y):
         """Importance-sampled NLL (IWAE bound, K = iwae_k_val / iwae_k_test) in nats per image,

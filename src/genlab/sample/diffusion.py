@@ -83,10 +83,12 @@ def _guidance(job: Job) -> float:
     return float(job.model.guidance_scale if value is None else value)
 
 
-def _noise(job: Job, count: int, generator):
+def _noise(job: Job, count: int, generator, shape=None):
+    """count draws of x_T (of the model's noise shape: the image's, or a latent DDPM's latent),
+    or of `shape`."""
     import torch
 
-    shape = (count, *job.run.image_shape)
+    shape = (count, *(job.model.noise_shape if shape is None else shape))
     return torch.randn(shape, generator=generator, device=job.device)
 
 
@@ -168,7 +170,7 @@ def diffusion_interpolate(job: Job) -> list[Path]:
     # model never saw at t = T; the great circle keeps the typical norm.
     path = (1 - t) * a + t * b if job.opts.mode == "linear" else slerp(a, b, t)
     path[:, 0], path[:, -1] = a[:, 0], b[:, 0]  # the exact draws, free of slerp's rounding
-    x_T = path.reshape(n * cols, *job.run.image_shape)
+    x_T = path.reshape(n * cols, *job.model.noise_shape)
     images = _diffuse(job, x_T, job.labels_for(n, per=cols), plan, generator)
     print(f"interpolate: {plan.describe()}")
     return job.save_grid(images, nrow=cols)
@@ -199,7 +201,8 @@ def denoise(job: Job) -> list[Path]:
     x0, _ = job.test_images(n)
     generator = job.generator()
     x_T = _noise(job, n, generator)
-    forward_noise = _noise(job, n * len(noised), generator).view(len(noised), n, *x0.shape[1:])
+    forward_noise = _noise(job, n * len(noised), generator, x0.shape[1:])
+    forward_noise = forward_noise.view(len(noised), n, *x0.shape[1:])
     images, frames = _diffuse(job, x_T, job.labels_for(n), plan, generator, shown)
     reverse = rows_of_columns([frames[t] for t in shown] + [images])
 

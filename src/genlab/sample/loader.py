@@ -92,10 +92,14 @@ def load_model(ckpt: Path, device="cpu"):
             f"{ckpt} holds a model of type {name!r}, which genlab cannot load: known types are "
             f"{', '.join(MODEL_CLASSES)}."
         )
+    from genlab.models.latent_ddpm import AutoencoderUnavailable
+
     cls = MODEL_CLASSES[name]
     try:
         model = cls.from_hparams(hparams)
         model.load_state_dict(state["state_dict"])
+    except AutoencoderUnavailable:
+        raise  # its message says which run of another model is gone or changed
     except (GenlabError, TypeError, ValueError, RuntimeError) as err:
         raise GenlabError(
             f"{ckpt}: the weights do not fit a {name} built from the checkpoint's "
@@ -118,6 +122,7 @@ def _read_run_config(path: Path) -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
     from yaml import YAMLError
 
+    from genlab.composition import drop_retired_keys
     from genlab.config import validate
 
     def broken(why: str) -> GenlabError:
@@ -134,6 +139,7 @@ def _read_run_config(path: Path) -> DictConfig:
         raise broken("it has no `data:` section")
     if not isinstance(cfg.get("model"), DictConfig):
         raise broken("it has no `model:` section")
+    drop_retired_keys(cfg)  # a run of an older genlab still samples
     try:  # a finished run's config: trained elsewhere perhaps (its GPU), its resume is done
         validate(cfg, local=False, starting=False)
     except GenlabError as err:

@@ -86,15 +86,16 @@ def _always(text: str) -> Reason:
 
 # -- the needs and their refusals ----------------------------------------------------------------
 AE_NOT_GENERATIVE = (
-    "An AE is not a generative model: it has no prior over its latent space, the codes of the "
+    "{model} is not a generative model: it has no prior over its latent space, the codes of the "
     "data leave gaps in it, and random codes decode to images nothing like the data (seed "
     "001, lecture 004). Train a VAE to sample: `python train.py model=vae`."
 )
 
 
 def _not_generative(caps, kind: str) -> str:
-    if caps.encoder:  # an autoencoder without a prior: the AE's case
-        return AE_NOT_GENERATIVE
+    if caps.encoder:  # an autoencoder without a prior: the AE's and the VQ-VAE's case
+        name = kind.upper()
+        return AE_NOT_GENERATIVE.format(model=f"{'An' if name[0] in 'AEIOU' else 'A'} {name}")
     return f"A {kind} is not a generative model: train one to sample (`python train.py model=vae`)."
 
 

@@ -59,8 +59,11 @@ def to_uint8(grid: torch.Tensor) -> torch.Tensor:
     return grid.float().clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-def log_images(loggers, key: str, images: torch.Tensor, step: int, nrow: int | None = None) -> None:
-    """Send a grid to every logger that shows images (TensorBoard, W&B); CSV ignores it."""
+def log_images(
+    loggers, key: str, images: torch.Tensor, step: int, nrow: int | None = None
+) -> torch.Tensor:
+    """Send a grid to every logger that shows images (TensorBoard, W&B); CSV ignores it.
+    Returns the grid's uint8 [3, H, W] pixels, the ones sent (what `write_preview` writes)."""
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
     pixels = to_uint8(make_grid(images, nrow))  # [3, H, W]
@@ -69,6 +72,29 @@ def log_images(loggers, key: str, images: torch.Tensor, step: int, nrow: int | N
             logger.experiment.add_image(key, pixels, global_step=step, dataformats="CHW")
         elif isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[pixels.permute(1, 2, 0).numpy()], step=step)
+    return pixels
+
+
+def write_preview(pixels: torch.Tensor, folder: Path, epoch: int, name: str, keep: int) -> Path:
+    """<folder>/epoch=NNN-<name>.png from uint8 [3, H, W] pixels (lossless PNG: the file holds
+    exactly the logged bytes), atomically; then only the `keep` newest epochs' files of `name`
+    stay (older ones are deleted)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"epoch={epoch:03d}-{name}.png"
+    tmp = folder / f".{path.stem}.partial.png"
+    Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()).save(tmp)
+    tmp.replace(path)
+    written = sorted(folder.glob(f"epoch=*-{name}.png"), key=lambda p: _epoch_of(p.name))
+    for old in written[: max(0, len(written) - keep)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _epoch_of(filename: str) -> int:
+    digits = filename.removeprefix("epoch=").split("-", 1)[0]
+    return int(digits) if digits.isdigit() else -1
 
 
 def rows_of_columns(columns) -> torch.Tensor:
