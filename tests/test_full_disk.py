@@ -98,3 +98,12 @@ def test_kill_during_a_large_checkpoint_write_leaves_nothing_in_the_temp_dir(tmp
     assert proc.returncode == -9 and not target.exists()  # killed mid-write
     assert list(system_tmp.iterdir()) == []  # nothing staged in the system temp dir
     assert [p.name.endswith(".partial") for p in target.parent.iterdir()] == [True]
+    # The next run to take the dir removes the dead writer's partial file (as large as the
+    # checkpoint), and keeps one whose writer is alive (this process).
+    from genlab.rundir import lock, unlock
+
+    live = target.parent / f".last.ckpt.{os.getpid()}-0123abcd.partial"
+    live.write_bytes(b"x")
+    assert lock(target.parent)
+    unlock(target.parent)
+    assert sorted(p.name for p in target.parent.iterdir()) == [".genlab.lock", live.name]

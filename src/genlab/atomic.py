@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -84,3 +85,32 @@ def _publish_new(tmp: Path, path: Path) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """A text file, atomically (`replace_atomically`)."""
     return replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+# The temporary name of replace_atomically: `.<name>.<pid>-<8 hex>.partial`.
+_PARTIAL = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.partial$")
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Delete the partial files in `folder` whose writer is dead (a kill -9 mid-write leaves
+    one: a checkpoint's can be as large as the checkpoint). Files of a live pid are kept: its
+    write may still be going on. Run where this machine's processes wrote the folder."""
+    removed = []
+    for path in Path(folder).glob(".*.partial"):
+        match = _PARTIAL.match(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True

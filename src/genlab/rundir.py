@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from genlab import GenlabError
+from genlab.atomic import remove_stale_partials
 
 log = logging.getLogger("genlab")
 
@@ -67,6 +68,10 @@ def lock(run_dir: str | os.PathLike) -> bool:
         os.close(fd)
         return False
     _held[run_dir] = fd
+    # No other live run writes here now: the partial files of a killed write can go.
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for path in remove_stale_partials(folder):
+            log.warning("Removed %s, left by a write that was killed", path)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     with contextlib.suppress(OSError):  # the holder's name only serves the refusal's message
         os.ftruncate(fd, 0)
