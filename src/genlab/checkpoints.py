@@ -165,6 +165,7 @@ RUN_CONFIG = "genlab_config"
 FREE_ON_RESUME = (
     # names and places
     "ckpt_path",
+    "evaluate",
     "resume_changes",
     "name",
     "tags",

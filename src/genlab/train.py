@@ -299,6 +299,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     validate(cfg)
     with holding(cfg.paths.output_dir):  # already held when train.py's RunDirGuard took it
+        if cfg.get("evaluate"):  # a checkpoint's metrics, no training: genlab.evaluate
+            from genlab.evaluate import evaluate_checkpoint
+
+            return evaluate_checkpoint(cfg)
         return _run(cfg)
 
 

@@ -1,0 +1,116 @@
+"""Evaluate a checkpoint without training: `python train.py <the run's overrides>
+evaluate=<checkpoint or run dir>`.
+
+A new run dir gets the validation and test metrics of that checkpoint (metrics.json, the final
+table, the loggers), its pictures and its config, computed by the same Lightning stages and
+callbacks as the test stage after training (eval.* sizes, sample quality). The config must be
+the one the checkpoint was trained with except for the keys of length and observation
+(genlab.checkpoints.FREE_ON_RESUME, eval.* among them): a difference is refused by name, as a
+resume refuses it, so the numbers belong to the model the overrides describe.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from genlab import GenlabError
+
+log = logging.getLogger("genlab")
+
+
+def checkpoint_to_evaluate(value: str) -> str:
+    """A .ckpt file as it is; a run dir -> its best checkpoint (what its test stage used:
+    checkpoints/epoch=*.ckpt, the newest of them), else its newest."""
+    from genlab.checkpoints import resolve_ckpt_path
+
+    folder = Path(value) / "checkpoints"
+    best = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if Path(value).is_dir() and best:
+        return str(best[-1])
+    found = resolve_ckpt_path(value, Path(value)) if value != "last" else None
+    if found is None:
+        raise GenlabError(f"evaluate={value}: give a .ckpt file or a run dir with checkpoints.")
+    return found
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    import lightning.pytorch as pl
+
+    from genlab.callbacks import CheckpointOnInterrupt
+    from genlab.checkpoints import check_compatible, load_checkpoint
+    from genlab.loggers import build_loggers, finish_loggers
+    from genlab.train import (
+        _floats,
+        _signals_as_interruption,
+        build_callbacks,
+        build_datamodule,
+        build_model,
+        build_trainer,
+        callback_plan,
+        has_validation,
+        metrics_table,
+        quiet_known_warnings,
+        record_config,
+        run_config,
+        tidy_lightning_logging,
+        write_images,
+        write_metrics,
+    )
+
+    if cfg.get("ckpt_path"):
+        raise GenlabError(
+            f"evaluate={cfg.evaluate} and ckpt_path={cfg.ckpt_path} ask for two things: "
+            "evaluate= scores a checkpoint without training, ckpt_path= resumes training. "
+            "Drop one of them."
+        )
+    tidy_lightning_logging()
+    quiet_known_warnings()
+    path = checkpoint_to_evaluate(str(cfg.evaluate))
+    # The model type and image shape are checked first; any other trained setting that
+    # differs would score another model than the overrides describe.
+    changes = check_compatible(load_checkpoint(path), run_config(cfg), path, allow_changes=True)
+    if changes:
+        raise GenlabError(
+            f"evaluate={cfg.evaluate}: {path} was trained with other settings than these "
+            f"overrides give: {'; '.join(changes)}. Give the overrides it was trained with (its "
+            "run dir's config.yaml lists them); only eval.*, test, logger and the other keys "
+            "of observation may differ."
+        )
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare_data()
+    model = build_model(cfg)
+    loggers = build_loggers(cfg.get("logger"))
+    try:
+        callbacks = build_callbacks(callback_plan(cfg, model.capabilities))
+        validates = has_validation(cfg.data)
+        trainer = build_trainer(cfg.trainer, loggers, callbacks, validates)
+        record_config(cfg, trainer, loggers, output_dir)
+        guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
+        log.info("Evaluating %s (no training)", path)
+        metrics: dict[str, float] = {}
+        stages = [trainer.validate] if validates else []
+        for stage in [*stages, trainer.test]:
+            with _signals_as_interruption(guard):
+                results = stage(
+                    model, datamodule=datamodule, ckpt_path=path, verbose=False, weights_only=True
+                )
+            metrics.update(_floats(results[0]) if results else {})
+        if trainer.is_global_zero:
+            if cfg.get("save_images", True):
+                datamodule.setup("test")
+                seed = cfg.get("seed") or 0
+                for written in write_images(model, datamodule, output_dir, seed=seed):
+                    log.info("wrote %s", written)
+            write_metrics(metrics, output_dir)
+            log.info("metrics of %s (%s):\n%s", path, output_dir / "metrics.json",
+                     metrics_table(metrics))  # fmt: skip
+        return metrics
+    finally:
+        finish_loggers(loggers)
