@@ -332,7 +332,7 @@ class LocalSlurm:
                     f"SlurmdPidFile={r / 'slurmd.%n.pid'}",  # %n: the node's name
                     f"SlurmctldLogFile={r / 'slurmctld.log'}",
                     f"SlurmdLogFile={r / 'slurmd.%n.log'}",
-                    "KillWait=10",
+                    "KillWait=30",  # Slurm's default: genlab closes W&B within 20 s of a signal
                     "MinJobAge=30",
                     *node_lines,
                     f"PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP",

@@ -247,6 +247,7 @@ def test_two_node_ddp_sweep_with_one_node_preempted(cluster, data_root, tmp_path
         "config.yaml",
         "csv",
         "metrics.json",
+        "previews",
         "reconstructions.png",
         "samples.png",
         "status.json",

@@ -221,6 +221,8 @@ def logged_metrics(cfg: DictConfig) -> set[str] | None:
         return None
     cls = type(model)
     names = tuple(getattr(cls, "metric_names", ("loss",)))
+    if (cfg.model.get("iwae_k_train", 1) or 1) <= 1:  # the IWAE training bound: only with K > 1
+        names = tuple(n for n in names if n != "iwae_bound")
     iwae = tuple(n for n in names if n in IWAE_TERMS)
     # Training logs the epoch means of the loss (as loss_epoch) and of compute_terms' terms.
     metrics = {"train/loss_epoch"} | {f"train/{n}" for n in names if n not in (*iwae, "loss")}
