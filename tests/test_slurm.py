@@ -48,6 +48,9 @@ def slurm(tmp_path_factory):
 def start_sweep(slurm, tmp_path, *args) -> subprocess.Popen:
     env = {**slurm.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_MODE", None)
+    # An earlier in-process W&B test leaves its service's address in WANDB_SERVICE; a job that
+    # inherits it talks to that service (which scancel does not reach) instead of its own.
+    env.pop("WANDB_SERVICE", None)
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=slurm", *args],
         cwd=tmp_path,

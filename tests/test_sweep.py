@@ -42,6 +42,7 @@ def sweep(*args, tmp_path: Path, env=None, timeout=300):
         **(env or {}),
     }
     env.pop("WANDB_MODE", None)  # offline because there is no key, as for a user
+    env.pop("WANDB_SERVICE", None)  # each job its own service, as for a user (not this one's)
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), "-m", *args],
         cwd=tmp_path,
