@@ -134,3 +134,19 @@ def test_test_stage_progress_reaches_train_log(cli_run):
     start = log_lines.index("testing: 2 batches")
     assert re.fullmatch(r"test: 2/2 batches \(100%\) in [\d.]+ s", log_lines[start + 1])
     assert log_lines.index(next(m for m in log_lines if m.startswith("final metrics"))) > start
+
+
+def test_the_rich_console_comes_from_a_declared_dependency(compose):
+    """Lightning uses rich's progress bar and model summary whenever rich imports (issue 15:
+    it arrived only through other packages): genlab declares it, and its trainer gets both."""
+    from fixtures import REPO
+    from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+
+    from genlab.train import build_trainer
+
+    # A dependency line of pyproject.toml's [project] table (tomllib needs Python 3.11).
+    assert re.search(r'^\s*"rich[<>=~ ]', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    cfg = compose("trainer.enable_progress_bar=true", "trainer.enable_model_summary=true")
+    trainer = build_trainer(cfg.trainer, [], [], validates=True)
+    kinds = {type(c) for c in trainer.callbacks}
+    assert RichProgressBar in kinds and RichModelSummary in kinds
