@@ -22,7 +22,6 @@ every file and names the one at fault.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from genlab import GenlabError, __version__
+from genlab.resources import file_sha256
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 FORMAT, FORMAT_VERSION = "genlab-export", 1
@@ -41,14 +41,6 @@ def is_export(path: Path) -> bool:
     if path.is_file():
         return path.name in (WEIGHTS, CONFIG)
     return path.is_dir() and any((path / name).exists() for name in (WEIGHTS, CONFIG))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -116,7 +108,7 @@ def export_run(run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     tmp.mkdir(parents=True)
     try:
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt", "genlab": __version__})
-        config["weights"]["sha256"] = _sha256(tmp / WEIGHTS)
+        config["weights"]["sha256"] = file_sha256(tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / CARD).write_text(model_card(config, ema))
         if out.exists():
@@ -226,7 +218,7 @@ def load_export(path: str | os.PathLike, device="cpu"):
             )
     config_path, weights_path = folder / CONFIG, folder / WEIGHTS
     config = _read_config(config_path)
-    if _sha256(weights_path) != config["weights"]["sha256"]:
+    if file_sha256(weights_path) != config["weights"]["sha256"]:
         raise GenlabError(
             f"{weights_path} is not the file that was exported: its sha256 differs from the one "
             f"{config_path} records (changed or damaged since). Export the run again."

@@ -15,6 +15,7 @@ Torch-free, like everything the CLI runs before Hydra hands over a config.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from collections.abc import Mapping
@@ -118,3 +119,13 @@ def checkpoint_problem(path: Path) -> str | None:
     if head[:1] == b"\x80":  # a pickle's PROTO opcode: torch's legacy format
         return None
     return "its content is neither torch's zip format nor a pickle"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (checkpoints and exports are large):
+    what an export records of its weights and a latent DDPM of its autoencoder's checkpoint."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -28,7 +28,6 @@ grids; this learns one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import torch
@@ -37,19 +36,12 @@ from genlab import GenlabError
 from genlab.models.ddpm import DDPM
 from genlab.nets.denoiser import MLPDenoiser
 from genlab.nets.unet import UNet
+from genlab.resources import file_sha256
 from genlab.specs import LatentDDPMSpec
 
 
 class AutoencoderUnavailable(GenlabError):
     """The autoencoder run a trained latent DDPM was built on is gone or has changed."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LatentDDPM(DDPM):
