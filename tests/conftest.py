@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fixtures import CONF_DIR, FAST, N_TEST, N_TRAIN, class_images, write_mnist_family
+from fixtures import N_TEST, N_TRAIN, class_images, compose_run, write_mnist_family
 
 from genlab.data.formats import write_cifar10
 
@@ -27,23 +27,9 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def compose(data_root, tmp_path):
     """compose(*overrides) -> the real composed config, writing into a fresh tmp run dir."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import genlab.resolvers  # noqa: F401
 
     def _compose(*overrides: str, run_dir: Path | None = None):
-        run_dir = run_dir or tmp_path / "run"
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(
-                "train",
-                overrides=[
-                    f"paths.data_dir={data_root}",
-                    f"paths.output_dir={run_dir}",
-                    *FAST,
-                    *overrides,
-                ],
-            )
+        return compose_run(data_root, run_dir or tmp_path / "run", *overrides)
 
     return _compose
 

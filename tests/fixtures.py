@@ -66,3 +66,18 @@ def write_inverted_mnist_family(folder: Path) -> None:
         images, labels = class_images(n, (28, 28, 1), seed)
         write_idx(folder / f"{split}-images-idx3-ubyte", 255 - images[..., 0])
         write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+
+
+def compose_run(data_root, run_dir, *overrides: str):
+    """The real composed train config of a test run into `run_dir` on the tiny data files, FAST
+    (the `compose` fixture's config, for module-scoped fixtures too)."""
+    from hydra import compose, initialize_config_dir
+
+    import genlab.resolvers  # noqa: F401
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[f"paths.data_dir={data_root}", f"paths.output_dir={run_dir}", *FAST,
+                       *overrides],
+        )  # fmt: skip

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from fixtures import CONF_DIR, FAST
+from fixtures import compose_run
 from PIL import Image
 
 import genlab
@@ -34,30 +34,18 @@ TINY_PRIOR = [
 ]
 
 
-def _compose(data_root, out, *overrides):
-    from hydra import compose, initialize_config_dir
-
-    import genlab.resolvers  # noqa: F401
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[f"paths.data_dir={data_root}", f"paths.output_dir={out}", *FAST, *overrides],
-        )
-
-
 @pytest.fixture(scope="module")
 def ae_dir(data_root, tmp_path_factory):
     """Seed 001's MLP autoencoder (k = 9), one epoch on the tiny MNIST."""
     out = tmp_path_factory.mktemp("ae") / "run"
-    run(_compose(data_root, out, "model=ae", "data=mnist", "test=false", "save_images=false"))
+    run(compose_run(data_root, out, "model=ae", "data=mnist", "test=false", "save_images=false"))
     return out
 
 
 @pytest.fixture(scope="module")
 def prior(data_root, ae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("prior") / "run"
-    cfg = _compose(
+    cfg = compose_run(
         data_root,
         out,
         *TINY_PRIOR,
@@ -218,7 +206,7 @@ def test_a_vqvae_code_grid_gets_a_unet_prior_decoded_through_nearest_codes(
         "test=false",
         "save_images=false",
     ]
-    run(_compose(data_root, out, *vq, "data=mnist"))
+    run(compose_run(data_root, out, *vq, "data=mnist"))
     torch.manual_seed(0)
     model = LatentDDPM(
         image_shape=[1, 28, 28],

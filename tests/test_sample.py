@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from fixtures import CONF_DIR, FAST, REPO, write_inverted_mnist_family
+from fixtures import CONF_DIR, REPO, write_inverted_mnist_family
 from PIL import Image
 
 from genlab import GenlabError
@@ -26,25 +26,12 @@ def px(cells: int) -> int:
 
 
 def _train(data_root, run_dir, *overrides, mlp=True):
-    from hydra import compose, initialize_config_dir
+    from fixtures import compose_run
 
-    import genlab.resolvers  # noqa: F401
     from genlab.train import run as train
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.data_dir={data_root}",
-                f"paths.output_dir={run_dir}",
-                *FAST,
-                *(["model.mlp.hidden=[64]"] if mlp else []),  # a DDPM has no MLP
-                "test=false",
-                "save_images=false",
-                *overrides,
-            ],
-        )
-    train(cfg)
+    mlp_size = ["model.mlp.hidden=[64]"] if mlp else []  # a DDPM has no MLP
+    train(compose_run(data_root, run_dir, *mlp_size, "test=false", "save_images=false", *overrides))
     return run_dir
 
 

@@ -71,6 +71,25 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def release_requeued(slurm, slurm_id: str, timeout: float) -> None:
+    """Wait until Slurm has put the requeued job back in the queue, then let it start now (Slurm
+    holds a requeued job back for a while: its BeginTime)."""
+
+    def pending_again():
+        state = subprocess.run(
+            ["squeue", "-h", "-j", slurm_id, "-o", "%T"],
+            env=slurm.env,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return state == "PENDING"
+
+    wait_for(pending_again, timeout, "the requeued job")
+    subprocess.run(
+        ["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], env=slurm.env, check=True
+    )
+
+
 def running_job(job_dir_glob: str, sweep_dir: Path, with_checkpoint: bool = False):
     for d in sweep_dir.glob(job_dir_glob):
         record = (d / "status.json").exists() and status(d)
@@ -135,21 +154,7 @@ def test_preempted_job_checkpoints_is_requeued_and_resumes(slurm, data_root, tmp
         lambda: running_job("0_*", sweep_dir, with_checkpoint=True), 120, "a first checkpoint"
     )
     subprocess.run(["scancel", "--signal=USR2", slurm_id], env=slurm.env, check=True)
-
-    def pending_again():
-        state = subprocess.run(
-            ["squeue", "-h", "-j", slurm_id, "-o", "%T"],
-            env=slurm.env,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return state == "PENDING"
-
-    wait_for(pending_again, 60, "the requeued job")
-    # Slurm holds a requeued job back for a while (BeginTime); let it start now.
-    subprocess.run(
-        ["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], env=slurm.env, check=True
-    )
+    release_requeued(slurm, slurm_id, 60)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     (job,) = job_dirs(sweep_dir)

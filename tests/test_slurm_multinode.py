@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from slurm_cluster import LocalSlurm, missing_tools
-from test_slurm import start_sweep, wait_for
+from test_slurm import release_requeued, start_sweep, wait_for
 from test_sweep import job_dirs, status, tiny
 from wandb_offline import find_runs, read_run
 
@@ -206,21 +206,7 @@ def test_two_node_ddp_sweep_with_one_node_preempted(cluster, data_root, tmp_path
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert b"SLURMD_NODENAME=node2" in environ
     os.kill(pid, signal.SIGUSR2)  # one node's task is preempted, the other's is not told
-
-    def pending_again():
-        state = subprocess.run(
-            ["squeue", "-h", "-j", slurm_id, "-o", "%T"],
-            env=cluster.env,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return state == "PENDING"
-
-    wait_for(pending_again, 90, "the requeued job")
-    # Slurm holds a requeued job back for a while (BeginTime); let it start now.
-    subprocess.run(
-        ["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], env=cluster.env, check=True
-    )
+    release_requeued(cluster, slurm_id, 90)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-4000:]
     done, resumed = job_dirs(sweep_dir)

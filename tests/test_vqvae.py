@@ -134,27 +134,19 @@ def _tiles(path, rows: int, cols: int = 8) -> np.ndarray:
 def trained(data_root, tmp_path_factory):
     """A tiny model=vqvae run through train.py's run: 6 epochs of 18 steps (the random
     templates of the test images take a conv autoencoder ~100 steps to pick up)."""
-    from fixtures import CONF_DIR, FAST
-    from hydra import compose, initialize_config_dir
-
-    import genlab.resolvers  # noqa: F401
+    from fixtures import compose_run
 
     out = tmp_path_factory.mktemp("vqvae") / "run"
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.data_dir={data_root}",
-                f"paths.output_dir={out}",
-                *FAST,
-                "model=vqvae",
-                "data=mnist",
-                "trainer.max_epochs=6",
-                "data.batch_size=16",
-                "model.optimizer.lr=5e-3",
-                "model.dead_code_steps=5",
-            ],
-        )
+    cfg = compose_run(
+        data_root,
+        out,
+        "model=vqvae",
+        "data=mnist",
+        "trainer.max_epochs=6",
+        "data.batch_size=16",
+        "model.optimizer.lr=5e-3",
+        "model.dead_code_steps=5",
+    )
     return out, run(cfg)
 
 
