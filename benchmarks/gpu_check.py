@@ -12,7 +12,9 @@ minutes in all); a stage that fails or overruns is recorded and the next one run
     install             pip install --no-index --no-deps --target from the wheel folder
     data                Fashion-MNIST-shaped IDX gzip files, staged by genlab's own loader
     a cuda_tests        pytest -m cuda
-    b train_runs        train.py, every model, bf16-mixed and 16-mixed: exit 0, checkpoint, metrics
+    b train_runs        train.py, every model trained on images (latent_ddpm, which trains on
+                        another run's codes, is not), bf16-mixed and 16-mixed: exit 0,
+                        checkpoint, metrics
     e flops             FLOPs of one training step (FlopCounterMode, forward + backward)
     c unet_training     paper U-Net steps/s at batch 128: fp32, bf16, + compile, + channels_last,
                         genlab's Lightning loop against a plain PyTorch loop
@@ -85,7 +87,7 @@ class Settings:
     budgets: dict[str, float] = field(default_factory=dict)
 
 
-MODELS = ("ae", "vae", "cvae", "ddpm")
+MODELS = ("ae", "vae", "cvae", "vqvae", "ddpm")
 BUDGETS = {  # seconds per stage; they add up to TOTAL_BUDGET_S less a margin for the report
     "install": 20,
     "data": 20,
@@ -138,7 +140,7 @@ def settings(dry_run: bool) -> Settings:
         device="cpu",
         trainer="cpu",
         train_runs=[("ae", "bf16-mixed"), ("vae", "32-true"), ("cvae", "bf16-mixed")]
-        + [("ddpm", "32-true")],
+        + [("vqvae", "32-true"), ("ddpm", "32-true")],
         train_overrides={"*": ["data.batch_size=16", "data.eval_batch_size=32"], "ddpm": tiny_ddpm},
         parallel_runs=2,
         n_train=512,

@@ -96,6 +96,16 @@ def _models() -> list[tuple]:
     rows.append(
         ("train", ["model=cvae", "model.label_dropout=0"], "model.guidance_scale", "=0 for")
     )
+    q = "model=vqvae"
+    rows += [
+        ("train", [q, "model.num_codes=0"], "model.num_codes", ">= 1"),
+        ("train", [q, "model.code_dim=abc"], "model.code_dim", ">= 1"),
+        ("train", [q, f"model.num_codes={HUGE}"], "model.num_codes", "smaller"),
+        ("train", [q, "model.channels=[100000,100000]"], "model.channels", "smaller"),
+        ("train", [q, "model.codebook_update=kmeans"], "model.codebook_update", "ema"),
+        ("train", [q, "model.codebook_decay=1"], "model.codebook_decay", "(0, 1)"),
+        ("train", [q, "model.beta_commit=-1"], "model.beta_commit", ">= 0"),
+    ]
     d = "model=ddpm"
     rows += [
         ("train", [d, "+model.bogus=1"], "model.bogus", "Drop"),

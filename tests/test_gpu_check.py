@@ -71,7 +71,7 @@ def test_dry_run_goes_through_every_stage(dry_run):
         assert f"| {name} | ok |" in report
     # every model trained through train.py, each precision of the dry run at least once
     runs = results["train_runs"]
-    assert sorted(r["model"] for r in runs) == ["ae", "cvae", "ddpm", "vae"]
+    assert sorted(r["model"] for r in runs) == ["ae", "cvae", "ddpm", "vae", "vqvae"]
     assert {r["precision"] for r in runs} == {"32-true", "bf16-mixed"}
     assert all(r["exit_code"] == 0 and r["checkpoint_bytes"] > 0 for r in runs)
     assert all(math.isfinite(v) for r in runs for v in r["metrics"].values())

@@ -199,3 +199,30 @@ def test_sample_tasks_of_an_encoder_work_and_the_others_refuse(trained, tmp_path
         sample({**base, "task": "classes"})
     with pytest.raises(GenlabError, match="slerp"):
         sample({**base, "task": "interpolate", "mode": "slerp"})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"codebook_update": "loss"},
+        {"channels": [64, 128, 256], "res_blocks": 2, "num_codes": 4096, "code_dim": 16},
+        {"channels": [16], "res_blocks": 0, "num_codes": 8, "code_dim": 2},
+    ],
+)
+def test_the_memory_check_counts_no_more_than_a_real_vqvae_holds(fields):
+    """genlab.resources' lower bound (what the pre-training memory check multiplies by 16 bytes
+    for weights, gradients and Adam's two moments) stays at or below a built VQ-VAE's real
+    memory: 16 bytes per parameter plus 4 per float buffer element (the EMA codebook)."""
+    from dataclasses import asdict
+
+    from genlab.resources import TRAIN_BYTES_PER_PARAMETER, model_parameters
+    from genlab.specs import VQVAESpec
+
+    spec = VQVAESpec(**fields, image_shape=[1, 28, 28])
+    model = VQVAE(spec)
+    count, key = model_parameters({**asdict(spec), "name": "vqvae"}, [1, 28, 28])
+    real = TRAIN_BYTES_PER_PARAMETER * sum(p.numel() for p in model.parameters())
+    real += 4 * sum(b.numel() for b in model.buffers() if b.is_floating_point())
+    assert 0.5 * real <= count * TRAIN_BYTES_PER_PARAMETER <= real  # a bound, and not a loose one
+    assert key.startswith("model.")

@@ -68,7 +68,24 @@ def model_parameters(model: Mapping[str, Any], image_shape) -> tuple[int, str]:
         # Its denoiser (an MLP or a U-Net) is sized by the autoencoder's latent, which is known
         # only once that run is loaded: no lower bound above 0 holds for every autoencoder.
         return 0, "model"
-    if model.get("name") == "ddpm":
+    if model.get("name") == "vqvae":
+        channels = _ints(model.get("channels"))
+        code_dim = int(model.get("code_dim") or 0)
+        widest = max(channels, default=0)
+        codebook_share = 2 if model.get("codebook_update", "ema") == "ema" else 1
+        # The stride-2 3x3 convs of the encoder and their transposed mirror in the decoder, the
+        # 3x3 conv from the code grid back to the last width, the residual blocks' 3x3 convs,
+        # and the codebook: a parameter when it learns by gradient; with EMA updates two
+        # buffers (codes and moving sums, 8 bytes an entry), counted as half a parameter.
+        ins = [int(shape[0]) if shape else 1, *channels[:-1]]
+        convs = sum(2 * 9 * a * b for a, b in zip(ins, channels, strict=False))
+        terms += [
+            (convs, "model.channels"),
+            (9 * code_dim * channels[-1] if channels else 0, "model.code_dim"),
+            (int(model.get("num_codes") or 0) * code_dim // codebook_share, "model.num_codes"),
+            (2 * int(model.get("res_blocks") or 0) * 9 * widest * widest, "model.res_blocks"),
+        ]
+    elif model.get("name") == "ddpm":
         unet = model.get("unet") or {}
         base = int(unet.get("base_channels") or 0)
         blocks = int(unet.get("num_res_blocks") or 0)
