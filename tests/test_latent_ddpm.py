@@ -2,7 +2,7 @@
 through it. A tiny AE run, then a tiny latent DDPM on it through train.py's run: the checkpoint
 reloads and samples images; the normalisation is the training split's; the autoencoder is
 frozen and outside the optimizer; a moved or changed autoencoder run is one clear error; the loss
-is Algorithm 1 on the normalised latents; sample.py draws from it. And a VQ-VAE's code grid."""
+is the v-loss on the normalised latents; sample.py draws from it. And a VQ-VAE's code grid."""
 
 import hashlib
 import math
@@ -138,12 +138,14 @@ def test_autoencoder_is_frozen_and_not_in_the_optimizer(prior, ae_dir):
     assert not any(k.startswith(("encoder", "decoder", "head")) for k in model.state_dict())
 
 
-def test_loss_is_algorithm_1_on_the_normalised_latents(prior, ae_dir):
+def test_loss_is_the_v_loss_on_the_normalised_latents(prior, ae_dir):
     out, _, _ = prior
     model = load_run(out).model
     x = load_run(ae_dir).test_split()[0][:16].float() / 255
     loss, _ = model.compute_terms(x, None, generator=torch.Generator().manual_seed(7))
-    # Independently: the same draws of t and eps, the forward process and the eps target by hand.
+    # Independently: the same draws of t and eps, the forward process and the target by hand:
+    # v = sqrt(ab) eps - sqrt(1 - ab) z (Salimans & Ho 2022), the latent DDPM's default.
+    assert model.prediction == "v"
     ae = load_run(ae_dir).model
     with torch.no_grad():
         z = (ae.encode_mean(x) - model.latent_mean) / model.latent_std
@@ -152,7 +154,8 @@ def test_loss_is_algorithm_1_on_the_normalised_latents(prior, ae_dir):
         eps = torch.randn(z.shape, generator=g)
         alpha_bar = model.schedule.alpha_bars[t].float().unsqueeze(1)
         x_t = alpha_bar.sqrt() * z + (1 - alpha_bar).sqrt() * eps
-        expected = (model.net(x_t, t) - eps).pow(2).mean()
+        v = alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * z
+        expected = (model.net(x_t, t) - v).pow(2).mean()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 

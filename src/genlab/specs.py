@@ -185,7 +185,7 @@ class CVAESpec(VAESpec):
     # Conv backbone and k = 8 for every dataset (a smaller z leaves more of the image to the
     # label), label dropout 0.1 and guided decoding w = 1: after 10 epochs on Fashion-MNIST,
     # label-chosen samples are of the requested class 92% of the time (82.5% unguided, 79% for
-    # the MLP with k = 16 and no guidance) and the domain FID halves (docs/results.md).
+    # the MLP with k = 16 and no guidance) and the domain FID halves (docs/experiments.md).
     latent_dim: int = _key(8, LATENT_DIM)
     arch: str = _key("conv", _one_of("mlp", "conv"))
     label_encoding: str = _key("onehot", _one_of("onehot", "embedding"))  # how labels enter
@@ -310,6 +310,15 @@ class LatentDDPMSpec(DDPMSpec):
     # of this model holds it, and loading refuses an autoencoder checkpoint that differs.
     autoencoder_sha256: str | None = None
     clip_x0: bool = _key(False, BOOL)  # normalised latents are not bounded by [-1, 1]
+    # v-prediction (Salimans & Ho 2022) rather than the pixel DDPM's eps: without the [-1, 1]
+    # clip an eps-model's small error near t = T is divided by sqrt(alpha_bar_T) ~ 0.006 in
+    # its x0 prediction, and the VQ-VAE's code grids diverged (sampled latents 45x the data's
+    # scale, domain FID 331 after 10 epochs); v keeps x0 = sqrt(ab) x_t - sqrt(1 - ab) v
+    # bounded (FID 76 after 3 epochs; docs/experiments.md).
+    prediction: str = _key("v", DDPMSpec.__dataclass_fields__["prediction"].metadata["rule"])
+    # A 5x larger step than the paper's 2e-4 (the CPU DDPM preset's): the small denoisers of
+    # a 10-epoch run were still far from converged at 2e-4.
+    optimizer: dict[str, Any] = _key({**DEFAULT_OPTIMIZER, "lr": 1e-3})
     snap_to_codes: bool = _key(True, BOOL)  # VQ-VAE: sampled vectors -> nearest codes, decoded
     # Denoiser of flat latents (AE, VAE): an MLP of these widths, t added at every layer.
     mlp: MLPSpec = field(default_factory=lambda: MLPSpec(hidden=[256, 256, 256]))
