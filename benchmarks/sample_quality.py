@@ -2,6 +2,7 @@
 
     python benchmarks/sample_quality.py RUN_OR_CKPT [...] --num-samples 1000 [--guidance 2]
     python benchmarks/sample_quality.py DDPM_RUN --sampler dpmpp_2m --steps 10 20 50 100
+    python benchmarks/sample_quality.py DDPM_RUN --sampler ddim --eta 1 --steps 10 20
 
 For each run dir or checkpoint: domain FID against the Fashion-MNIST (or MNIST) test split, the
 share of samples the classifier assigns with confidence >= 0.9, and, for conditional models
@@ -32,6 +33,7 @@ def evaluate(
     dataset: str = "fashion_mnist",
     sampler: str | None = None,
     steps: int | None = None,
+    eta: float | None = None,
 ):
     """One row of scores; `dataset` applies to a bare checkpoint (a run dir says its own)."""
     from torchmetrics.image import FrechetInceptionDistance
@@ -57,6 +59,8 @@ def evaluate(
         extra["sampler"] = sampler
     if steps is not None:
         extra["steps"] = steps
+    if eta is not None:
+        extra["eta"] = eta
     started, fakes = time.monotonic(), []
     for start in range(0, num_samples, 250):
         labels = None if wanted is None else wanted[start : start + 250]
@@ -85,6 +89,8 @@ def evaluate(
             row["guidance_scale"] = guidance
     if sampler is not None or steps is not None:
         row["sampler"], row["steps"] = sampler, steps
+    if eta is not None:
+        row["eta"] = eta
     return row
 
 
@@ -99,6 +105,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="append the rows to this JSON")
     parser.add_argument("--sampler", default=None, help="DDPM sampler: ddpm, ddim, dpmpp_2m")
     parser.add_argument("--steps", type=int, nargs="*", default=None, help="DDPM sampler steps")
+    parser.add_argument(
+        "--eta", type=float, default=None, help="DDIM's eta (1: ancestral on the strided chain)"
+    )
     args = parser.parse_args(argv)
     rows = []
     for path in args.runs:
@@ -112,6 +121,7 @@ def main(argv=None) -> None:
                 args.dataset,
                 sampler=args.sampler,
                 steps=steps,
+                eta=args.eta,
             )
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -105,7 +105,7 @@ def test_guided_conditional_ddpm_draws_the_requested_class(compose):
         samples = model.sample(100, wanted, generator=generator, guidance_scale=scale)
         hits[scale] = requested_share(samples, wanted)
     # Measured 0.80 guided, 0.43 unguided for these 300 steps on 320 images (the full-size
-    # figure, 99.1% on Fashion-MNIST, is in docs/results.md); guidance must carry the label.
+    # figure, 99.1% on Fashion-MNIST, is in docs/experiments.md); guidance must carry the label.
     assert hits[2.0] >= 0.7 and hits[2.0] >= hits[0.0] + 0.2, hits
 
 

@@ -6,7 +6,7 @@ network, here a table with one mean and log-variance per class, starting at N(0,
 standard normal for every class instead, the encoder keeps class information in z (it costs
 little KL), the decoder learns to follow z more than the label, and z ~ N(0, I) asked for class k
 decodes to other classes: 54% of such samples were of the requested class after the default 10
-epochs on Fashion-MNIST (docs/results.md). With p(z|y) the latent regions of the classes may
+epochs on Fashion-MNIST (docs/experiments.md). With p(z|y) the latent regions of the classes may
 differ, and a sample for class k is drawn from class k's own region. The ELBO stays the true
 bound on log p(x|y), with the KL taken against p(z|y).
 """

@@ -5,7 +5,7 @@ likelihood, which reads the decoder's output as logits).
 Conditional models (CVAE) pass a condition vector `c` (the encoded label) that is concatenated
 to the input of every linear layer, not only the first: a label seen once at the bottom of a
 deep network is easily outweighed by the latent code, and then a "class-chosen" sample follows
-whatever class z happens to encode (see tests/test_models.py and docs/results.md).
+whatever class z happens to encode (see tests/test_models.py and docs/experiments.md).
 """
 
 from __future__ import annotations
