@@ -195,7 +195,9 @@ def sampler_curve(budget, steps, records) -> list[str]:
         )
     lines += [
         "",
-        "Each cell: domain FID (seconds to draw all the samples of the point). Commands: "
+        "Each cell: domain FID (seconds to draw all the samples of the point"
+        + "".join(sorted({f"; {r['note']}" for r in by.values() if r and r.get("note")}))
+        + "). Commands: "
         + "; ".join(f"`{step_command(s, records)}`" for s in curve[:3])
         + "; the other points change `--steps` (and `--sampler ddpm --steps 1000` for the full "
         "ancestral sampler).",
