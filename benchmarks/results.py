@@ -127,15 +127,17 @@ FULL = Budget(
     curve_full_ancestral=False,
     grid_samples=1000,
 )
+# One epoch of two training batches: every quick training, the grid's runs among them.
+FEW_BATCHES = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+)
 QUICK = Budget(
     name="quick",
-    train=("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"),
+    train=FEW_BATCHES,
     ddpm_train=("trainer.max_steps=2", "trainer.limit_val_batches=1", "model.warmup_steps=1"),
-    grid_train=(
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-    ),
+    grid_train=FEW_BATCHES,
     samples=60,
     kid_subset=20,
     nll_k=8,
