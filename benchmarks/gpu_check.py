@@ -26,7 +26,7 @@ minutes in all); a stage that fails or overruns is recorded and the next one run
 `--dry-run` runs the same stages on CPU at tiny sizes (a tiny U-Net, 1-2 steps, precision
 32-true / bf16-mixed, compile with dynamo's eager backend: inductor needs minutes on a CPU), and
 replaces the install by a check that the wheel folder can satisfy it. Its report goes to
-`--out-dir`, never over the committed files.
+`--out-dir` (default: a new temp folder, never docs/) and its first line says DRY RUN.
 """
 
 from __future__ import annotations
@@ -85,17 +85,21 @@ class Settings:
     latent_steps: int
     latent_repeats: int
     budgets: dict[str, float] = field(default_factory=dict)
+    unet_configs: list[str] = field(default_factory=list)  # empty: every UNET_CONFIGS entry
 
 
 MODELS = ("ae", "vae", "cvae", "vqvae", "ddpm")
 BUDGETS = {  # seconds per stage; they add up to TOTAL_BUDGET_S less a margin for the report
-    "install": 20,
+    # As measured on an H100 (docs/benchmarks-gpu.md): pytest's start there plus one
+    # torch.compile overran 30 s, FlopCounterMode on the paper U-Net overran 15 s, and three of
+    # the four U-Net configurations took 238 s; train_runs took 59 s and sampling 6 s.
+    "install": 15,
     "data": 20,
-    "cuda_tests": 30,
-    "train_runs": 90,
-    "flops": 15,
-    "unet_training": 220,
-    "unet_sampling": 35,
+    "cuda_tests": 75,
+    "train_runs": 70,
+    "flops": 40,
+    "unet_training": 195,
+    "unet_sampling": 20,
     "latent_throughput": 40,
 }
 
@@ -344,18 +348,101 @@ def environment(cfg: Settings) -> dict:
     return info
 
 
+RESULT_KEYS = {  # stage -> the key of ctx.results it fills
+    "install": "install",
+    "cuda_tests": "cuda_tests",
+    "train_runs": "train_runs",
+    "flops": "flops",
+    "unet_training": "unet_training",
+    "unet_sampling": "unet_sampling",
+    "latent_throughput": "latent_throughput",
+}
+
+
+def take_previous(previous: dict, records: list[dict], results: dict) -> list[dict]:
+    """One report from a short rerun and the run before it: every stage this run did not run
+    (and every U-Net configuration it did not time) comes from `previous`, marked as such."""
+    ran = {r["stage"] for r in records}
+    merged = []
+    for old in previous["stages"]:
+        name = old["stage"]
+        if name in ran:
+            merged.append(next(r for r in records if r["stage"] == name))
+            continue
+        merged.append({**old, "note": f"from the previous run; {old.get('note', '')}".strip()})
+        key = RESULT_KEYS.get(name)
+        if key and key in previous:
+            results[key] = previous[key]
+    if "unet_training" in ran and previous.get("unet_training"):
+        timed = {row["config"] for row in results.get("unet_training", [])}
+        earlier = [r for r in previous["unet_training"] if r["config"] not in timed]
+        results["unet_training"] = earlier + results.get("unet_training", [])
+    results["combined_with"] = previous.get("argv", "") or "an earlier run"
+    return merged
+
+
+def report_folder(out_dir: str | None, dry_run: bool) -> Path:
+    """Where the report goes: --out-dir, else docs/ for a GPU run. A dry run never lands in
+    docs/ by default (its numbers would read as a measurement): a new temp folder instead."""
+    if out_dir:
+        return Path(out_dir)
+    if dry_run:
+        return Path(tempfile.mkdtemp(prefix="genlab-gpu-dry-run-"))
+    return REPO / "docs"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wheels", default=str(REPO / "wheels"), help="carried wheel folder")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, no install")
-    parser.add_argument("--out-dir", default=None, help="report folder (default: the repo)")
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help="report folder (default: docs/ for a GPU run; a dry run's goes to a new temp folder)",
+    )
     parser.add_argument(
         "--total-budget", type=float, default=None, help=f"seconds (default {TOTAL_BUDGET_S:g})"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="STAGE=SECONDS",
+        help="another budget for a stage (repeatable)",
+    )
+    parser.add_argument(
+        "--unet-configs",
+        default=None,
+        help="comma-separated U-Net configurations to time (default: all of them)",
+    )
+    parser.add_argument(
+        "--previous",
+        default=None,
+        help="benchmarks-gpu.json of an earlier run: the stages (and U-Net configurations) this "
+        "run skips are taken from it, so a short rerun completes one report",
+    )
+    parser.add_argument(
+        "--stages",
+        default=None,
+        help="comma-separated stages to run (install and data always run): a short rerun of "
+        "the ones that failed, when device time is short",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     cfg = settings(args.dry_run)
+    for item in args.budget:
+        name, _, seconds = item.partition("=")
+        if name not in BUDGETS or not seconds:
+            parser.error(
+                f"--budget {item!r}: use STAGE=SECONDS with a stage of {', '.join(BUDGETS)}"
+            )
+        cfg.budgets[name] = float(seconds)
+    if args.unet_configs:
+        cfg.unet_configs = args.unet_configs.split(",")
+        known = [name for name, _ in gpu_stages.UNET_CONFIGS]
+        if not set(cfg.unet_configs) <= set(known):
+            parser.error(f"--unet-configs: choose among {', '.join(known)}")
     total = args.total_budget or TOTAL_BUDGET_S * (DRY_RUN_BUDGET_SCALE if cfg.dry_run else 1)
     deadline = started + total
     work = Path(tempfile.mkdtemp(prefix="genlab-gpu-check-"))
@@ -370,13 +457,23 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             print("[gpu_check] no CUDA device: every GPU stage will fail (try --dry-run)")
         torch.backends.cudnn.benchmark = True  # as trainer=gpu sets it
+    chosen = stages()
+    if args.stages:
+        wanted = {"install", "data", *args.stages.split(",")}
+        unknown = wanted - set(chosen)
+        if unknown:
+            known = ", ".join(chosen)
+            parser.error(f"unknown stage(s) {', '.join(sorted(unknown))}; known: {known}")
+        chosen = {k: v for k, v in chosen.items() if k in wanted}
     records = []
-    for name, fn in stages().items():
+    for name, fn in chosen.items():
         try:
             records.append(run_stage(name, fn, ctx, deadline))
         except OverBudget:  # the timer fired in the instant between a stage's end and disarming
             records.append({"stage": name, "status": "skipped: over budget", "seconds": 0.0})
             records[-1]["budget_s"] = ctx.cfg.budgets.get(name, 0.0)
+    if args.previous:
+        records = take_previous(json.loads(Path(args.previous).read_text()), records, ctx.results)
     from gpu_report import markdown, summarise
 
     results = {
@@ -398,7 +495,7 @@ def main(argv=None) -> int:
         report += "```\n" + results["report_error"] + "```\n"
     # Next to each other in docs/ (benchmarks/results-*.json are ignored by git: this one is
     # meant to be committed after a GPU run).
-    folder = Path(args.out_dir) if args.out_dir else REPO / "docs"
+    folder = report_folder(args.out_dir, cfg.dry_run)
     doc, out = folder / "benchmarks-gpu.md", folder / "benchmarks-gpu.json"
     for path, text in ((doc, report), (out, json.dumps(results, indent=2))):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,11 @@ import os
 # (NVIDIA's datasheet gives 989 for the SXM part: MFU against it would read 0.8x these); TF32
 # tensor cores run at half the bf16 rate on Hopper; fp32 without tensor cores is the
 # datasheet's 67.
-GPU_PEAKS = {"H200": {"bf16": 790.0, "tf32": 395.0, "fp32": 67.0}}
+# The H100 SXM has the H200's compute (only its memory is smaller and slower): the same figures.
+GPU_PEAKS = {
+    "H200": {"bf16": 790.0, "tf32": 395.0, "fp32": 67.0},
+    "H100": {"bf16": 790.0, "tf32": 395.0, "fp32": 67.0},
+}
 # A CPU (the dry run) has no such figure: a nominal one, so the arithmetic runs end to end.
 CPU_GHZ, CPU_FLOP_PER_CYCLE = 3.0, 32  # 2 AVX2 FMA units x 8 fp32 lanes x 2
 TARGET_STEPS, FLOOR_STEPS = 60.0, 30.0  # paper U-Net bf16 steps/s at batch 128 (issue 17)
@@ -154,7 +158,8 @@ def _pct(util: dict | None, loop: str) -> str:
 def markdown(results: dict) -> str:
     env, dry = results["env"], results["dry_run"]
     machine = env.get("gpu") or f"CPU ({env.get('cpu_count')} cores)"
-    out = ["# GPU check (`python3 benchmarks/gpu_check.py`)", ""]
+    title = "# GPU check (`python3 benchmarks/gpu_check.py`)"
+    out = [("# DRY RUN, not a measurement: " + title[2:]) if dry else title, ""]
     if dry:
         out += [
             "**Dry run** (`--dry-run`): CPU, tiny sizes, compile with dynamo's eager backend. "
@@ -292,4 +297,14 @@ def markdown(results: dict) -> str:
                 for c in counts.values()
             ],
         )
+        where = {c.get("counted_on") for c in counts.values()} - {None}
+        if where:
+            out += [
+                "",
+                f"Counted on the {', '.join(sorted(where))} at a small batch and scaled to the "
+                "batch shown (every op counted is linear in the batch); FLOPs do not depend on "
+                "the device.",
+            ]
+    if results.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(out) + "\n"

@@ -246,8 +246,9 @@ def unet_training(ctx) -> str:
     cfg = ctx.cfg
     rows = ctx.results.setdefault("unet_training", [])
     kind, data, bs, steps = cfg.unet_kind, cfg.unet_data, cfg.unet_batch, cfg.unet_steps
+    configs = [(n, s) for n, s in UNET_CONFIGS if not cfg.unet_configs or n in cfg.unet_configs]
     with compile_backend(cfg.compile_backend):
-        for name, spec in UNET_CONFIGS:
+        for name, spec in configs:
             if spec.get("compile"):
                 torch._dynamo.reset()  # fresh guards; inductor's on-disk cache still serves
             runs = alternate(

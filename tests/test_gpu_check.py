@@ -114,6 +114,7 @@ def test_step_flops_match_an_independent_estimate(dry_run):
 def test_report_marks_the_targets(dry_run):
     results, report = dry_run
     assert "## Targets" in report and "**Dry run**" in report
+    assert report.splitlines()[0].startswith("# DRY RUN, not a measurement")
     targets = {t["target"]: t for t in results["targets"]}
     speed = next(t for name, t in targets.items() if ">= 60 steps/s" in name)
     value = float(speed["value"].split()[0])
@@ -150,6 +151,44 @@ def test_a_failing_or_overrunning_stage_is_recorded_and_the_next_runs(tmp_path):
     assert gpu_check.run_stage("fine", lambda ctx: "done", ctx, deadline)["note"] == "done"
     spent = gpu_check.run_stage("fine", lambda ctx: "done", ctx, time.monotonic() + 1)
     assert spent["status"] == "skipped: over budget (the total was spent)"
+
+
+def test_a_dry_run_report_never_defaults_to_docs(tmp_path):
+    import gpu_check
+
+    dry = gpu_check.report_folder(None, dry_run=True)
+    assert dry.is_dir() and not dry.resolve().is_relative_to(REPO.resolve())
+    assert not any(dry.iterdir())  # a new folder, nobody's files in it
+    assert gpu_check.report_folder(None, dry_run=False) == REPO / "docs"
+    assert gpu_check.report_folder(str(tmp_path), dry_run=True) == tmp_path
+
+
+def test_budgets_fit_the_total_and_a_rerun_completes_the_earlier_report():
+    import gpu_check
+
+    assert sum(gpu_check.BUDGETS.values()) <= gpu_check.TOTAL_BUDGET_S
+    previous = {
+        "argv": "--wheels wheels",
+        "stages": [
+            {"stage": "install", "status": "ok"},
+            {"stage": "train_runs", "status": "ok", "note": "10 runs"},
+            {"stage": "unet_training", "status": "skipped: over budget"},
+        ],
+        "train_runs": [{"model": "vae", "precision": "bf16-mixed", "exit_code": 0}],
+        "unet_training": [{"config": "fp32", "steps_per_s": {"genlab": 16.0}}],
+    }
+    rerun = [
+        {"stage": "install", "status": "ok", "note": "again"},
+        {"stage": "unet_training", "status": "ok"},
+    ]
+    results = {"unet_training": [{"config": "bf16", "steps_per_s": {"genlab": 30.0}}]}
+    merged = gpu_check.take_previous(previous, rerun, results)
+    assert [r["stage"] for r in merged] == ["install", "train_runs", "unet_training"]
+    assert merged[0]["note"] == "again" and merged[2]["status"] == "ok"  # the rerun's own
+    assert merged[1]["note"].startswith("from the previous run")
+    assert results["train_runs"] == previous["train_runs"]
+    assert [r["config"] for r in results["unet_training"]] == ["fp32", "bf16"]
+    assert results["combined_with"] == "--wheels wheels"
 
 
 def test_pytest_closing_line_is_read():
