@@ -234,10 +234,11 @@ def trained_config(checkpoint: dict[str, Any], path) -> tuple[dict[str, Any], bo
     stored = checkpoint.get(RUN_CONFIG)
     if stored:
         return stored, True
-    from omegaconf import OmegaConf
+    from genlab.untrusted import read_yaml  # data only: never resolved (docs/security.md)
 
     record = Path(path).parent.parent / "config.yaml"
-    config = OmegaConf.to_container(OmegaConf.load(record)) if record.is_file() else {}
+    config = read_yaml(record) if record.is_file() else {}
+    config = config if isinstance(config, dict) else {}
     config["model"] = dict(checkpoint.get("hyper_parameters") or {})
     return config, False
 
