@@ -224,8 +224,9 @@ other file; loading reads no pickle. See genlab's docs/python-api.md.
 
 # -- reading ---------------------------------------------------------------------------------------
 def _read_config(path: Path) -> dict[str, Any]:
-    """config.json, key by key: only the keys an export has, of their types, no interpolation."""
-    from genlab.untrusted import read_json, refuse_interpolations
+    """config.json, key by key: only the keys an export has, of their types (its values are
+    never resolved: nothing of it reaches OmegaConf)."""
+    from genlab.untrusted import read_json
 
     def bad(why: str) -> GenlabError:
         return GenlabError(f"{path} {why}: export the run again (python -m genlab.export).")
@@ -238,7 +239,6 @@ def _read_config(path: Path) -> dict[str, Any]:
             f"has format_version {config.get('format_version')!r}; this genlab reads "
             f"{FORMAT_VERSION} (older exports recorded less: not every file's sha256)"
         )
-    refuse_interpolations(config, path)
     for where, node, keys in (
         ("", config, SECTIONS),
         ("weights.", config.get("weights"), WEIGHTS_KEYS),
@@ -285,7 +285,7 @@ def _build(kind_key: str, hparams: Any, config_path: Path, kinds=None):
     """The model `hparams` (an export's config.json section) describes, weights not loaded:
     its type from genlab's registry, every key checked against its spec."""
     from genlab.models import MODEL_CLASSES
-    from genlab.specs import build_spec
+    from genlab.specs import build_spec, user_keys
 
     name = hparams.get("name") if isinstance(hparams, dict) else None
     known = kinds or tuple(MODEL_CLASSES)
@@ -295,6 +295,12 @@ def _build(kind_key: str, hparams: Any, config_path: Path, kinds=None):
             f"{', '.join(known)} there."
         )
     cls = MODEL_CLASSES[name]
+    extra = sorted(set(hparams) - set(user_keys(cls.spec_class)))
+    if extra:  # `_target_` among them: an export names no class
+        raise GenlabError(
+            f"{config_path} has the key {kind_key}.{extra[0]}, which a {name} does not have: "
+            "export the run again (python -m genlab.export)."
+        )
     try:
         return cls, build_spec(cls.spec_class, hparams)
     except (GenlabError, TypeError, ValueError) as err:

@@ -22,6 +22,11 @@ MAX_BYTES = 4 * 2**20
 
 def _text(path: Path) -> str:
     try:
+        if path.is_symlink() and path.resolve().parent != path.parent.resolve():
+            raise GenlabError(
+                f"{path} is a link to {path.resolve()}, outside its folder: genlab reads a "
+                "run's files only from the run itself."
+            )
         size = path.stat().st_size
         if size > MAX_BYTES:
             raise GenlabError(
@@ -45,10 +50,10 @@ def _loader():
         def compose_node(self, parent, index):
             event = self.peek_event()
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                what = "an alias" if isinstance(event, yaml.AliasEvent) else "an anchor"
                 raise GenlabError(
-                    f"line {event.start_mark.line + 1} holds a YAML "
-                    f"{'alias' if isinstance(event, yaml.AliasEvent) else 'anchor'} "
-                    f"({event.anchor!r}); genlab never writes one, and it reads none"
+                    f"line {event.start_mark.line + 1} holds {what} ({event.anchor!r}); genlab "
+                    "writes no YAML aliases or anchors, and reads none"
                 )
             return super().compose_node(parent, index)
 
