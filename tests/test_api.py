@@ -267,7 +267,7 @@ def test_weights_that_are_not_safetensors_are_refused_naming_them(exports, tmp_p
     folder = _copy(exports["vae"], tmp_path)
     (folder / WEIGHTS).write_bytes(b"\x80\x04not a safetensors file")  # a pickle's first bytes
     config = json.loads((folder / CONFIG).read_text())
-    config["weights"]["sha256"] = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
+    config["files"][WEIGHTS] = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
     (folder / CONFIG).write_text(json.dumps(config))
     with pytest.raises(GenlabError, match="not a readable safetensors file") as err:
         genlab.load(folder)

@@ -234,10 +234,12 @@ def trained_config(checkpoint: dict[str, Any], path) -> tuple[dict[str, Any], bo
     stored = checkpoint.get(RUN_CONFIG)
     if stored:
         return stored, True
-    from omegaconf import OmegaConf
+    from genlab.untrusted import read_yaml, refuse_interpolations  # data only (security.md)
 
     record = Path(path).parent.parent / "config.yaml"
-    config = OmegaConf.to_container(OmegaConf.load(record)) if record.is_file() else {}
+    config = read_yaml(record) if record.is_file() else {}
+    config = config if isinstance(config, dict) else {}
+    refuse_interpolations(config, record)
     config["model"] = dict(checkpoint.get("hyper_parameters") or {})
     return config, False
 

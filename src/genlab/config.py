@@ -83,6 +83,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
             f"{', '.join(user_keys(MODEL_SPECS[name]))}. Drop +model.{unknown[0]}=."
         )
     check_optimizer(model.get("optimizer") or {})
+    check_scheduler(cfg)
     for key, value, rule in violations(MODEL_SPECS[name], model, "model"):
         _fail(key, value, rule.accepted, rule.fix)
     if model.get("iwae_k_train", 1) > 1 and (model["beta"] != 1 or model["reduction"] != "sum"):
@@ -175,13 +176,9 @@ def has_fused_kernel(optimizer_class) -> bool:
 
 def require_fused_optimizer(target: str) -> None:
     """Refuse model.optimizer.fused=true for an optimizer class without a fused kernel."""
-    from hydra.utils import get_class
+    from genlab.registry import optimizer_class
 
-    try:
-        optimizer_class = get_class(target)
-    except Exception:  # an unimportable class fails where it is instantiated, with its own error
-        return
-    if not has_fused_kernel(optimizer_class):
+    if not has_fused_kernel(optimizer_class(target)):
         raise GenlabError(
             f"Invalid config: model.optimizer.fused=true, but {target} has no fused "
             "implementation (torch has them for Adam, AdamW, SGD, Adagrad). Set "
@@ -260,33 +257,27 @@ ADAM_KEYS = {"lr", "betas", "eps", "weight_decay", "amsgrad", "fused", "foreach"
 
 
 def check_optimizer(optimizer: dict) -> None:
-    """model.optimizer._target_ must be an optimizer class and its other keys its arguments
-    (else the run fails in configure_optimizers, after the data is loaded)."""
+    """model.optimizer._target_ must be an optimizer genlab offers (genlab.registry) and its
+    other keys its arguments (else the run fails in configure_optimizers, after the data is
+    loaded)."""
     target = str(optimizer.get("_target_", ""))
     # `fused` is genlab's key, resolved by models.base.build_optimizer (null: where the class
     # has a fused kernel) and checked by require_fused_optimizer: not the class's argument.
-    keys = sorted(k for k in optimizer if k not in ("_target_", "fused"))
-    if target in ("torch.optim.Adam", "torch.optim.AdamW") and set(keys) <= ADAM_KEYS:
+    keys = {k for k in optimizer if k not in ("_target_", "fused")}
+    if target in ("torch.optim.Adam", "torch.optim.AdamW") and keys <= ADAM_KEYS:
         return
-    import inspect
+    from genlab.registry import check_optimizer_arguments
 
-    from hydra.utils import get_class
+    check_optimizer_arguments(optimizer)
 
-    try:
-        cls = get_class(target)
-    except Exception:
-        raise GenlabError(
-            f"Invalid config: model.optimizer._target_='{target}' is not an importable class. "
-            "Give a torch.optim class, e.g. model.optimizer._target_=torch.optim.AdamW."
-        ) from None
-    params = inspect.signature(cls).parameters
-    takes = [n for n in params if n != "params"]
-    for key in keys:
-        if key not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            raise GenlabError(
-                f"Invalid config: model.optimizer.{key} is not an argument of {target} (it "
-                f"takes {', '.join(takes)}). Drop +model.optimizer.{key}=."
-            )
+
+def check_scheduler(cfg: DictConfig) -> None:
+    """scheduler._target_ must be a schedule genlab offers and its other keys its arguments."""
+    scheduler = cfg.get("scheduler")
+    if isinstance(scheduler, DictConfig) and scheduler.get("_target_") is not None:
+        from genlab.registry import scheduler_partial
+
+        scheduler_partial(OmegaConf.to_container(scheduler, resolve=True))
 
 
 def _validate_eval(cfg: DictConfig) -> None:

@@ -55,6 +55,13 @@ LATENT_DIM = Rule(POSITIVE_INT.ok, "an integer >= 1", "e.g. model.latent_dim=16.
 NON_NEGATIVE = Rule(lambda v: is_number(v) and v >= 0, "a number >= 0")
 UNIT_INTERVAL_OPEN_RIGHT = Rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 
+
+def _offered_optimizer(target: Any) -> bool:
+    from genlab.registry import OPTIMIZERS
+
+    return isinstance(target, str) and target in {f"torch.optim.{n}" for n in OPTIMIZERS}
+
+
 DEFAULT_OPTIMIZER = {
     "_target_": "torch.optim.Adam",  # any torch.optim class
     "lr": 1e-3,  # learning rate; > 0
@@ -66,6 +73,13 @@ DEFAULT_OPTIMIZER = {
 # The optimizer is a free-form node (any torch.optim class takes its own keys); its two shared
 # keys are checked by name.
 OPTIMIZER_RULES = {
+    # Only the classes of genlab.registry.OPTIMIZERS (an export's or a config's string is never
+    # imported as it stands).
+    "_target_": Rule(
+        lambda v: _offered_optimizer(v),
+        "a torch.optim class genlab offers (genlab.registry.OPTIMIZERS)",
+        "e.g. model.optimizer._target_=torch.optim.AdamW.",
+    ),
     "lr": Rule(lambda v: is_number(v) and v > 0, "a number > 0", "e.g. model.optimizer.lr=1e-3."),
     "fused": Rule(
         lambda v: v is None or isinstance(v, bool),

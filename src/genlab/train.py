@@ -24,18 +24,17 @@ log = logging.getLogger("genlab")
 
 
 def build_datamodule(cfg: DictConfig):
-    from hydra.utils import get_class
+    from genlab.registry import data_module  # never a class a config names (docs/security.md)
 
-    spec = OmegaConf.to_container(cfg.data, resolve=True)
-    cls = get_class(spec.pop("_target_"))
-    return cls(seed=cfg.get("seed"), **spec)
+    return data_module(OmegaConf.to_container(cfg.data, resolve=True), cfg.get("seed"))
 
 
 def build_model(cfg: DictConfig):
-    from hydra.utils import get_class
+    from genlab.registry import model_class
 
     spec = OmegaConf.to_container(cfg.model, resolve=True)
-    cls = get_class(spec.pop("_target_"))
+    cls = model_class(spec)
+    spec.pop("_target_", None)
     model = cls(**spec)
     # The learning-rate schedule (conf/scheduler/): built in configure_optimizers.
     scheduler = cfg.get("scheduler")

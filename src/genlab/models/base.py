@@ -43,11 +43,11 @@ def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> to
     cannot clip the gradients of a fused optimizer under autocast). One kernel for all
     parameters instead of a handful of small ops per parameter makes MLP training steps on a
     CPU 1.1-1.5x faster (docs/benchmarks.md); the arithmetic is the same update."""
-    from hydra.utils import get_class
+    from genlab.registry import optimizer_class
 
     spec = dict(spec)
     target = spec.pop("_target_")
-    cls = get_class(target)
+    cls = optimizer_class(target)
     fused = spec.pop("fused", None)
     params = [p for p in parameters if p.requires_grad]
     has_fused = has_fused_kernel(cls)
@@ -68,15 +68,15 @@ def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> to
 
 
 def build_scheduler(spec: Mapping[str, Any], optimizer: torch.optim.Optimizer, trainer):
-    """The learning-rate scheduler a `scheduler` config describes (a `_partial_` of a torch
-    scheduler or a genlab.schedules factory), called with the optimizer and, where it takes
-    `total_steps` and the config does not set it, the run's optimizer steps."""
+    """The learning-rate scheduler a `scheduler` config describes (a torch scheduler or a
+    genlab.schedules factory of genlab.registry.SCHEDULERS), called with the optimizer and,
+    where it takes `total_steps` and the config does not set it, the run's optimizer steps."""
     import inspect
     import math
 
-    from hydra.utils import instantiate
+    from genlab.registry import scheduler_partial
 
-    make = instantiate(dict(spec), _partial_=True)
+    make = scheduler_partial(spec)
     if "total_steps" in inspect.signature(make).parameters and "total_steps" not in spec:
         total = trainer.estimated_stepping_batches if trainer is not None else math.inf
         if not math.isfinite(total):

@@ -40,6 +40,9 @@ from genlab.nets.unet import UNet
 from genlab.resources import file_sha256
 from genlab.specs import LatentDDPMSpec
 
+# The model types a latent DDPM can be trained on.
+AUTOENCODERS = ("ae", "vae", "vqvae")
+
 
 class AutoencoderUnavailable(GenlabError):
     """The autoencoder run a trained latent DDPM was built on is gone or has changed."""
@@ -77,40 +80,26 @@ class LatentDDPM(DDPM):
                 f"model.unet does not fit the autoencoder's latent grid {list(grid)}: {err}."
             ) from None
 
-    def _load_autoencoder(self):
-        from genlab.sample.loader import load_run  # lazy: a job-layer loader, used for data
+    @classmethod
+    def with_autoencoder(cls, spec: LatentDDPMSpec, autoencoder) -> LatentDDPM:
+        """The latent DDPM of `spec` on an autoencoder already built and loaded (an export's,
+        genlab.export): no run is read, `spec.autoencoder` only says where it came from."""
+        model = cls.__new__(cls)
+        model.__dict__["_autoencoder"] = autoencoder  # what _load_autoencoder takes
+        model.__init__(spec)
+        return model
 
+    def _load_autoencoder(self):
         spec = self.spec
-        if not spec.autoencoder:
-            raise GenlabError(
-                "model=latent_ddpm needs the trained autoencoder it models the latents of: "
-                "model.autoencoder=<run dir of an ae, vae or vqvae run, or its .ckpt>."
-            )
-        path = Path(spec.autoencoder).expanduser().resolve()
-        recorded = spec.autoencoder_sha256
-        try:
-            run = load_run(path)
-        except GenlabError as err:
-            if recorded:  # a trained model whose autoencoder is gone
-                raise AutoencoderUnavailable(
-                    f"This latent_ddpm was trained on the autoencoder run {path}, which no longer "
-                    f"loads ({err}) It was moved or deleted: put it back at that path (the "
-                    "latent_ddpm checkpoint holds only the prior, not the autoencoder)."
-                ) from None
-            raise GenlabError(f"model.autoencoder={spec.autoencoder}: {err}") from None
-        digest = file_sha256(run.checkpoint)
-        if recorded and digest != recorded:
-            raise AutoencoderUnavailable(
-                f"The autoencoder run {path} has changed since this latent_ddpm was trained on "
-                f"it: its checkpoint {run.checkpoint.name} has sha256 {digest[:16]}..., the one "
-                f"it was trained on {recorded[:16]}... (retrained or resumed since?). Restore "
-                "that checkpoint, or train a new latent_ddpm on the run as it is now."
-            )
-        ae = run.model
+        ae = self.__dict__.get("_autoencoder")
+        if ae is None:
+            ae, kind = self._autoencoder_run()
+        else:
+            self.autoencoder_checkpoint, kind = None, ae.kind
         caps = ae.capabilities
         if not caps.encoder or caps.conditional or caps.diffusion:
             raise GenlabError(
-                f"model.autoencoder={spec.autoencoder} is a {run.name} run: the latent prior needs "
+                f"model.autoencoder={spec.autoencoder} is a {kind} run: the latent prior needs "
                 "an unconditional autoencoder with an encoder and a decoder (ae, vae or vqvae)."
             )
         if tuple(ae.image_shape) != self.image_shape:
@@ -122,11 +111,45 @@ class LatentDDPM(DDPM):
         ae.eval().requires_grad_(False)
         # Outside nn.Module's registry on purpose (see the module docstring).
         self.__dict__["_autoencoder"] = ae
+        return ae
+
+    def _autoencoder_run(self):
+        """(the autoencoder of the run spec.autoencoder names, its type), loaded as data
+        (genlab.sample.loader: nothing in the run can import or instantiate anything)."""
+        from genlab.sample.loader import load_run  # lazy: a job-layer loader, used for data
+
+        spec = self.spec
+        if not spec.autoencoder:
+            raise GenlabError(
+                "model=latent_ddpm needs the trained autoencoder it models the latents of: "
+                "model.autoencoder=<run dir of an ae, vae or vqvae run, or its .ckpt>."
+            )
+        path = Path(spec.autoencoder).expanduser().resolve()
+        recorded = spec.autoencoder_sha256
+        try:  # never another latent_ddpm: a run naming itself would load without end
+            run = load_run(path, kinds=AUTOENCODERS)
+        except GenlabError as err:
+            if recorded:  # a trained model whose autoencoder is gone
+                raise AutoencoderUnavailable(
+                    f"This latent_ddpm was trained on the autoencoder run {path}, which no longer "
+                    f"loads ({err}) It was moved or deleted: put it back at that path (the "
+                    "latent_ddpm checkpoint holds only the prior, not the autoencoder; an "
+                    "export of it, python -m genlab.export, holds both)."
+                ) from None
+            raise GenlabError(f"model.autoencoder={spec.autoencoder}: {err}") from None
+        digest = file_sha256(run.checkpoint)
+        if recorded and digest != recorded:
+            raise AutoencoderUnavailable(
+                f"The autoencoder run {path} has changed since this latent_ddpm was trained on "
+                f"it: its checkpoint {run.checkpoint.name} has sha256 {digest[:16]}..., the one "
+                f"it was trained on {recorded[:16]}... (retrained or resumed since?). Restore "
+                "that checkpoint, or train a new latent_ddpm on the run as it is now."
+            )
         self.autoencoder_checkpoint = run.checkpoint
         # What the checkpoint records of where the latents came from.
         spec.autoencoder, spec.autoencoder_sha256 = str(path), digest
         self.hparams.update(autoencoder=str(path), autoencoder_sha256=digest)
-        return ae
+        return run.model, run.name
 
     @property
     def autoencoder(self):

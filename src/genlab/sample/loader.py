@@ -3,7 +3,7 @@ from it (`load_model`) and the run's data (`LoadedRun`, `load_run`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,9 @@ def _init_kwargs(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hparams.items() if k in known}
 
 
-def load_model(ckpt: Path, device="cpu"):
-    """(model in eval mode on `device`, its type name) from a genlab checkpoint.
+def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
+    """(model in eval mode on `device`, its type name) from a genlab checkpoint; a model of a
+    type not in `kinds` (where given) is refused before it is built.
 
     Loaded with genlab.checkpoints.load_checkpoint (torch.load with weights_only=True): a
     checkpoint can execute no code, so files from anyone are safe to open. The weights are the
@@ -92,6 +93,8 @@ def load_model(ckpt: Path, device="cpu"):
             f"{ckpt} holds a model of type {name!r}, which genlab cannot load: known types are "
             f"{', '.join(MODEL_CLASSES)}."
         )
+    if kinds is not None and name not in kinds:
+        raise GenlabError(f"{ckpt} holds a {name}, where one of {', '.join(kinds)} is needed.")
     from genlab.models.latent_ddpm import AutoencoderUnavailable
 
     cls = MODEL_CLASSES[name]
@@ -119,11 +122,14 @@ def _compose_data(name: str, data_dir: str | None) -> DictConfig:
 
 
 def _read_run_config(path: Path) -> DictConfig:
+    """A run's config.yaml, as data (genlab.untrusted): plain YAML without interpolations,
+    checked like a config, its data section checked against genlab.registry."""
     from omegaconf.errors import OmegaConfBaseException
-    from yaml import YAMLError
 
     from genlab.composition import drop_retired_keys
     from genlab.config import validate
+    from genlab.registry import data_module
+    from genlab.untrusted import read_yaml, refuse_interpolations
 
     def broken(why: str) -> GenlabError:
         return GenlabError(
@@ -132,19 +138,25 @@ def _read_run_config(path: Path) -> DictConfig:
         )
 
     try:
-        cfg = OmegaConf.load(path)
-    except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as err:
-        raise broken(str(err).strip().splitlines()[0]) from None
-    if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("data"), DictConfig):
+        data = read_yaml(path)
+        refuse_interpolations(data, path)
+    except GenlabError as err:
+        raise broken(str(err).removeprefix(f"{path}: ")) from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
         raise broken("it has no `data:` section")
-    if not isinstance(cfg.get("model"), DictConfig):
+    if not isinstance(data.get("model"), dict):
         raise broken("it has no `model:` section")
-    drop_retired_keys(cfg)  # a run of an older genlab still samples
-    try:  # a finished run's config: trained elsewhere perhaps (its GPU), its resume is done
+    try:
+        cfg = OmegaConf.create(data)
+        drop_retired_keys(cfg)  # a run of an older genlab still samples
+        # A finished run's config: trained elsewhere perhaps (its GPU), its resume is done.
         validate(cfg, local=False, starting=False)
+        # The data section names a dataset genlab reads, with its keys only: checked now, not
+        # mid-task (building the module reads no file).
+        data_module(OmegaConf.to_container(cfg.data), cfg.get("seed"))
     except GenlabError as err:
         raise broken(str(err)) from None
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, TypeError, ValueError) as err:
         raise broken(str(err).strip().splitlines()[0]) from None
     return cfg
 
@@ -225,9 +237,10 @@ class LoadedRun:
         return self._splits[key]
 
 
-def load_run(path: str | Path, device="cpu") -> LoadedRun:
+def load_run(path: str | Path, device="cpu", kinds: Collection[str] | None = None) -> LoadedRun:
     """Load a run dir (its best checkpoint and config.yaml), its checkpoints/ folder or a .ckpt,
-    onto `device` (a torch.device or a name: auto, cpu, cuda, ...).
+    onto `device` (a torch.device or a name: auto, cpu, cuda, ...); `kinds`: the model types
+    accepted (load_model).
 
     The model is always built from the checkpoint's own hyperparameters, so it matches its
     weights; config.yaml only says which data the run used.
@@ -235,15 +248,5 @@ def load_run(path: str | Path, device="cpu") -> LoadedRun:
     ckpt, run_dir = _locate(Path(path).expanduser())  # a wrong path fails before torch loads
     device = pick_device(device) if isinstance(device, str) else device
     cfg = _read_run_config(run_dir / "config.yaml") if run_dir is not None else None
-    if cfg is not None:
-        from genlab.train import build_datamodule
-
-        try:  # a config whose data section no longer builds is caught now, not mid-task
-            build_datamodule(cfg)
-        except (TypeError, ValueError, ImportError) as err:
-            raise GenlabError(
-                f"{run_dir / 'config.yaml'} no longer loads (its data section does not build: "
-                f"{err})."
-            ) from None
-    model, name = load_model(ckpt, device)
+    model, name = load_model(ckpt, device, kinds)
     return LoadedRun(model=model, name=name, checkpoint=ckpt, run_dir=run_dir, cfg=cfg)

@@ -67,15 +67,17 @@ def _load_json(path: Path) -> dict | None:
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
-    from omegaconf import OmegaConf
+    from genlab import GenlabError
+    from genlab.untrusted import read_yaml  # as text, never resolved (docs/security.md)
 
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
     try:
-        return [str(o) for o in OmegaConf.load(path)]
-    except Exception:
+        overrides = read_yaml(path)
+    except GenlabError:
         return []
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
 
 
 def _job_num(job_dir: Path, status: dict | None) -> int | None:

@@ -1,0 +1,198 @@
+"""genlab's allow lists: the only classes a config can name for its model, data, optimizer and
+learning-rate schedule, whether the config comes from the command line or from a file.
+
+Configs keep Hydra's `_target_` strings (conf/ reads as before), but nothing here imports the
+module a string names: each one is looked up in the tables below, and any other is refused,
+naming the key and the choices, as is a key the chosen class does not take. So a run dir's
+config.yaml, a checkpoint or an export cannot make genlab import or instantiate a class of its
+choosing (docs/security.md). Torch and the data module are imported only when a class is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from genlab import GenlabError
+
+# torch.optim.<name>: the optimizers that take (params, **numbers) and step without a closure.
+OPTIMIZERS = (
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "ASGD",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+)
+# genlab.schedules' factories and the torch.optim.lr_scheduler classes that take
+# (optimizer, **numbers): none of them takes a function or another scheduler.
+SCHEDULERS = (
+    "genlab.schedules.warmup_constant",
+    "genlab.schedules.warmup_cosine",
+    *(
+        f"torch.optim.lr_scheduler.{name}"
+        for name in (
+            "OneCycleLR",
+            "StepLR",
+            "MultiStepLR",
+            "ExponentialLR",
+            "CosineAnnealingLR",
+            "CosineAnnealingWarmRestarts",
+            "LinearLR",
+            "ConstantLR",
+            "PolynomialLR",
+            "CyclicLR",
+        )
+    ),
+)
+DATA_MODULE = "genlab.data.ImageDataModule"
+
+
+def _refuse(key: str, value: Any, choices: str, fix: str) -> GenlabError:
+    return GenlabError(
+        f"Invalid config: {key}={value!r} is not one genlab offers: {key} must be {choices}. {fix}"
+    )
+
+
+def _unknown_arguments(key: str, target: str, given, takes: list[str]) -> None:
+    unknown = sorted(k for k in given if k not in takes)
+    if unknown:
+        raise GenlabError(
+            f"Invalid config: {key}.{unknown[0]} is not an argument of {target} (it takes "
+            f"{', '.join(takes)}). Drop +{key}.{unknown[0]}=."
+        )
+
+
+# -- optimizers ------------------------------------------------------------------------------------
+def optimizer_class(target: Any, key: str = "model.optimizer._target_") -> type:
+    """The torch.optim class `target` names (torch.optim.<one of OPTIMIZERS>)."""
+    name = target[len("torch.optim.") :] if isinstance(target, str) else None
+    if not (isinstance(target, str) and target.startswith("torch.optim.") and name in OPTIMIZERS):
+        raise _refuse(
+            key,
+            target,
+            f"one of torch.optim.{{{','.join(OPTIMIZERS)}}}",
+            f"Give a torch.optim class, e.g. {key}=torch.optim.AdamW.",
+        )
+    import torch
+
+    cls = getattr(torch.optim, name, None)
+    if cls is None:  # a class this torch does not have yet (Adafactor before torch 2.5)
+        raise GenlabError(f"Invalid config: {key}={target}: this torch has no {target}.")
+    return cls
+
+
+def check_optimizer_arguments(optimizer: Mapping[str, Any], key: str = "model.optimizer") -> type:
+    """The optimizer class of a model.optimizer node; its other keys must be the class's
+    arguments (`fused` is genlab's own key: models.base.build_optimizer resolves it)."""
+    target = optimizer.get("_target_")
+    cls = optimizer_class(target, f"{key}._target_")
+    takes = [n for n in inspect.signature(cls).parameters if n != "params"]
+    given = [k for k in optimizer if k not in ("_target_", "fused")]
+    _unknown_arguments(key, str(target), given, takes)
+    return cls
+
+
+# -- learning-rate schedules -----------------------------------------------------------------------
+def scheduler_factory(target: Any, key: str = "scheduler._target_") -> Callable:
+    """The factory or torch scheduler class `target` names (one of SCHEDULERS)."""
+    if target not in SCHEDULERS:
+        raise _refuse(
+            key,
+            target,
+            f"one of {', '.join(SCHEDULERS)}",
+            "Choose a schedule with scheduler=constant|warmup_constant|warmup_cosine|onecycle.",
+        )
+    module, name = target.rsplit(".", 1)
+    if module == "genlab.schedules":
+        from genlab import schedules
+
+        return getattr(schedules, name)
+    import torch
+
+    return getattr(torch.optim.lr_scheduler, name)
+
+
+def scheduler_partial(spec: Mapping[str, Any], key: str = "scheduler") -> Callable:
+    """The schedule a `scheduler` config describes, as a partial to call with the optimizer
+    (and total_steps where it takes them); every other key must be one of its arguments."""
+    arguments = {k: v for k, v in spec.items() if k not in ("_target_", "_partial_")}
+    target = spec.get("_target_")
+    factory = scheduler_factory(target, f"{key}._target_")
+    takes = [n for n in inspect.signature(factory).parameters if n != "optimizer"]
+    _unknown_arguments(key, str(target), arguments, takes)
+    return functools.partial(factory, **arguments)
+
+
+# -- models ----------------------------------------------------------------------------------------
+def model_class(spec: Mapping[str, Any], key: str = "model") -> type:
+    """The model class of a model config node: its `name` picks it (genlab.models.MODEL_CLASSES)
+    and its `_target_`, where it has one, must be that class's."""
+    from genlab.models import MODEL_CLASSES
+
+    name = spec.get("name")
+    cls = MODEL_CLASSES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise _refuse(f"{key}.name", name, f"one of {', '.join(MODEL_CLASSES)}", "Use model=NAME.")
+    own = cls.spec_class.__dataclass_fields__["_target_"].default
+    target = spec.get("_target_", own)
+    if target != own:
+        raise _refuse(
+            f"{key}._target_",
+            target,
+            f"{own} for {key}.name={name}",
+            f"Choose the model with model={name} and leave {key}._target_ as it is.",
+        )
+    return cls
+
+
+# -- data ------------------------------------------------------------------------------------------
+@functools.cache
+def data_keys(name: str) -> frozenset[str]:
+    """The keys of conf/data/<name>.yaml, with those every dataset shares (conf/_data_base_.yaml):
+    read from genlab's own conf/, not composed (Hydra's compose takes a second)."""
+    import yaml
+
+    from genlab.composition import CONF_DIR
+
+    keys: set[str] = set()
+    for path in (CONF_DIR / "_data_base_.yaml", CONF_DIR / "data" / f"{name}.yaml"):
+        keys |= set(yaml.safe_load(path.read_text())) - {"defaults"}
+    return frozenset(keys)
+
+
+def data_module(spec: Mapping[str, Any], seed: Any):
+    """genlab.data.ImageDataModule of a `data` config node (resolved, plain values): `name`
+    picks a dataset genlab reads (genlab.data.sources.LOADERS), whose keys are the only ones
+    allowed."""
+    from genlab.data.sources import LOADERS
+
+    spec = dict(spec)
+    target = spec.pop("_target_", DATA_MODULE)
+    if target != DATA_MODULE:
+        raise _refuse(
+            "data._target_",
+            target,
+            DATA_MODULE,
+            "Choose the data with data=<name>; data._target_ stays as conf/ sets it.",
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or name not in LOADERS:
+        raise _refuse("data.name", name, f"one of {', '.join(LOADERS)}", "Use data=NAME.")
+    unknown = sorted(set(spec) - data_keys(name))
+    if unknown:
+        raise GenlabError(
+            f"Invalid config: data.{unknown[0]} is not a key of data={name} (its keys: "
+            f"{', '.join(sorted(data_keys(name) - {'_target_'}))})."
+        )
+    from genlab.data.module import ImageDataModule
+
+    return ImageDataModule(seed=seed, **spec)
