@@ -62,6 +62,11 @@ def precheck(argv: list[str], config_name: str) -> None:
 _raise_instead_of_exit = False
 
 
+class _Refused(BaseException):
+    """`fail` within `raising_errors`: Hydra turns an Exception raised by a callback (RunDirGuard)
+    into a warning and goes on with the run, so this passes through it as a BaseException."""
+
+
 @contextlib.contextmanager
 def raising_errors():
     """Within: `fail` raises GenlabError(message) instead of printing it and exiting."""
@@ -69,13 +74,15 @@ def raising_errors():
     before, _raise_instead_of_exit = _raise_instead_of_exit, True
     try:
         yield
+    except _Refused as refused:
+        raise GenlabError(str(refused)) from None
     finally:
         _raise_instead_of_exit = before
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     if _raise_instead_of_exit:
-        raise GenlabError(message)
+        raise _Refused(message)
     print(f"genlab: error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -137,6 +144,8 @@ class RunDirGuard(Callback):
 
         run_dir = Path(str(config.hydra.run.dir))
         try:
+            # Before Hydra opens train.log in it or writes .hydra/ (and before the lock file).
+            rundir.check_run_dir(run_dir, new_run=config.get("ckpt_path") in (None, ""))
             if rundir.is_rank_zero():
                 rundir.lock(run_dir)
         except GenlabError as err:
