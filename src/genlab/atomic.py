@@ -1,8 +1,9 @@
 """The one atomic write of the project: checkpoints, torch.save files, metrics.json, sweep
-status files and sample.py's pictures all go through `replace_atomically`. Torch-free, so the
-sweep's parent process and sample.py's writer use it without importing Lightning. What a killed
-write leaves (a `.partial` file, an export's `.<name>.tmp-<pid>` folder) is removed by the next
-command that writes there, once its writer is dead."""
+status files, the run's pictures (samples, previews) and sample.py's pictures all go through
+`replace_atomically`; its temporary name is unique, so nothing planted there is written through.
+Torch-free, so the sweep's parent process and sample.py's writer use it without importing
+Lightning. What a killed write leaves (a `.partial` file, an export's `.<name>.tmp-<pid>`
+folder) is removed by the next command that writes there, once its writer is dead."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -141,12 +142,15 @@ class RunDirGuard(Callback):
         from omegaconf import open_dict, read_write
 
         from genlab import rundir
+        from genlab.sweep.own_process import ENV_JOB
 
         run_dir = Path(str(config.hydra.run.dir))
         try:
-            # Before Hydra opens train.log in it or writes .hydra/ (and before the lock file).
-            rundir.check_run_dir(run_dir, new_run=config.get("ckpt_path") in (None, ""))
-            if rundir.is_rank_zero():
+            if rundir.is_rank_zero():  # (the other DDP ranks share rank 0's dir)
+                # Before Hydra opens train.log or writes .hydra/. A sweep job run in a process
+                # of its own resumes its folder itself (genlab.sweep.job.prepare).
+                new_run = config.get("ckpt_path") in (None, "") and not os.environ.get(ENV_JOB)
+                rundir.check_run_dir(run_dir, new_run)
                 rundir.lock(run_dir)
         except GenlabError as err:
             fail(str(err))

@@ -295,11 +295,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     the same run dir: genlab.rundir), TrainingInterrupted after SIGTERM/SIGINT (a checkpoint
     has been written), TrainingDiverged on a non-finite loss or validation/test metric.
     """
-    from genlab.rundir import check_run_dir, holding
+    from genlab.rundir import check_run_dir, holding, is_rank_zero
 
     validate(cfg)
-    new_run = cfg.get("ckpt_path") in (None, "") and cfg.get("sweep_job") is None
-    check_run_dir(cfg.paths.output_dir, new_run)  # train.py's RunDirGuard checked it already
+    if is_rank_zero():  # train.py's RunDirGuard checked already; the library's run(cfg) not
+        new_run = cfg.get("ckpt_path") in (None, "") and cfg.get("sweep_job") is None
+        check_run_dir(cfg.paths.output_dir, new_run)
     with holding(cfg.paths.output_dir):  # already held when train.py's RunDirGuard took it
         if cfg.get("evaluate"):  # a checkpoint's metrics, no training: genlab.evaluate
             from genlab.evaluate import evaluate_checkpoint
