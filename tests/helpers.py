@@ -103,3 +103,13 @@ class SignalWithWandbService(pl.Callback):
             assert services, "no wandb-core child to signal"
             for pid in [*services, os.getpid()]:
                 os.kill(pid, signal.SIGTERM)
+
+
+class SignalInTest(pl.Callback):
+    """Deliver a real SIGTERM to this process at the first test batch (a preemption while the
+    run tests its best checkpoint, training done) when $SIGNAL_IN_TEST is set: the same command
+    without it is the resume."""
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.is_global_zero and os.environ.get("SIGNAL_IN_TEST"):
+            os.kill(os.getpid(), signal.SIGTERM)

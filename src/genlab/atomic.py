@@ -1,6 +1,9 @@
 """The one atomic write of the project: checkpoints, torch.save files, metrics.json, sweep
-status files and sample.py's pictures all go through `replace_atomically`. Torch-free, so the
-sweep's parent process and sample.py's writer use it without importing Lightning."""
+status files, the run's pictures (samples, previews) and sample.py's pictures all go through
+`replace_atomically`; its temporary name is unique, so nothing planted there is written through.
+Torch-free, so the sweep's parent process and sample.py's writer use it without importing
+Lightning. What a killed write leaves (a `.partial` file, an export's `.<name>.tmp-<pid>`
+folder) is removed by the next command that writes there, once its writer is dead."""
 
 from __future__ import annotations
 
@@ -102,6 +105,26 @@ def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
             continue
         with contextlib.suppress(OSError):
             path.unlink()
+            removed.append(path)
+    return removed
+
+
+# The temporary folder of an export (genlab.export): `.<name>.tmp-<pid>`.
+_TEMP_DIR = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def remove_stale_temp_dirs(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary folders in `folder` whose writer is dead (an export killed
+    mid-write leaves one). Only plain folders of plain files, as an export writes them."""
+    import shutil
+
+    removed = []
+    for path in Path(folder).glob(".*.tmp-*"):
+        match = _TEMP_DIR.match(path.name)
+        if match is None or path.is_symlink() or not path.is_dir() or _alive(int(match.group(1))):
+            continue
+        if all(p.is_file() and not p.is_symlink() for p in path.iterdir()):
+            shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,11 @@ def precheck(argv: list[str], config_name: str) -> None:
 _raise_instead_of_exit = False
 
 
+class _Refused(BaseException):
+    """`fail` within `raising_errors`: Hydra turns an Exception raised by a callback (RunDirGuard)
+    into a warning and goes on with the run, so this passes through it as a BaseException."""
+
+
 @contextlib.contextmanager
 def raising_errors():
     """Within: `fail` raises GenlabError(message) instead of printing it and exiting."""
@@ -69,13 +75,15 @@ def raising_errors():
     before, _raise_instead_of_exit = _raise_instead_of_exit, True
     try:
         yield
+    except _Refused as refused:
+        raise GenlabError(str(refused)) from None
     finally:
         _raise_instead_of_exit = before
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     if _raise_instead_of_exit:
-        raise GenlabError(message)
+        raise _Refused(message)
     print(f"genlab: error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -134,10 +142,15 @@ class RunDirGuard(Callback):
         from omegaconf import open_dict, read_write
 
         from genlab import rundir
+        from genlab.sweep.own_process import ENV_JOB
 
         run_dir = Path(str(config.hydra.run.dir))
         try:
-            if rundir.is_rank_zero():
+            if rundir.is_rank_zero():  # (the other DDP ranks share rank 0's dir)
+                # Before Hydra opens train.log or writes .hydra/. A sweep job run in a process
+                # of its own resumes its folder itself (genlab.sweep.job.prepare).
+                new_run = config.get("ckpt_path") in (None, "") and not os.environ.get(ENV_JOB)
+                rundir.check_run_dir(run_dir, new_run)
                 rundir.lock(run_dir)
         except GenlabError as err:
             fail(str(err))

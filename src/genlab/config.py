@@ -21,6 +21,7 @@ from genlab import GenlabError
 from genlab.composition import retired_key_message
 from genlab.image_files import check_config as check_image_folder
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
+from genlab.rundir import check_run_name
 from genlab.specs import (
     MODEL_SPECS,
     NESTED,
@@ -164,6 +165,9 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     _validate_eval(cfg)
     if starting:
         _validate_ckpt_path(cfg.get("ckpt_path"))
+        for key in ("name", "sweep_name"):  # folder names: a run stays inside the run root
+            if _get(cfg, key) != "__missing__":
+                check_run_name(key, _get(cfg, key))
     _validate_size(cfg, model)
 
 

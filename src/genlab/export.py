@@ -19,6 +19,10 @@ path it records is followed, config.json is read key by key (a key it should not
 model type genlab does not have, is refused by name), and a missing, damaged or altered file
 is refused with a GenlabError naming it. Files genlab did not write there are never read.
 
+The files are written into `.<folder>.tmp-<pid>` beside the folder and renamed at once: a stop
+(Ctrl-C, SIGTERM: one line, exit 130/143) removes it, and after a kill -9 the next export into
+the same parent folder does.
+
 The files are written with safetensors directly rather than huggingface_hub's ModelHubMixin:
 the mixin would make the hub client (and its HTTP stack) a dependency of every install, own the
 models' __init__ arguments as its config, and load with its own errors, where genlab checks
@@ -28,14 +32,19 @@ every file and names the one at fault.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 from genlab import GenlabError, __version__
+from genlab.atomic import remove_stale_temp_dirs
 from genlab.resources import file_sha256
+
+log = logging.getLogger("genlab")
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 AE_WEIGHTS = "autoencoder.safetensors"
@@ -138,6 +147,8 @@ def export_run(run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         "files": {},
         "training": {"overrides": overrides, "metrics": metrics},
     }
+    for stale in remove_stale_temp_dirs(out.parent) if out.parent.is_dir() else ():
+        log.warning("Removed %s, left by an export that was killed", stale)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -385,10 +396,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from genlab.cli import fail
 
+    def terminated(signum, frame):  # SIGTERM: remove the temporary folder, as for Ctrl-C
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         out = export_run(args.run, args.out_dir)
     except GenlabError as err:
         fail(str(err))
+    except KeyboardInterrupt as stop:
+        by, code = ("SIGTERM", 143) if stop.args == ("SIGTERM",) else ("Ctrl-C", 130)
+        fail(f"Export stopped by {by}; nothing was written to {args.out_dir}.", code=code)
     print(out)
 
 

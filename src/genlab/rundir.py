@@ -11,6 +11,10 @@
   holds Hydra's copy back (`defer_hydra_records`), and `genlab.train.record_config` writes them
   with config.yaml only once Lightning has restored the checkpoint (`write_hydra_records`): a
   resume that fails before that leaves both byte for byte as they were.
+- Someone else's files: a new run (no ckpt_path) into a dir that holds results (`check_run_dir`)
+  is refused, and so is any dir with a symlink that leads out of it (a `train.log` or
+  `checkpoints/` pointing at another file would make the run write there). Checked before Hydra
+  opens train.log; the lock itself is opened with O_NOFOLLOW.
 
 Torch-free: genlab.cli uses it before Hydra writes anything.
 """
@@ -18,10 +22,12 @@ Torch-free: genlab.cli uses it before Hydra writes anything.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +60,11 @@ def lock(run_dir: str | os.PathLike) -> bool:
         return False
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(run_dir / LOCK_NAME, flags, 0o644)
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise GenlabError(foreign_link(run_dir, run_dir / LOCK_NAME)) from None
         raise GenlabError(unwritable(run_dir, err)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -67,9 +76,12 @@ def lock(run_dir: str | os.PathLike) -> bool:
         log.warning("Cannot lock %s (%s): nothing stops a second run in it.", run_dir, err)
         os.close(fd)
         return False
+    if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_nlink > 1:
+        os.close(fd)  # truncating a hard link would truncate the file it shares
+        raise GenlabError(foreign_link(run_dir, run_dir / LOCK_NAME))
     _held[run_dir] = fd
     # No other live run writes here now: the partial files of a killed write can go.
-    for folder in (run_dir, run_dir / "checkpoints"):
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "previews"):
         for path in remove_stale_partials(folder):
             log.warning("Removed %s, left by a write that was killed", path)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -114,6 +126,104 @@ def unwritable(path: Path, err: OSError) -> str:
         f"Cannot write into {path} ({err.strerror or err}). Give the run a writable dir: "
         "hydra.run.dir=<dir>, or GENLAB_OUTPUT_DIR / paths.output_root for the dated run dirs."
     )
+
+
+# -- someone else's files ---------------------------------------------------------------------
+# What a finished (or started) run leaves: a new run into a dir holding one would replace it.
+RESULTS = ("config.yaml", "metrics.json", "checkpoints")
+# Files written in place (appended or truncated), not replaced by a rename: a hard link there
+# would change the file it shares.
+IN_PLACE = ("train.log", LOCK_NAME)
+
+
+def check_run_dir(run_dir: str | os.PathLike, new_run: bool) -> None:
+    """Refuse (GenlabError) a run dir (or a sweep dir) with a symlink leading out of it or a
+    file written in place that is not a plain file of its own, and, for a `new_run` (no
+    ckpt_path), one that holds results already: the run would write over files it does not own.
+    """
+    run_dir = Path(run_dir).absolute()
+    if not run_dir.is_dir():
+        return
+    root = run_dir.resolve()
+    for folder, dirs, files in os.walk(run_dir):  # does not descend into linked folders
+        for name in dirs + files:
+            path = Path(folder) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise GenlabError(foreign_link(run_dir, path))
+            info = os.lstat(path) if name in IN_PLACE else None
+            if info is not None and (not stat.S_ISREG(info.st_mode) or info.st_nlink > 1):
+                raise GenlabError(foreign_link(run_dir, path))
+    held = [name for name in RESULTS if _holds(run_dir / name)]
+    if new_run and held:
+        raise GenlabError(
+            f"hydra.run.dir={run_dir} holds results already ({', '.join(held)}): a new run there "
+            "would replace them, so nothing was written. Give the new run a dir of its own "
+            "(hydra.run.dir=<a new dir>, or no hydra.run.dir for a new dated one), or resume "
+            f"that run in place: `ckpt_path=last hydra.run.dir={run_dir}`."
+        )
+
+
+def check_inside(run_dir: str | os.PathLike, path: Path) -> None:
+    """Refuse (GenlabError) a `path` in `run_dir` that is a link leading out of it."""
+    run_dir = Path(run_dir)
+    if path.is_symlink() and not path.resolve().is_relative_to(run_dir.resolve()):
+        raise GenlabError(
+            f"{path} is a link that leads out of the run dir {run_dir}, so sample.py would "
+            "write there; nothing was written. Choose the folder yourself with out_dir=<dir>, "
+            "or remove the link."
+        )
+
+
+def _holds(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return any(not p.name.endswith(".partial") for p in path.iterdir())
+    return path.exists() or path.is_symlink()
+
+
+def recorded_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The metrics.json of a run resumed in place: what the resume keeps of the values it does
+    not measure again (a finished run's resume re-tests it, its training values stay)."""
+    import json
+
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # ValueError: JSON and UTF-8 errors
+        metrics = err
+    numbers = isinstance(metrics, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+    )
+    if not numbers:
+        raise GenlabError(
+            f"{path} is not genlab's metrics.json (a JSON object of numbers), so resuming in "
+            "place could not keep its values; nothing was written. Move it away, or resume into "
+            f"a new dir: `ckpt_path={Path(run_dir)}` without hydra.run.dir."
+        )
+    return {str(k): float(v) for k, v in metrics.items()}
+
+
+def foreign_link(run_dir: Path, path: Path) -> str:
+    return (
+        f"{path} is a link to another file (or not a plain file), so writing it would change "
+        f"something outside the run dir {run_dir}; nothing was written. genlab refuses run dirs "
+        "holding such files: give the run a new dir (hydra.run.dir=<a new dir>, or no "
+        "hydra.run.dir), or remove the link."
+    )
+
+
+def check_run_name(key: str, value: object) -> None:
+    """`name` and `sweep_name` end the run's and sweep's folder names: one plain folder name,
+    so that a run stays inside the run root (`name=../../x` would leave it)."""
+    text = str(value)
+    if not text or any(c in text for c in ("/", "\\", "\0")) or len(text) > 200:
+        raise GenlabError(
+            f"Invalid config: {key}={value!r}. {key} names the run's folder inside the run "
+            "root, so it must be 1 to 200 characters without '/' or '\\' (e.g. "
+            f"{key}=vae-beta4). To choose the folder itself, use "
+            f"{'hydra.sweep.dir' if key == 'sweep_name' else 'hydra.run.dir'}=<dir>."
+        )
 
 
 # -- Hydra's records of a resumed run ----------------------------------------------------------

@@ -294,9 +294,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     the same run dir: genlab.rundir), TrainingInterrupted after SIGTERM/SIGINT (a checkpoint
     has been written), TrainingDiverged on a non-finite loss or validation/test metric.
     """
-    from genlab.rundir import holding
+    from genlab.rundir import check_run_dir, holding, is_rank_zero
 
     validate(cfg)
+    if is_rank_zero():  # train.py's RunDirGuard checked already; the library's run(cfg) not
+        new_run = cfg.get("ckpt_path") in (None, "") and cfg.get("sweep_job") is None
+        check_run_dir(cfg.paths.output_dir, new_run)
     with holding(cfg.paths.output_dir):  # already held when train.py's RunDirGuard took it
         if cfg.get("evaluate"):  # a checkpoint's metrics, no training: genlab.evaluate
             from genlab.evaluate import evaluate_checkpoint
@@ -312,9 +315,12 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     quiet_known_warnings()
 
     from genlab.loggers import build_loggers, finish_loggers
+    from genlab.rundir import recorded_metrics
 
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path, wandb_resume_id = resume_point(cfg, output_dir)
+    # A resume in place keeps the values of metrics.json that it does not measure again.
+    earlier = recorded_metrics(output_dir) if cfg.get("ckpt_path") not in (None, "") else {}
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -331,7 +337,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         trainer = build_trainer(cfg.trainer, loggers, callbacks, has_validation(cfg.data))
         record_config(cfg, trainer, loggers, output_dir)
         test = bool(cfg.get("test", True))
-        metrics = fit_and_test(trainer, model, datamodule, ckpt_path, output_dir, test)
+        metrics = fit_and_test(trainer, model, datamodule, ckpt_path, output_dir, test, earlier)
         if trainer.is_global_zero:
             if cfg.get("save_images", True):
                 datamodule.setup("test")
@@ -396,9 +402,12 @@ def record_config(cfg: DictConfig, trainer, loggers: list, output_dir: Path) -> 
         write()
 
 
-def fit_and_test(trainer, model, datamodule, ckpt_path, output_dir: Path, test: bool) -> dict:
+def fit_and_test(
+    trainer, model, datamodule, ckpt_path, output_dir: Path, test: bool, earlier: dict
+) -> dict:
     """Fit (resuming from `ckpt_path`), then test the best checkpoint when `test` is set; the
-    final metrics. A stop by SIGTERM/SIGINT raises TrainingInterrupted."""
+    final metrics: `earlier` updated with what this run measured. A stop by SIGTERM/SIGINT
+    raises TrainingInterrupted."""
     from genlab.callbacks import CheckpointOnInterrupt, TrainingInterrupted
 
     guard = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt))
@@ -407,7 +416,7 @@ def fit_and_test(trainer, model, datamodule, ckpt_path, output_dir: Path, test: 
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.interrupted:
         raise guard.interruption or TrainingInterrupted("signal", 1, None, trainer.global_step)
-    metrics = _final(trainer.callback_metrics)
+    metrics = {**earlier, **_final(trainer.callback_metrics)}
     if test:
         if trainer.is_global_zero:  # the training numbers are kept if testing is stopped
             write_metrics(metrics, output_dir)

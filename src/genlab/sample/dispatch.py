@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from genlab import GenlabError
+from genlab.rundir import check_inside
 from genlab.sample.job import Job
 from genlab.sample.loader import LoadedRun, load_run
 from genlab.sample.options import check_label, check_options, invalid, options
@@ -114,6 +115,8 @@ def run(cfg: DictConfig | Mapping) -> list[Path]:
     check_supported(cfg.task, loaded, cfg)
     task = TASKS[cfg.task]
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else loaded.home / "samples"
+    if not cfg.out_dir:  # the run's own folder: not one its dir links to elsewhere
+        check_inside(loaded.home, out_dir)
     n = None if task.default_n is None else (cfg.n or task.default_n)
     check_size(cfg.task, loaded, cfg, n)
     handler = task.handler(loaded.model.capabilities)

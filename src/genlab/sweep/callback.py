@@ -87,11 +87,18 @@ class SweepCallback(Callback):
         self.metrics = list(metrics) if metrics else None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from genlab import GenlabError
         from genlab.atomic import write_text_atomic
+        from genlab.cli import fail
+        from genlab.rundir import check_run_dir
 
         STATE.reset()
         info = describe_sweep(config)
         sweep_dir = Path(info["dir"])
+        try:  # before Hydra opens a job's train.log or writes its .hydra/
+            check_run_dir(sweep_dir, new_run=False)
+        except GenlabError as err:
+            fail(str(err))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         earlier = read_sweep_file(sweep_dir)
         if earlier and earlier.get("name") == info["name"] and earlier.get("group"):

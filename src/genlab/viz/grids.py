@@ -37,12 +37,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     """Write images as one PNG grid, atomically (a reader never sees a half-written file)."""
     from torchvision.utils import save_image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    save_image(make_grid(images, nrow), tmp)
-    tmp.replace(path)
-    return path
+    from genlab.atomic import replace_atomically
+
+    grid = make_grid(images, nrow)
+    return replace_atomically(path, lambda tmp: save_image(grid, tmp, format="PNG"))
 
 
 def shows_images(loggers) -> bool:
@@ -81,11 +79,11 @@ def write_preview(pixels: torch.Tensor, folder: Path, epoch: int, name: str, kee
     stay (older ones are deleted)."""
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from genlab.atomic import replace_atomically
+
     path = folder / f"epoch={epoch:03d}-{name}.png"
-    tmp = folder / f".{path.stem}.partial.png"
-    Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()).save(tmp)
-    tmp.replace(path)
+    image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+    replace_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
     written = sorted(folder.glob(f"epoch=*-{name}.png"), key=lambda p: _epoch_of(p.name))
     for old in written[: max(0, len(written) - keep)]:
         old.unlink(missing_ok=True)
