@@ -109,6 +109,9 @@ def task_wrapper(task: Callable[[Any], dict], script: str) -> Callable[[Any], fl
         try:
             metrics = task(cfg)
         except GenlabError as err:
+            from genlab.rundir import discard_if_unused
+
+            discard_if_unused(cfg.paths.output_dir)  # a refused run leaves no empty run dir
             fail(str(err))
         except TrainingInterrupted as err:
             fail(str(err), code=err.exit_code)
