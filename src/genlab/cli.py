@@ -167,6 +167,10 @@ def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> N
 
     try:
         hydra_main()
+    except SystemExit as err:
+        if err.code != EXIT_USAGE:  # a refusal (a launcher's, before any job) has no report
+            finish_sweep(interrupted=True)
+        raise
     except BaseException:
         finish_sweep(interrupted=True)
         raise

@@ -112,9 +112,30 @@ def _launcher_tools(hydra: DictConfig) -> None:
                 "Slurm login node, or use hydra/launcher=local_parallel (several jobs at once on "
                 "this machine) or no launcher option (one job after another)."
             )
+        down = _controller_problem()
+        if down:
+            raise GenlabError(
+                f"hydra/launcher={name}: the Slurm controller does not answer ({down}), so no "
+                "job can be submitted. Check the cluster (`sinfo`, `scontrol ping`) or ask its "
+                "admins, then run the sweep again; or use hydra/launcher=local_parallel here."
+            )
     sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
     if "optuna" in sweeper.lower() and importlib.util.find_spec("optuna") is None:
         raise GenlabError("hydra/sweeper=optuna needs optuna: pip install hydra-optuna-sweeper.")
+
+
+def _controller_problem() -> str | None:
+    """What `scontrol ping` says when slurmctld is down; None when it is up or cannot tell."""
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "`scontrol ping` got no answer within 20 s"
+    except OSError:
+        return None
+    text = " ".join((out.stdout + " " + out.stderr).split())
+    if out.returncode != 0 or " DOWN" in text:
+        return f"`scontrol ping`: {text or f'exit code {out.returncode}'}"
+    return None
 
 
 def _is_ddp(trainer: DictConfig) -> bool:
