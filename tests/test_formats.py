@@ -57,14 +57,15 @@ def test_truncated_dataset_file_fails_before_torchvision(tmp_path):
 
 
 def test_fashion_mnist_found_in_system_dir(tmp_path):
-    """Debian's dataset-fashion-mnist ships gzipped IDX files; they are staged and loaded."""
+    """Debian's dataset-fashion-mnist ships gzipped IDX files; they are read where they are,
+    nothing is copied into the data root."""
     system = tmp_path / "usr-share-datasets-fashion-mnist"
     write_mnist_family(system, gz=True)
     root = tmp_path / "data"
     images, labels = load_split(
         "fashion_mnist", root, train=False, system_dirs=[system], download=False
     )
-    assert (root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    assert not root.exists()
     expected, expected_labels = class_images(N_TEST, (28, 28, 1), 1)
     np.testing.assert_array_equal(images[:, 0].numpy(), expected[..., 0])
     np.testing.assert_array_equal(labels.numpy(), expected_labels)
@@ -116,7 +117,7 @@ def test_failed_download_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(GenlabError) as err:
         load_split("fashion_mnist", tmp_path, train=True, download=True)
-    assert "Download failed" in str(err.value) and "Name or service not known" in str(err.value)
+    assert "download failed" in str(err.value) and "Name or service not known" in str(err.value)
     assert "apt-get install dataset-fashion-mnist" in str(err.value)
 
 

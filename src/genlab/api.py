@@ -114,7 +114,7 @@ class Pipeline:
         dpmpp_2m), steps, eta, guidance_scale; None is the model's own setting."""
         import torch
 
-        from genlab.sample.options import SAMPLER_NAMES
+        from genlab.sample.options import SAMPLER_NAMES, check_steering
         from genlab.specs import is_int
 
         if not self.capabilities.generative:
@@ -123,6 +123,7 @@ class Pipeline:
             raise GenlabError(f"sample(n={n!r}): n must be an integer >= 1.")
         steer = {"sampler": sampler, "steps": steps, "eta": eta, "guidance_scale": guidance_scale}
         steer = {k: v for k, v in steer.items() if v is not None}
+        check_steering(steer)
         if steer and not self.capabilities.diffusion:
             shown = ", ".join(f"{k}={v!r}" for k, v in steer.items())
             raise GenlabError(

@@ -104,13 +104,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(path)
 
 
-def check_compatible(
-    checkpoint: dict[str, Any], run_config: dict[str, Any], path, allow_changes: bool = False
-) -> list[str]:
-    """Refuse a checkpoint from another model type or image shape, and one trained with other
-    settings than `run_config` (the resolved, redacted config of the resuming run) asks for
-    unless `allow_changes` (resume_changes=allow), before anything is restored or written.
-    Returns the changed settings, `key: checkpoint value -> requested value`, that will apply."""
+def trained_changes(checkpoint: dict[str, Any], run_config: dict[str, Any], path) -> list[str]:
+    """Refuse a checkpoint from another model type or image shape; return the settings that
+    `run_config` changes from the checkpoint's, `key: checkpoint value -> requested value`."""
     hparams = checkpoint.get("hyper_parameters") or {}
     if not hparams or "state_dict" not in checkpoint:
         raise GenlabError(f"{path} is not a genlab training checkpoint (no hyper_parameters).")
@@ -122,7 +118,17 @@ def check_compatible(
                 f"{path} holds a {what} of {have} but this run is configured for {want}: use the "
                 f"model/data config it was trained with (model={hparams.get('name')})."
             )
-    changes = config_changes(*trained_config(checkpoint, path), run_config)
+    return config_changes(*trained_config(checkpoint, path), run_config)
+
+
+def check_compatible(
+    checkpoint: dict[str, Any], run_config: dict[str, Any], path, allow_changes: bool = False
+) -> list[str]:
+    """Refuse a checkpoint from another model type or image shape, and one trained with other
+    settings than `run_config` (the resolved, redacted config of the resuming run) asks for
+    unless `allow_changes` (resume_changes=allow), before anything is restored or written.
+    Returns the changed settings, `key: checkpoint value -> requested value`, that will apply."""
+    changes = trained_changes(checkpoint, run_config, path)
     if changes and not allow_changes:
         raise GenlabError(
             f"Resuming {path} with other settings than it was trained with: "

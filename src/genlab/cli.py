@@ -117,6 +117,9 @@ def task_wrapper(task: Callable[[Any], dict], script: str) -> Callable[[Any], fl
         try:
             metrics = task(cfg)
         except GenlabError as err:
+            from genlab.rundir import discard_if_unused
+
+            discard_if_unused(cfg.paths.output_dir)  # a refused run leaves no empty run dir
             fail(str(err))
         except TrainingInterrupted as err:
             fail(str(err), code=err.exit_code)
@@ -177,6 +180,10 @@ def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> N
 
     try:
         hydra_main()
+    except SystemExit as err:
+        if err.code != EXIT_USAGE:  # a refusal (a launcher's, before any job) has no report
+            finish_sweep(interrupted=True)
+        raise
     except BaseException:
         finish_sweep(interrupted=True)
         raise

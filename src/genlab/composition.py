@@ -182,7 +182,11 @@ def friendly_message(
             f"{suggest(group.group(2), names)} "
             + (f"Choose one of: {', '.join(names)}." if names else "")
         )
-    return text.splitlines()[0] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Hydra's "... raised while composing config:" says what failed on the next line.
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def _options(group: str) -> list[str]:

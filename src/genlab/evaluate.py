@@ -25,23 +25,29 @@ log = logging.getLogger("genlab")
 def checkpoint_to_evaluate(value: str) -> str:
     """A .ckpt file as it is; a run dir -> its best checkpoint (what its test stage used:
     checkpoints/epoch=*.ckpt, the newest of them), else its newest."""
-    from genlab.checkpoints import resolve_ckpt_path
+    from genlab.checkpoints import newest_checkpoint
 
     folder = Path(value) / "checkpoints"
     best = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
     if Path(value).is_dir() and best:
         return str(best[-1])
-    found = resolve_ckpt_path(value, Path(value)) if value != "last" else None
-    if found is None:
-        raise GenlabError(f"evaluate={value}: give a .ckpt file or a run dir with checkpoints.")
-    return found
+    if Path(value).is_file():
+        return value
+    found = newest_checkpoint(Path(value) / "checkpoints") or newest_checkpoint(Path(value))
+    if found is None or value == "last":
+        where = "holds no checkpoints" if Path(value).is_dir() else "does not exist"
+        raise GenlabError(
+            f"evaluate={value}: {value} {where}. Give a .ckpt file, or a run dir whose "
+            "checkpoints/ holds one (a run that trained at least one epoch)."
+        )
+    return str(found)
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from genlab.callbacks import CheckpointOnInterrupt
-    from genlab.checkpoints import check_compatible, load_checkpoint
+    from genlab.checkpoints import load_checkpoint, trained_changes
     from genlab.loggers import build_loggers, finish_loggers
     from genlab.train import (
         _floats,
@@ -72,7 +78,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     path = checkpoint_to_evaluate(str(cfg.evaluate))
     # The model type and image shape are checked first; any other trained setting that
     # differs would score another model than the overrides describe.
-    changes = check_compatible(load_checkpoint(path), run_config(cfg), path, allow_changes=True)
+    changes = trained_changes(load_checkpoint(path), run_config(cfg), path)
     if changes:
         raise GenlabError(
             f"evaluate={cfg.evaluate}: {path} was trained with other settings than these "

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
@@ -53,7 +54,29 @@ def resolve_wandb_mode(mode: str) -> str:
         return "disabled" if os.environ["WANDB_MODE"] == "disabled" else "offline"
     if mode == "auto":
         return "online" if wandb_api_key_available() else "offline"
+    if mode == "online" and not wandb_api_key_available():
+        raise GenlabError(
+            "logger.wandb.mode=online, but no W&B API key is found (WANDB_API_KEY, or "
+            "~/.netrc from `wandb login`). Run `wandb login` or set WANDB_API_KEY, or log "
+            "offline with logger.wandb.mode=offline (upload later with `wandb sync`)."
+        )
     return mode
+
+
+def check_writable(folder: str, key: str) -> None:
+    """Refuse a folder genlab cannot write into, naming `key` (W&B would fall back to the
+    system temp dir instead of failing)."""
+    import tempfile
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise GenlabError(
+            f"{key}={folder} cannot be written ({err.strerror or err}). Give a folder you can "
+            "write, or drop the override (the default is the run dir)."
+        ) from None
 
 
 def build_loggers(logger_cfg: DictConfig | None, wandb_resume_id: str | None = None) -> list:
@@ -84,6 +107,8 @@ def build_loggers(logger_cfg: DictConfig | None, wandb_resume_id: str | None = N
             spec["offline"] = mode == "offline"
             if wandb_resume_id:
                 spec["id"], spec["resume"] = wandb_resume_id, "allow"
+        if spec.get("save_dir"):
+            check_writable(str(spec["save_dir"]), f"logger.{key}.save_dir")
         if spec["_target_"] == "lightning.pytorch.loggers.WandbLogger":
             spec["_target_"] = f"{__name__}.WandbLogger"  # outlives its service (module doc)
         logger = instantiate(spec)

@@ -44,6 +44,7 @@ LOCK_NAME = ".genlab.lock"
 RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
 _held: dict[Path, int] = {}  # run dir (resolved) -> the open lock file this process holds
+_created: set[Path] = set()  # run dirs (resolved) that this process's lock() created
 _deferred: tuple[Path, str] | None = None  # (Hydra's records dir, hydra.output_subdir) held back
 
 
@@ -59,6 +60,8 @@ def lock(run_dir: str | os.PathLike) -> bool:
     if run_dir in _held:
         return False
     try:
+        if not run_dir.exists():
+            _created.add(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         fd = os.open(run_dir / LOCK_NAME, flags, 0o644)
@@ -259,3 +262,28 @@ def write_hydra_records(task_cfg: Any) -> None:
     for name, node in records.items():
         write_text_atomic(folder / name, redact(OmegaConf.to_yaml(node)))
     _deferred = None
+
+
+# What a run leaves in its dir before it has done anything: genlab's lock, Hydra's records of
+# the command line, the log.
+BOOKKEEPING = (LOCK_NAME, ".hydra", "train.log")
+
+
+def discard_if_unused(run_dir: str | os.PathLike) -> bool:
+    """Remove `run_dir` when this process created it and it holds nothing but BOOKKEEPING, so
+    a run refused before it trained leaves no folder behind. True when it was removed."""
+    import shutil
+
+    run_dir = Path(run_dir).resolve()
+    if run_dir not in _created or not is_rank_zero():
+        return False
+    try:
+        entries = list(os.scandir(run_dir))
+    except OSError:
+        return False
+    if any(e.name not in BOOKKEEPING or e.is_symlink() for e in entries):
+        return False
+    unlock(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    _created.discard(run_dir)
+    return not run_dir.exists()

@@ -8,6 +8,7 @@ file; genlab.run_rules and sample.py's options use the same predicates. Torch-fr
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,8 @@ def is_int(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    """A finite int or float: nan, inf and -inf are refused by every rule built on this."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def is_int_list(v: Any, minimum: int = 1, nonempty: bool = False) -> bool:

@@ -112,10 +112,38 @@ def _writable(folder: Path) -> bool:
         return False
 
 
+def user_cache_dir() -> Path:
+    """genlab's folder in the user's cache ($XDG_CACHE_HOME/genlab, else ~/.cache/genlab)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "genlab"
+
+
+_announced: set[Path] = set()
+
+
+def cache_dir(data_dir) -> Path:
+    """Where genlab writes what it derives from the data (downloads, decoded image folders, FID
+    statistics, domain classifiers): paths.data_dir, or the user's cache when paths.data_dir
+    cannot be written (a shared, read-only dataset folder), said once per process."""
+    root = Path(data_dir).expanduser()
+    if _writable(root):
+        return root
+    fallback = user_cache_dir()
+    if root not in _announced:
+        _announced.add(root)
+        log.warning("paths.data_dir=%s cannot be written: genlab's caches go to %s", root, fallback)
+    return fallback
+
+
 def cache_homes(folder: Path, data_dir) -> list[Path]:
-    """Where a folder's cache may live: beside the images, else under paths.data_dir."""
-    fallback = Path(data_dir).expanduser() / "genlab_image_cache"
-    return [folder / ".genlab_cache", fallback / _digest(str(folder.resolve()))]
+    """Where a folder's cache may live: beside the images, else under paths.data_dir, else in
+    the user's cache (both folders read-only: a shared dataset)."""
+    name = _digest(str(folder.resolve()))
+    return [
+        folder / ".genlab_cache",
+        Path(data_dir).expanduser() / "genlab_image_cache" / name,
+        user_cache_dir() / "genlab_image_cache" / name,
+    ]
 
 
 def _valid(entry: Path, key: dict) -> bool:
@@ -190,8 +218,9 @@ def cached_folder(path, data_dir, *, image_size, channels, resize, split_seed) -
         home = next((h for h in homes if _writable(h)), None)
         if home is None:
             raise GenlabError(
-                f"data.path={path}: no place to cache the decoded images, neither "
-                f"{homes[0]} nor {homes[1]} can be written. Make one writable (paths.data_dir=...)."
+                f"data.path={path}: no place to cache the decoded images: none of "
+                f"{', '.join(map(str, homes))} can be written. Make one writable "
+                "(paths.data_dir=..., or XDG_CACHE_HOME for the last)."
             )
         if home != homes[0]:
             log.warning("data.path=%s cannot be written: caching its images in %s", path, home)

@@ -9,20 +9,18 @@ the user's own images (`data=image_folder`) is read by genlab.data.folder instea
 
 from __future__ import annotations
 
-import gzip
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from genlab import GenlabError
-from genlab.data.folder import folder_identity, load_image_folder
+from genlab.data.folder import cache_dir, folder_identity, load_image_folder, user_cache_dir
 from genlab.data.formats import (
     CIFAR10_TEST_FILES,
     CIFAR10_TRAIN_FILES,
-    check_idx_file,
     read_cifar_batch,
+    read_idx,
 )
 
 _IDX_FILES = {
@@ -32,100 +30,103 @@ _IDX_FILES = {
 _TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
 
-def _missing_message(name: str, root: Path, where: str, tried_download: bool, why: str) -> str:
+def _missing_message(name: str, root: Path, where: str, looked, tried_download: bool, why: str):
     hint = (
         " (`apt-get install dataset-fashion-mnist` provides it on Debian/Ubuntu)"
         if name == "fashion_mnist"
         else "; or train on Fashion-MNIST, which Debian packages: `apt-get install "
         "dataset-fashion-mnist` and `data=fashion_mnist`"
     )
-    download = (
-        f" Download failed: {why}." if tried_download else " Download is off (data.download)."
-    )
+    if tried_download:
+        download = f" The download failed: {why or 'no reason given (no network here?)'}."
+    else:
+        download = " Download is off (data.download=false)."
     return (
-        f"Dataset '{name}' not found: put the original files in {where}{hint}.{download} "
-        f"(data root: {root}; set it with paths.data_dir=... or GENLAB_DATA_DIR)"
+        f"Dataset '{name}' is not on disk: looked in {', '.join(map(str, looked))}. To get it, "
+        f"put the original files in {where}{hint}.{download} (data root: {root}; set it with "
+        "paths.data_dir=... or GENLAB_DATA_DIR)"
     )
 
 
-def _stage_idx_from(folder: Path, raw: Path) -> bool:
-    """Copy IDX files (gzipped or not) from `folder` into torchvision's raw folder."""
-    names = [n for pair in _IDX_FILES.values() for n in pair]
-    sources = {}
-    for n in names:
+def _download_reason(err: Exception) -> str:
+    """torchvision's download error in one line: it names each mirror, then the reason."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines)[:400] or type(err).__name__
+
+
+def _cached(relative: str | Path) -> list[Path]:
+    """A dataset's folder in the user's cache, where a read-only data root's download went."""
+    folder = user_cache_dir() / relative
+    return [folder] if folder.is_dir() else []
+
+
+def _idx_folder(folder: Path, train: bool) -> tuple[Path, Path] | None:
+    """The split's images and labels IDX files in `folder` (plain or gzipped), if both are."""
+    found = []
+    for n in _IDX_FILES[train]:
         plain, packed = folder / n, folder / f"{n}.gz"
-        if plain.is_file():
-            sources[n] = plain
-        elif packed.is_file():
-            sources[n] = packed
-        else:
-            return False
-    raw.mkdir(parents=True, exist_ok=True)
-    for n, src in sources.items():
-        tmp = raw / f".{n}.partial"
-        with (
-            gzip.open(src, "rb") if src.suffix == ".gz" else open(src, "rb") as fin,
-            open(tmp, "wb") as fout,
-        ):
-            shutil.copyfileobj(fin, fout)
-        tmp.replace(raw / n)  # atomic: a killed copy never leaves a half file under the real name
-    return True
+        path = plain if plain.is_file() else packed if packed.is_file() else None
+        if path is None:
+            return None
+        found.append(path)
+    return found[0], found[1]
 
 
 def _load_mnist_family(name, root, train, system_dirs, download, **_options):
-    import torchvision
-
-    cls = getattr(torchvision.datasets, _TV_CLASS[name])
+    """Read the IDX files where they are (the data root's torchvision layout, a system folder
+    such as Debian's, gzipped or not): nothing is copied, so a read-only folder works."""
     raw = root / _TV_CLASS[name] / "raw"
-    have = lambda: all((raw / n).is_file() for pair in _IDX_FILES.values() for n in pair)
-    if not have():
-        for folder in system_dirs:
-            if _stage_idx_from(Path(folder), raw):
-                break
+    looked = [raw, *map(Path, system_dirs), *_cached(Path(_TV_CLASS[name]) / "raw")]
+    files = next((f for f in map(lambda d: _idx_folder(d, train), looked) if f), None)
     why = ""
-    if not have() and download:
+    if files is None and download:
+        import torchvision
+
+        home = cache_dir(root)  # the data root, or a writable place when it is read-only
         try:
-            cls(str(root), train=train, download=True)
+            getattr(torchvision.datasets, _TV_CLASS[name])(str(home), train=train, download=True)
         except Exception as err:  # no network, proxy, mirror down: all mean "not available"
-            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if not have():
-        raise GenlabError(_missing_message(name, root, str(raw), download, why))
-    images_file, labels_file = (raw / n for n in _IDX_FILES[train])
-    n_images = check_idx_file(images_file)[0]
-    n_labels = check_idx_file(labels_file)[0]
-    if n_images != n_labels:
+            why = _download_reason(err)
+        files = _idx_folder(home / _TV_CLASS[name] / "raw", train)
+    if files is None:
+        raise GenlabError(_missing_message(name, root, str(raw), looked, download, why))
+    images_file, labels_file = files
+    images, labels = read_idx(images_file), read_idx(labels_file)
+    if len(images) != len(labels) or images.ndim != 3 or labels.ndim != 1:
         raise GenlabError(
-            f"{images_file} holds {n_images} images but {labels_file} holds {n_labels} labels: "
-            "one of them is from another download. Fetch both again."
+            f"{images_file} holds images of shape {images.shape} and {labels_file} labels of "
+            f"shape {labels.shape}: not one split of {name} (one is from another download, or "
+            "of another dataset). Fetch both again."
         )
-    ds = cls(str(root), train=train, download=False)
-    return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
 def _load_cifar10(name, root, train, system_dirs, download, **_options):
+    """The batches where they are (the data root, a system folder); an archive or a download
+    is unpacked into the data root, or the user's cache when the data root is read-only."""
     import torchvision
 
-    folder = root / "cifar-10-batches-py"
-    have = lambda: all((folder / f).is_file() for f in CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES)
-    if not have():
-        for extra in system_dirs:
-            extra = Path(extra)
-            if (extra / "cifar-10-batches-py").is_dir():
-                shutil.copytree(extra / "cifar-10-batches-py", folder, dirs_exist_ok=True)
-            elif (extra / "cifar-10-python.tar.gz").is_file():
-                torchvision.datasets.utils.extract_archive(
-                    str(extra / "cifar-10-python.tar.gz"), str(root)
-                )
-            if have():
-                break
+    batches = "cifar-10-batches-py"
+    have = lambda f: all((f / x).is_file() for x in CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES)
+    looked = [root / batches, *(Path(e) / batches for e in system_dirs), *_cached(batches)]
+    folder = next((f for f in looked if have(f)), None)
+    archives = [Path(e) / "cifar-10-python.tar.gz" for e in system_dirs]
+    archive = next((a for a in archives if a.is_file()), None)
+    if folder is None and archive is not None:
+        home = cache_dir(root)
+        torchvision.datasets.utils.extract_archive(str(archive), str(home))
+        folder = home / batches if have(home / batches) else None
     why = ""
-    if not have() and download:
+    if folder is None and download:
+        home = cache_dir(root)
         try:
-            torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+            torchvision.datasets.CIFAR10(str(home), train=train, download=True)
         except Exception as err:
-            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if not have():
-        raise GenlabError(_missing_message("cifar10", root, str(folder), download, why))
+            why = _download_reason(err)
+        folder = home / batches if have(home / batches) else None
+    if folder is None:
+        where = str(root / batches)
+        raise GenlabError(_missing_message("cifar10", root, where, looked, download, why))
     # genlab's own reader, not torchvision's plain pickle.load: nothing in the files can run.
     parts = [
         read_cifar_batch(folder / f) for f in (CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES)

@@ -80,7 +80,9 @@ class FeatureView(nn.Module):
 
 
 def cache_path(data_dir, dataset: str) -> Path:
-    return Path(data_dir) / "genlab_classifiers" / f"{dataset}.pt"
+    from genlab.data.folder import cache_dir
+
+    return cache_dir(data_dir) / "genlab_classifiers" / f"{dataset}.pt"  # read-only: elsewhere
 
 
 def _current(path: Path) -> bool:

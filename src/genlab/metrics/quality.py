@@ -73,7 +73,12 @@ class SampleQuality(pl.Callback):
             inception_weights,
         )
         self.kid_subset_size, self.batch_size = kid_subset_size, batch_size
-        self.cache_dir = self.data_dir / "genlab_fid_cache"
+
+    @property
+    def cache_dir(self) -> Path:
+        from genlab.data.folder import cache_dir
+
+        return cache_dir(self.data_dir) / "genlab_fid_cache"  # a read-only data dir: elsewhere
 
     # -- feature spaces ------------------------------------------------------------------------
     def _spaces(self, image_shape, device, datamodule=None) -> dict[str, tuple]:

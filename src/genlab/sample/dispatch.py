@@ -49,6 +49,18 @@ def check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
         why = check(opts, caps, kind)
         if why is not None:
             raise GenlabError(why)
+    if opts.label is not None and task.draws_every_class:
+        raise GenlabError(
+            f"label={opts.label}: task={task_name} draws every class (one row each), so label= "
+            "has nothing to pick: drop it, or use task=samples label=<class> for one class."
+        )
+    if opts.label is not None:
+        if not caps.conditional:
+            raise GenlabError(
+                f"label={opts.label} picks a class, but this {kind.upper()} is unconditional: drop "
+                "label=, or train with model.conditional=true."
+            )
+        check_label(opts.label, model.num_classes)
     if not caps.diffusion:
         given = [f"{k}={opts[k]}" for k in SAMPLER_OPTIONS if opts[k] is not None]
         if given:
@@ -68,13 +80,10 @@ def check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
             "this one is "
             "unconditional: drop guidance_scale=, or train with model.conditional=true."
         )
-    if opts.label is not None and not task.draws_every_class:
-        if not caps.conditional:
-            raise GenlabError(
-                f"label={opts.label} picks a class, but this {kind.upper()} is unconditional: drop "
-                "label=, or train with model.conditional=true."
-            )
-        check_label(opts.label, model.num_classes)
+
+
+# The option that sets the length of a task's rows, where the user chooses it.
+ROW_OPTION = {"interpolate": "frames", "denoise": "strip_steps"}
 
 
 def images_per_row(task_name: str, opts: DictConfig, model: Any, n: int) -> int:
@@ -97,13 +106,18 @@ def check_size(task_name: str, run: LoadedRun, opts: DictConfig, n: int | None) 
 
     if n is None:
         return
-    count = n * images_per_row(task_name, opts, run.model, n)
+    per_row = images_per_row(task_name, opts, run.model, n)
+    count = n * per_row
     channels, height, width = run.image_shape
+    key, fix = f"n={n}", f"Use a smaller n (the task's default is {TASKS[task_name].default_n})."
+    row = ROW_OPTION.get(task_name)
+    if row and opts[row] >= n:  # the longer side of the picture is the row the user asked for
+        key, fix = f"{row}={opts[row]} (with n={n})", f"Use a smaller {row}."
     refuse_if_too_big(
         4.0 * count * channels * height * width,  # float32 images, before the grid is made
         f"task={task_name} draws {count:,} images of {channels}x{height}x{width}, which",
-        f"n={n}",
-        f"Use a smaller n (the task's default is {TASKS[task_name].default_n}).",
+        key,
+        fix,
     )
 
 

@@ -15,11 +15,37 @@ from genlab.specs import is_int, is_number
 # genlab.diffusion.SAMPLERS' names, checked here before torch is imported (a test keeps the two
 # equal; the registry itself needs torch).
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")
+# Upper ends of ranges: classifier-free guidance far beyond ~20 only saturates the images, and a
+# latent traversal far outside the prior decodes nothing the model learned; beyond these the
+# float32 arithmetic overflows into NaN images.
+MAX_GUIDANCE = 100
+MAX_TRAVERSE = 100
 
 
 def invalid(key: str, value: Any, accepted: str) -> GenlabError:
     shown = f"'{value}'" if isinstance(value, str) else repr(value)
     return GenlabError(f"Invalid option: {key}={shown}. {key} must be {accepted}.")
+
+
+# The sampler's numbers, checked for sample.py and for genlab.load(...).sample alike.
+STEERING: list[tuple[str, Callable[[Any], bool], str]] = [
+    (
+        "eta",
+        lambda v: v is None or (is_number(v) and 0 <= v <= 1),
+        "a number in [0, 1] (0: deterministic DDIM, 1: DDPM's noise; or null)",
+    ),
+    (
+        "guidance_scale",
+        lambda v: v is None or (is_number(v) and 0 <= v <= MAX_GUIDANCE),
+        f"a number in [0, {MAX_GUIDANCE}] (or null)",
+    ),
+]
+
+
+def check_steering(values: Mapping[str, Any]) -> None:
+    for key, ok, accepted in STEERING:
+        if not ok(values.get(key)):
+            raise invalid(key, values.get(key), accepted)
 
 
 def check_label(label: int, num_classes: int) -> None:
@@ -55,15 +81,14 @@ def check_options(opts: DictConfig, tasks) -> None:
             lambda v: v is None or v in SAMPLER_NAMES,
             f"one of {', '.join(SAMPLER_NAMES)} (or null: the model's own choice)",
         ),
-        ("eta", lambda v: v is None or (is_number(v) and v >= 0), "a number >= 0 (or null)"),
-        (
-            "guidance_scale",
-            lambda v: v is None or (is_number(v) and v >= 0),
-            "a number >= 0 (or null)",
-        ),
+        *STEERING,
         ("strip_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("overwrite", lambda v: isinstance(v, bool), "true or false"),
-        ("traverse_range", lambda v: is_number(v) and v > 0, "a number > 0"),
+        (
+            "traverse_range",
+            lambda v: is_number(v) and 0 < v <= MAX_TRAVERSE,
+            f"a number in (0, {MAX_TRAVERSE}] (prior standard deviations)",
+        ),
         ("label", lambda v: v is None or (is_int(v) and v >= 0), "a class index >= 0 or null"),
         ("max_images", lambda v: v is None or (is_int(v) and v >= 2), "an integer >= 2 or null"),
         (

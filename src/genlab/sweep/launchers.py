@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -39,7 +40,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 from omegaconf import open_dict
 
 from genlab.composition import register_resolvers
-from genlab.sweep.keys import job_values, label, read_sweep_file
+from genlab.sweep.keys import SWEEP_FILE, job_values, label, read_sweep_file
 from genlab.sweep.own_process import run_in_own_process, signal_group
 from genlab.sweep.status import JobInfo, read_status, write_status
 
@@ -92,7 +93,22 @@ class SlurmLauncher(_SubmititSlurmLauncher):
                     Singleton.get_state(),
                 )
             )
-        jobs = executor.map_array(self, *zip(*calls, strict=True))
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+        try:
+            jobs = executor.map_array(self, *zip(*calls, strict=True))
+        except (FailedJobError, FailedSubmissionError, OSError) as err:  # sbatch refused
+            from genlab.cli import fail
+
+            reason = " ".join(str(err).split())[:500] or type(err).__name__
+            # A sweep dir holding only this attempt's records goes: nothing ran.
+            if {p.name for p in sweep_dir.iterdir()} <= {".submitit", "multirun.yaml", SWEEP_FILE}:
+                shutil.rmtree(sweep_dir, ignore_errors=True)
+            fail(
+                f"hydra/launcher=slurm: Slurm did not take the sweep's jobs ({reason}); none was "
+                "started. Check that the cluster answers (`sinfo`, `scontrol ping`), then run the "
+                "sweep again."
+            )
         for job, call in zip(jobs, calls, strict=True):
             log.info("\t#%d : Slurm job %s", call[2], job.job_id)
         return [self._result(job, call) for job, call in zip(jobs, calls, strict=True)]

@@ -46,7 +46,7 @@ def _values(override, sweeper: str) -> list[str]:
             f"{key}={override.input_line.split('=', 1)[1]} is a range for a search, but this "
             "sweep is a grid (Hydra's basic sweeper), which needs a list of values, e.g. "
             f"{key}=1e-3,1e-2,1e-1. For random or Bayesian search use sweep=optuna_vae "
-            "(or hydra/sweeper=optuna)."
+            "(or hydra/sweeper=genlab_optuna)."
         )
     start, end = value.start, value.end
     if start is None or end is None or end < start:
@@ -64,6 +64,34 @@ def _empty(override) -> GenlabError:
         f"Give at least one value, e.g. {override.get_key_element()}=1,2,3 or "
         f"{override.get_key_element()}=range(1,4)."
     )
+
+
+def _search_space_override(overrides: list[str]) -> None:
+    """Refuse `hydra.sweeper.params.<key>=...`: the search space's keys hold dots (model.beta),
+    so no override path can name one of them."""
+    for text in overrides:
+        key, _, value = text.lstrip("+~").partition("=")
+        if key.startswith("hydra.sweeper.params."):
+            swept = key.removeprefix("hydra.sweeper.params.")
+            raise GenlabError(
+                f"{text}: the search space cannot be changed key by key under "
+                "hydra.sweeper.params (its keys hold dots). Give the key and its range on the "
+                f"command line instead: {swept}={value or '<range>'}, e.g. "
+                f"'{swept}=tag(log,interval(1e-4,1))' or '{swept}=choice(2,4,8)' for Optuna, "
+                f"'{swept}=1e-3,1e-2' for a grid; it replaces that key's entry of the sweep config."
+            )
+
+
+def _optuna_sweeper(hydra: DictConfig) -> None:
+    """Hydra's own Optuna sweeper ends its search at the first failed trial (#2237)."""
+    sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
+    if sweeper.startswith("hydra_plugins.hydra_optuna_sweeper."):
+        raise GenlabError(
+            "hydra/sweeper=optuna is Hydra's Optuna sweeper, whose search ends at the first "
+            "failed or diverged trial (facebookresearch/hydra#2237). Use "
+            "hydra/sweeper=genlab_optuna: the same settings, failed trials recorded as failed "
+            "and the search going on (sweep=optuna_vae uses it)."
+        )
 
 
 def _launcher_tools(hydra: DictConfig) -> None:
@@ -84,9 +112,30 @@ def _launcher_tools(hydra: DictConfig) -> None:
                 "Slurm login node, or use hydra/launcher=local_parallel (several jobs at once on "
                 "this machine) or no launcher option (one job after another)."
             )
+        down = _controller_problem()
+        if down:
+            raise GenlabError(
+                f"hydra/launcher={name}: the Slurm controller does not answer ({down}), so no "
+                "job can be submitted. Check the cluster (`sinfo`, `scontrol ping`) or ask its "
+                "admins, then run the sweep again; or use hydra/launcher=local_parallel here."
+            )
     sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
     if "optuna" in sweeper.lower() and importlib.util.find_spec("optuna") is None:
         raise GenlabError("hydra/sweeper=optuna needs optuna: pip install hydra-optuna-sweeper.")
+
+
+def _controller_problem() -> str | None:
+    """What `scontrol ping` says when slurmctld is down; None when it is up or cannot tell."""
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "`scontrol ping` got no answer within 20 s"
+    except OSError:
+        return None
+    text = " ".join((out.stdout + " " + out.stderr).split())
+    if out.returncode != 0 or " DOWN" in text:
+        return f"`scontrol ping`: {text or f'exit code {out.returncode}'}"
+    return None
 
 
 def _is_ddp(trainer: DictConfig) -> bool:
@@ -293,6 +342,7 @@ def check_multirun(argv: list[str], config_name: str) -> None:
     from genlab.sweep.keys import overrides_parser
 
     overrides = [a for a in argv if not a.startswith("-")]
+    _search_space_override(overrides)
     with hydra_context() as loader:
         parser = overrides_parser(loader)
 
@@ -324,10 +374,7 @@ def check_multirun(argv: list[str], config_name: str) -> None:
         first = []
         for o in command_line:
             if o.is_sweep_override():
-                try:
-                    values = _values(o, "")
-                except GenlabError:
-                    values = []
+                values = _values(o, "")
                 if not values:
                     raise _empty(o)
                 first.append(f"{o.get_key_element()}={values[0]}")
@@ -337,6 +384,7 @@ def check_multirun(argv: list[str], config_name: str) -> None:
         hydra = base.hydra
         sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
         _launcher_tools(hydra)
+        _optuna_sweeper(hydra)
 
         params = sweeper_param_overrides(OmegaConf.select(hydra, "sweeper.params"))
         final: dict[str, Any] = {}
