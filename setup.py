@@ -1,16 +1,26 @@
-"""What pyproject.toml cannot say: the repository's conf/ ships inside the package as
-genlab/conf (package_dir maps the package genlab.conf onto conf/), so that an installed genlab
-composes from it (genlab.composition.CONF_DIR) while conf/ stays at the top of the checkout.
-pyproject.toml's package finder cannot add a package mapped from outside src/, hence this."""
+"""What pyproject.toml cannot say: the repository's conf/ ships inside the built package as
+genlab/conf, so that an installed genlab composes from it (genlab.composition.CONF_DIR) while
+conf/ stays at the top of the checkout. A build step copies it, rather than a package_dir
+mapping of a package genlab.conf onto conf/, because such a mapping turns an editable install
+into setuptools' import-hook mode, whose namespace packages Hydra's plugin scan cannot list
+(hydra_plugins.genlab_specs and genlab_sweep would not be found). An editable install keeps
+the plain src/ path and reads the checkout's conf/."""
 
-from setuptools import find_namespace_packages, setup
+from pathlib import Path
 
-PACKAGES = find_namespace_packages(
-    "src", include=["genlab*", "hydra_plugins*"], exclude=["*.__pycache__"]
-)
+from setuptools import setup
+from setuptools.command.build_py import build_py
 
-setup(
-    packages=[*PACKAGES, "genlab.conf"],
-    package_dir={"": "src", "genlab.conf": "conf"},
-    package_data={"genlab": ["py.typed"], "genlab.conf": ["*.yaml", "**/*.yaml"]},
-)
+
+class BuildPyWithConf(build_py):
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            return
+        for source in sorted(Path("conf").rglob("*.yaml")):
+            target = Path(self.build_lib, "genlab", source)
+            self.mkpath(str(target.parent))
+            self.copy_file(str(source), str(target))
+
+
+setup(cmdclass={"build_py": BuildPyWithConf})
