@@ -166,8 +166,12 @@ def test_installed_genlab_is_the_venvs_and_finds_its_configs_and_the_users(insta
     module, conf = result.stdout.split()
     assert Path(module).is_relative_to(venv) and not Path(module).is_relative_to(REPO)
     assert Path(conf) == Path(module).parent / "conf" and (Path(conf) / "train.yaml").is_file()
-    version = _run(installed, "genlab-train", "--version")
-    assert version.returncode == 0 and version.stdout.strip() == f"genlab {genlab.__version__}"
+    for command in (["genlab-train"], ["genlab-sample"], [str(venv / "bin" / "python"), "-m"]):
+        if command[-1] == "-m":
+            command = [*command, "genlab.train"]
+        version = _run(installed, *command, "--version")
+        assert version.returncode == 0, version.stderr
+        assert version.stdout.strip() == f"genlab {genlab.__version__}"
     # The user's folder is read only when it is on the search path.
     missing = _run(installed, "genlab-train", "experiment=tiny")
     assert missing.returncode == 2 and "Unknown option experiment=tiny" in missing.stderr

@@ -4,9 +4,11 @@
     genlab-sample run=<run dir or .ckpt> task=<task> [key=value ...]
     genlab-export <run dir or .ckpt> <new folder>
 
-are pyproject.toml's [project.scripts]; `python -m genlab train|sample|export ...` runs the same
-(genlab.__main__, also what a sweep's own-process jobs run), and train.py / sample.py at the top
-of the repository are thin wrappers over `train` and `sample` here.
+are pyproject.toml's [project.scripts]; `python -m genlab.train` / `genlab.sample` /
+`genlab.export` run the same (one module each, so that Lightning's DDP, which starts the other
+ranks by re-running `python -m <module> <arguments>`, starts the same command; a sweep's
+own-process jobs run `python -m genlab.train`), and train.py / sample.py at the top of the
+repository are thin wrappers over `train` and `sample` here.
 
 The configs come from genlab.composition.CONF_DIR (an absolute config_path: the installed
 package's genlab/conf, or a checkout's conf/); `hydra.searchpath=[file://my_conf]` adds a
@@ -107,6 +109,3 @@ def export() -> None:
     from genlab.export import main
 
     main(prog="genlab-export")
-
-
-COMMANDS = {"train": train, "sample": sample, "export": export}

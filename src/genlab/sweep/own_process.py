@@ -2,7 +2,7 @@
 
 Lightning starts the other ranks by re-running the command line, which in a multirun is the
 whole sweep. genlab therefore runs such a job as a plain single run:
-`python -m genlab train <this job's overrides> hydra.run.dir=<job dir>` (the app of train.py
+`python -m genlab.train <this job's overrides> hydra.run.dir=<job dir>` (the app of train.py
 and genlab-train, found through the installed package wherever the sweep was started), with
 the job's identity in the environment (ENV_JOB). Its rank 0 starts the other ranks the way
 Lightning does for any single run, so every rank composes exactly this job's config,
@@ -35,7 +35,7 @@ from genlab.sweep.status import JobInfo, read_status, write_status
 log = logging.getLogger("genlab")
 
 # A job's own process: genlab's training app (genlab.commands), after sys.executable.
-TRAIN_COMMAND = ("-m", "genlab", "train")
+TRAIN_COMMAND = ("-m", "genlab.train")
 
 # Set for the process tree that runs one DDP job of a sweep (JSON of JobInfo).
 ENV_JOB = "GENLAB_SWEEP_JOB"
@@ -78,7 +78,7 @@ def run_in_own_process(
     keep_hydra_dir: bool = False,
     started: Callable[[subprocess.Popen], None] | None = None,
 ) -> float | None:
-    """Run `job` as `python -m genlab train <overrides> hydra.run.dir=<job dir>` and wait; return
+    """Run `job` as `python -m genlab.train <overrides> hydra.run.dir=<job dir>` and wait; return
     the value its status.json records (NaN when it failed, also when it was killed before it
     could write one). `keep_hydra_dir`: the sweep already wrote <job dir>/.hydra (a DDP job of
     Hydra's own launchers), so the process must not write it again. `started` is told of the
