@@ -26,18 +26,25 @@ EXIT_USAGE = 2
 
 
 def _user_overrides(argv: list[str]) -> list[str] | None:
-    """The overrides to precheck, or None when the command is not a plain single run."""
+    """The overrides to precheck, or None when the command is not a plain single run. Of
+    Hydra's own, only hydra.searchpath (a user's config folders) changes the composition."""
     if any(a.startswith("-") for a in argv):  # -m/--multirun, --cfg, --help, ...: Hydra's job
         return None
-    return [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    return [
+        a
+        for a in argv
+        if a.startswith("hydra.searchpath=") or not a.lstrip("+~").startswith(("hydra.", "hydra/"))
+    ]
 
 
 def precheck(argv: list[str], config_name: str) -> None:
     """Compose and validate the config for `argv`; raise GenlabError with a friendly message.
 
     A multirun (`-m`) is expanded and each job's config checked (genlab.sweep.precheck)."""
+    from genlab.extras import check_argv
     from genlab.sweep.precheck import check_multirun, is_multirun
 
+    check_argv(argv)
     if is_multirun(argv):
         check_multirun(argv, config_name)
         return
@@ -96,13 +103,13 @@ def redact_hydra_records(cfg) -> None:
     redact_files([f"{hydra_dir}/{name}" for name in HYDRA_RECORDS])
 
 
-def task_wrapper(task: Callable[[Any], dict], script: str) -> Callable[[Any], float | None]:
+def task_wrapper(task: Callable[[Any], dict]) -> Callable[[Any], float | None]:
     """`task(cfg) -> metrics` as a Hydra task function returning what a sweeper optimises.
 
     A single run: bad input (GenlabError) exits 2 with one line, an interruption exits
     128 + signal after its checkpoint. One job of a sweep: genlab.sweep.job.run_sweep_job
     records a failure in the job's status.json and returns, so the sweep goes on (the exit code
-    is decided when the sweep ends); a DDP job runs `script` again in a process tree of its own.
+    is decided when the sweep ends); a DDP job runs in a process tree of its own.
     Secrets given on the command line are first redacted from Hydra's records of the run."""
 
     @functools.wraps(task)
@@ -111,7 +118,7 @@ def task_wrapper(task: Callable[[Any], dict], script: str) -> Callable[[Any], fl
 
         redact_hydra_records(cfg)
         if current_job() is not None:
-            return run_sweep_job(cfg, task, script=script)
+            return run_sweep_job(cfg, task)
         from genlab.callbacks import TrainingInterrupted
 
         try:

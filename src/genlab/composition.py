@@ -1,7 +1,9 @@
 """Ground floor: where the configs are, how they are composed, and what a failed composition
 tells the user.
 
-- `CONF_DIR`: the conf/ folder every entry point and test composes from
+- `CONF_DIR`: the conf/ folder every entry point and test composes from: the installed
+  package's genlab/conf (a wheel carries the repository's conf/ there, setup.py), else the
+  checkout's conf/ (an editable install, PYTHONPATH=src)
 - `register_resolvers()`: every OmegaConf resolver genlab's YAML uses, registered in one place
 - `hydra_context()` / `compose()`: Hydra's compose API on conf/ (or on the running app's)
 - `friendly_message()`: a Hydra/OmegaConf composition error as one readable paragraph
@@ -25,7 +27,17 @@ from typing import Any
 
 from genlab import GenlabError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+def _conf_dir() -> Path:
+    from importlib.resources import files
+
+    packaged = files("genlab") / "conf"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+CONF_DIR = _conf_dir()
 HYDRA_VERSION_BASE = "1.3"
 
 __all__ = [
@@ -174,6 +186,11 @@ def friendly_message(
     # `model=vea` (find), an entry of a list `logger=[csv,bogus]` (load), `hydra/launcher=x`
     group = re.search(r"Could not (?:find|load) '([\w/]+)/([\w.-]+)'", text)
     if group:
+        from genlab.extras import for_missing_config
+
+        missing_extra = for_missing_config(group.group(1), group.group(2))
+        if missing_extra:
+            return missing_extra
         options = re.search(r"Available options in '[\w/]+':\s*\n((?:\s+\S+\n?)+)", text)
         names = options.group(1).split() if options else _options(group.group(1))
         names = [n for n in names if not n.startswith("_")]

@@ -168,7 +168,20 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
         for key in ("name", "sweep_name"):  # folder names: a run stays inside the run root
             if _get(cfg, key) != "__missing__":
                 check_run_name(key, _get(cfg, key))
+        _require_extras(cfg)
     _validate_size(cfg, model)
+
+
+def _require_extras(cfg: DictConfig) -> None:
+    """The optional dependencies this run's loggers and test stage need (genlab.extras)."""
+    from genlab.extras import require
+
+    for key, logger in (_get(cfg, "logger", None) or {}).items():
+        if str((logger or {}).get("_target_", "")).endswith("TensorBoardLogger"):
+            require("tensorboard", f"logger={key}")
+    weights = _get(cfg, "eval.inception_weights", None)
+    if weights is not None and _get(cfg, "eval.sample_quality", False):
+        require("fid", f"eval.inception_weights={weights} (the Inception FID, KID and IS)")
 
 
 def has_fused_kernel(optimizer_class) -> bool:

@@ -383,16 +383,17 @@ def _read_weights(path: Path) -> dict:
 
 
 # -- command line ----------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str = "python -m genlab.export") -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m genlab.export",
+        prog=prog,
         description="Export a trained run to model.safetensors + config.json + README.md, "
         "loadable with genlab.load(folder).",
     )
     parser.add_argument("run", help="a run dir, its checkpoints/ folder or a .ckpt file")
     parser.add_argument("out_dir", help="the folder to write: new, or empty")
+    parser.add_argument("--version", action="version", version=f"genlab {__version__}")
     args = parser.parse_args(argv)
     from genlab.cli import fail
 

@@ -441,3 +441,9 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    # `python -m genlab.train ...` is genlab-train (and what a sweep's own-process job runs).
+    from genlab.commands import train as _command
+
+    _command()

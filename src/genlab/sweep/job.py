@@ -103,13 +103,13 @@ def objective(metrics: dict[str, float], cfg: DictConfig) -> float | None:
 
 
 # -- running a job -----------------------------------------------------------------------------
-def run_sweep_job(cfg: DictConfig, run, script: str) -> float | None:
+def run_sweep_job(cfg: DictConfig, run) -> float | None:
     """Run one sweep job with `run(cfg) -> metrics`; return the value the sweeper optimises
     (NaN when the job failed, which Optuna records as a failed trial)."""
     job = current_job()
     assert job is not None
     if not job.own_process and needs_own_process(cfg):
-        return run_in_own_process(cfg, job, script, keep_hydra_dir=True)
+        return run_in_own_process(cfg, job, keep_hydra_dir=True)
     prepare(cfg, job)
 
     # These import lightning: only in the process that trains.

@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,9 +33,6 @@ from pathlib import Path
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
-    SlurmLauncher as _SubmititSlurmLauncher,
-)
 from omegaconf import open_dict
 
 from genlab.composition import register_resolvers
@@ -49,6 +45,24 @@ from genlab.sweep.status import JobInfo, read_status, write_status
 register_resolvers()
 
 log = logging.getLogger("genlab")
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
+        SlurmLauncher as _SubmititSlurmLauncher,
+    )
+except ImportError:  # no [slurm] extra: the local launcher still works
+
+    class _SubmititSlurmLauncher(Launcher):  # type: ignore[no-redef]
+        def __init__(self, **params) -> None:
+            from genlab.extras import require
+
+            require("slurm", "hydra/launcher=slurm")
+
+        def setup(self, **kwargs) -> None:
+            raise NotImplementedError
+
+        def launch(self, job_overrides, initial_job_idx):
+            raise NotImplementedError
 
 
 class SlurmLauncher(_SubmititSlurmLauncher):
@@ -259,7 +273,7 @@ class LocalParallelLauncher(Launcher):
                 self._running.add(proc)
 
         try:
-            value = run_in_own_process(None, job, sys.argv[0], env=env, started=started)
+            value = run_in_own_process(None, job, env=env, started=started)
         except SystemExit:
             return math.nan  # the job was interrupted; launch() stops the sweep after all end
         finally:

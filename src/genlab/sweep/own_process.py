@@ -2,12 +2,14 @@
 
 Lightning starts the other ranks by re-running the command line, which in a multirun is the
 whole sweep. genlab therefore runs such a job as a plain single run:
-`python train.py <this job's overrides> hydra.run.dir=<job dir>`, with the job's identity in
-the environment (ENV_JOB). Its rank 0 starts the other ranks the way Lightning does for any
-single run, so every rank composes exactly this job's config, whichever sweeper chose the
-values. The sweep process waits for that tree, forwards Ctrl-C/SIGTERM to it, and removes what
-is left of it afterwards, so a crashed rank can neither take the sweep down nor leave processes
-behind. (Under Slurm, the ranks are Slurm tasks and Lightning starts none: jobs run in place.)
+`python -m genlab.train <this job's overrides> hydra.run.dir=<job dir>` (the app of train.py
+and genlab-train, found through the installed package wherever the sweep was started), with
+the job's identity in the environment (ENV_JOB). Its rank 0 starts the other ranks the way
+Lightning does for any single run, so every rank composes exactly this job's config,
+whichever sweeper chose the values. The sweep process waits for that tree, forwards
+Ctrl-C/SIGTERM to it, and removes what is left of it afterwards, so a crashed rank can
+neither take the sweep down nor leave processes behind. (Under Slurm, the ranks are Slurm
+tasks and Lightning starts none: jobs run in place.)
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from genlab.sweep.status import JobInfo, read_status, write_status
 
 log = logging.getLogger("genlab")
+
+# A job's own process: genlab's training app (genlab.commands), after sys.executable.
+TRAIN_COMMAND = ("-m", "genlab.train")
 
 # Set for the process tree that runs one DDP job of a sweep (JSON of JobInfo).
 ENV_JOB = "GENLAB_SWEEP_JOB"
@@ -68,13 +73,12 @@ def needs_own_process(cfg: DictConfig) -> bool:
 def run_in_own_process(
     cfg: DictConfig | None,
     job: JobInfo,
-    script: str,
     *,
     env: dict[str, str] | None = None,
     keep_hydra_dir: bool = False,
     started: Callable[[subprocess.Popen], None] | None = None,
 ) -> float | None:
-    """Run `job` as `python <script> <overrides> hydra.run.dir=<job dir>` and wait for it; return
+    """Run `job` as `python -m genlab.train <overrides> hydra.run.dir=<job dir>` and wait; return
     the value its status.json records (NaN when it failed, also when it was killed before it
     could write one). `keep_hydra_dir`: the sweep already wrote <job dir>/.hydra (a DDP job of
     Hydra's own launchers), so the process must not write it again. `started` is told of the
@@ -82,7 +86,7 @@ def run_in_own_process(
     output_dir = Path(job.output_dir)
     command = [
         sys.executable,
-        str(Path(script).resolve()),
+        *TRAIN_COMMAND,
         *job.overrides,
         f'hydra.run.dir="{output_dir.resolve()}"',
     ]

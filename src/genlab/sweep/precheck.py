@@ -11,7 +11,6 @@ every swept key is composed at least once (~0.1 s each).
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
+from genlab.extras import require
 from genlab.sweep.keys import label, sweeper_param_overrides
 
 MAX_COMPOSED = 24
@@ -99,10 +99,8 @@ def _launcher_tools(hydra: DictConfig) -> None:
     choice = OmegaConf.select(hydra, "runtime.choices", default={}) or {}
     name = choice.get("hydra/launcher", target)
     submitit = "submitit" in target or "Slurm" in target or "slurm" in str(name)
-    if submitit and importlib.util.find_spec("submitit") is None:
-        raise GenlabError(
-            f"hydra/launcher={name} needs submitit: pip install hydra-submitit-launcher."
-        )
+    if submitit:
+        require("slurm", f"hydra/launcher={name}")
     if target.endswith("SlurmLauncher"):
         missing = [tool for tool in ("sbatch", "sacct", "scancel") if shutil.which(tool) is None]
         if missing:
@@ -120,8 +118,8 @@ def _launcher_tools(hydra: DictConfig) -> None:
                 "admins, then run the sweep again; or use hydra/launcher=local_parallel here."
             )
     sweeper = str(OmegaConf.select(hydra, "sweeper._target_", default="") or "")
-    if "optuna" in sweeper.lower() and importlib.util.find_spec("optuna") is None:
-        raise GenlabError("hydra/sweeper=optuna needs optuna: pip install hydra-optuna-sweeper.")
+    if "optuna" in sweeper.lower():
+        require("optuna", "hydra/sweeper=optuna")
 
 
 def _controller_problem() -> str | None:
