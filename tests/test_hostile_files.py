@@ -330,6 +330,46 @@ def test_the_same_folder_unedited_works_and_runs_no_payload(scene, data_root, en
     scene.assert_harmless(output)
 
 
+# -- forged checkpoints ----------------------------------------------------------------------------
+def _forge(scene: Scene, field: str) -> None:
+    """Every checkpoint of the scene's run with one field naming the payload."""
+    for ckpt in (scene.dir / "checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)
+        if field == "optimizer":
+            state["hyper_parameters"]["optimizer"]["_target_"] = f"{PACKAGE}.payload.Adam"
+        elif field == "model-name":
+            state["hyper_parameters"]["name"] = f"{PACKAGE}.payload"
+        else:  # the run config a resume compares with
+            config = json.loads(json.dumps(scene.config))
+            config["data"]["_target_"] = f"{PACKAGE}.payload.Data"
+            state[RUN_CONFIG] = config
+        torch.save(state, ckpt)
+
+
+# field -> (what each entry point does: 0 loads, or the key its refusal names)
+FORGED = {
+    "optimizer": {"load": 0, "evaluate": "model.optimizer._target_", "resume": "optimizer"},
+    "run-config": {"load": 0, "evaluate": "data._target_", "resume": "data._target_"},
+    "model-name": {"load": "evilrun.payload", "evaluate": "evilrun.payload", "resume": "model"},
+}
+
+
+@pytest.mark.parametrize("entry", ["load", "evaluate", "resume"])
+@pytest.mark.parametrize("field", list(FORGED))
+def test_a_forged_checkpoint_reaches_no_code(scene, data_root, field, entry):
+    """A checkpoint's hyperparameters and stored run config are data: compared with the
+    command line, used to pick a model from the registry, never imported."""
+    _forge(scene, field)
+    call = {"load": _load, "evaluate": _evaluate, "resume": _resume}[entry]
+    code, output = call(scene, data_root)
+    expected = FORGED[field][entry]
+    if expected == 0:
+        assert code == 0, output
+    else:
+        assert code == 2 and expected in output, output
+    scene.assert_harmless(output)
+
+
 # -- a checkpoint that names such a run ------------------------------------------------------------
 @pytest.mark.parametrize("hostile", ["data-target-payload", "optimizer-target-payload",
                                      "alias-bomb", "env-interpolation"])  # fmt: skip
