@@ -330,6 +330,80 @@ def test_the_same_folder_unedited_works_and_runs_no_payload(scene, data_root, en
     scene.assert_harmless(output)
 
 
+# -- the command line -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (f"data._target_={PACKAGE}.payload.Data", "data._target_"),
+        (f"model._target_={PACKAGE}.payload.Anything", "model._target_"),
+        (f"model.optimizer._target_={PACKAGE}.payload.Adam", "model.optimizer._target_"),
+        (f"+scheduler._target_={PACKAGE}.payload.sched", "scheduler._target_"),
+        ("model.optimizer._target_=builtins.open", "model.optimizer._target_"),
+    ],
+)
+def test_the_command_line_names_classes_from_the_registry_only(scene, data_root, override, key):
+    """Even the trusted command line maps `_target_` to genlab's allow lists: the same
+    string as in a file is refused the same way, before anything is built."""
+    cfg = compose_run(data_root, scene.tmp / "run", *BASE, override)
+    with pytest.raises(GenlabError, match="not one genlab offers") as err:
+        run(cfg)
+    assert key in str(err.value)
+    assert not (scene.tmp / "run" / "checkpoints").exists()
+    scene.assert_harmless(str(err.value))
+
+
+# -- forged checkpoints ----------------------------------------------------------------------------
+def _forge(scene: Scene, field: str) -> None:
+    """Every checkpoint of the scene's run with one field naming the payload."""
+    for ckpt in (scene.dir / "checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)
+        if field == "optimizer":
+            state["hyper_parameters"]["optimizer"]["_target_"] = f"{PACKAGE}.payload.Adam"
+        elif field == "model-name":
+            state["hyper_parameters"]["name"] = f"{PACKAGE}.payload"
+        else:  # the run config a resume compares with
+            config = json.loads(json.dumps(scene.config))
+            config["data"]["_target_"] = f"{PACKAGE}.payload.Data"
+            state[RUN_CONFIG] = config
+        torch.save(state, ckpt)
+
+
+def test_a_checkpoint_linking_out_of_the_run_is_refused(scene, tmp_path):
+    """A run whose checkpoint is a link to a file elsewhere (one of the user's, or a device)
+    loads nothing from there."""
+    elsewhere = tmp_path / "elsewhere.ckpt"
+    for ckpt in (scene.dir / "checkpoints").glob("*.ckpt"):
+        shutil.move(ckpt, elsewhere)
+        ckpt.symlink_to(elsewhere)
+    code, output = _load(scene, None)
+    assert code == 2 and "outside" in output and str(elsewhere) in output, output
+    scene.assert_harmless(output)
+
+
+# field -> (what each entry point does: 0 loads, or the key its refusal names)
+FORGED = {
+    "optimizer": {"load": 0, "evaluate": "model.optimizer._target_", "resume": "optimizer"},
+    "run-config": {"load": 0, "evaluate": "data._target_", "resume": "data._target_"},
+    "model-name": {"load": "evilrun.payload", "evaluate": "evilrun.payload", "resume": "model"},
+}
+
+
+@pytest.mark.parametrize("entry", ["load", "evaluate", "resume"])
+@pytest.mark.parametrize("field", list(FORGED))
+def test_a_forged_checkpoint_reaches_no_code(scene, data_root, field, entry):
+    """A checkpoint's hyperparameters and stored run config are data: compared with the
+    command line, used to pick a model from the registry, never imported."""
+    _forge(scene, field)
+    call = {"load": _load, "evaluate": _evaluate, "resume": _resume}[entry]
+    code, output = call(scene, data_root)
+    expected = FORGED[field][entry]
+    if expected == 0:
+        assert code == 0, output
+    else:
+        assert code == 2 and expected in output, output
+    scene.assert_harmless(output)
+
+
 # -- a checkpoint that names such a run ------------------------------------------------------------
 @pytest.mark.parametrize("hostile", ["data-target-payload", "optimizer-target-payload",
                                      "alias-bomb", "env-interpolation"])  # fmt: skip

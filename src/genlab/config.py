@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from genlab import GenlabError
 from genlab.composition import retired_key_message
 from genlab.image_files import check_config as check_image_folder
+from genlab.registry import check_model_target
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
 from genlab.rundir import check_run_name
 from genlab.specs import (
@@ -83,6 +84,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
             f"(genlab.specs.{MODEL_SPECS[name].__name__}). Its keys: "
             f"{', '.join(user_keys(MODEL_SPECS[name]))}. Drop +model.{unknown[0]}=."
         )
+    check_model_target(model)
     check_optimizer(model.get("optimizer") or {})
     check_scheduler(cfg)
     for key, value, rule in violations(MODEL_SPECS[name], model, "model"):
@@ -289,12 +291,15 @@ def check_optimizer(optimizer: dict) -> None:
 
 
 def check_scheduler(cfg: DictConfig) -> None:
-    """scheduler._target_ must be a schedule genlab offers and its other keys its arguments."""
+    """scheduler._target_ must be a schedule genlab offers (its arguments are checked when it
+    is built: that needs torch, which checking a config does not import)."""
     scheduler = cfg.get("scheduler")
-    if isinstance(scheduler, DictConfig) and scheduler.get("_target_") is not None:
-        from genlab.registry import scheduler_partial
+    target = scheduler.get("_target_") if isinstance(scheduler, DictConfig) else None
+    if target is not None:
+        from genlab.registry import SCHEDULERS, scheduler_factory
 
-        scheduler_partial(OmegaConf.to_container(scheduler, resolve=True))
+        if target not in SCHEDULERS:
+            scheduler_factory(target)  # raises, naming the key and the choices
 
 
 def _validate_eval(cfg: DictConfig) -> None:

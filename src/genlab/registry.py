@@ -49,7 +49,6 @@ SCHEDULERS = (
             "LinearLR",
             "ConstantLR",
             "PolynomialLR",
-            "CyclicLR",
         )
     ),
 )
@@ -133,25 +132,31 @@ def scheduler_partial(spec: Mapping[str, Any], key: str = "scheduler") -> Callab
 
 
 # -- models ----------------------------------------------------------------------------------------
-def model_class(spec: Mapping[str, Any], key: str = "model") -> type:
-    """The model class of a model config node: its `name` picks it (genlab.models.MODEL_CLASSES)
-    and its `_target_`, where it has one, must be that class's."""
-    from genlab.models import MODEL_CLASSES
+def check_model_target(spec: Mapping[str, Any], key: str = "model") -> None:
+    """A model config node's `name` is a model genlab has (genlab.specs.MODEL_SPECS) and its
+    `_target_`, where it has one, that model's class. Torch-free (genlab.config uses it)."""
+    from genlab.specs import MODEL_SPECS
 
     name = spec.get("name")
-    cls = MODEL_CLASSES.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise _refuse(f"{key}.name", name, f"one of {', '.join(MODEL_CLASSES)}", "Use model=NAME.")
-    own = cls.spec_class.__dataclass_fields__["_target_"].default
-    target = spec.get("_target_", own)
-    if target != own:
+    if not isinstance(name, str) or name not in MODEL_SPECS:
+        raise _refuse(f"{key}.name", name, f"one of {', '.join(MODEL_SPECS)}", "Use model=NAME.")
+    own = MODEL_SPECS[name].__dataclass_fields__["_target_"].default
+    if spec.get("_target_", own) != own:
         raise _refuse(
             f"{key}._target_",
-            target,
+            spec.get("_target_"),
             f"{own} for {key}.name={name}",
             f"Choose the model with model={name} and leave {key}._target_ as it is.",
         )
-    return cls
+
+
+def model_class(spec: Mapping[str, Any], key: str = "model") -> type:
+    """The model class of a model config node (genlab.models.MODEL_CLASSES), its `name` and
+    `_target_` checked by check_model_target."""
+    from genlab.models import MODEL_CLASSES
+
+    check_model_target(spec, key)
+    return MODEL_CLASSES[spec["name"]]
 
 
 # -- data ------------------------------------------------------------------------------------------
