@@ -2,10 +2,12 @@
 
 A thin Hydra wrapper: options live in conf/sample.yaml, the work in genlab.sample.run. Heavy
 imports (torch) happen inside main, so `python sample.py --help` and bad input answer fast.
-Exit codes: 0 done, 2 bad input (one line on stderr, nothing written).
+Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130/143 stopped by
+Ctrl-C/SIGTERM (one line; a file being written is removed, those written before stay).
 """
 
 import re
+import signal
 import sys
 
 import hydra
@@ -38,10 +40,17 @@ def quote_paths(argv: list[str]) -> list[str]:
 def main(cfg: DictConfig) -> None:
     from genlab.sample import run
 
+    def terminated(signum, frame):  # SIGTERM as Ctrl-C: the file being written is removed
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         written = run(cfg)
     except GenlabError as err:
         fail(str(err))
+    except KeyboardInterrupt as stop:
+        by, code = ("SIGTERM", 143) if stop.args == ("SIGTERM",) else ("Ctrl-C", 130)
+        fail(f"sample.py stopped by {by}; the file it was writing was removed.", code=code)
     for path in written:
         print(f"wrote {path}")
 

@@ -177,11 +177,7 @@ def test_a_resume_in_place_that_cannot_keep_metrics_json_is_refused(
     before = snapshot(run_copy)
     proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={run_copy}", cwd=tmp_path)
     assert_refused(proc, f"{run_copy / 'metrics.json'}", f"ckpt_path={run_copy}")
-    after = snapshot(run_copy)
-    # Refused after the lock (its holder's name) and train.log's first lines: the records stay.
-    assert {k: v for k, v in after.items() if k not in (".genlab.lock", "train.log")} == {
-        k: v for k, v in before.items() if k not in (".genlab.lock", "train.log")
-    }
+    assert snapshot(run_copy) == before  # refused before the lock, train.log or .hydra/
 
 
 def _jobs_csv(sweep_dir: Path) -> list[dict]:
@@ -426,15 +422,20 @@ def test_a_signal_during_export_is_one_line_and_leaves_no_temporary_folder(
 
 def test_an_export_removes_the_temporary_folders_of_killed_exports(finished, tmp_path):
     stale = tmp_path / f".old.tmp-{dead_pid()}"
+    empty = tmp_path / f".empty.tmp-{dead_pid()}"
     live = tmp_path / f".busy.tmp-{os.getpid()}"  # a live writer's: kept
-    mine = tmp_path / f".mine.tmp-{dead_pid()}"  # a folder with a folder in it: not an export's
-    for folder in (stale, live, mine):
+    nested = tmp_path / f".nested.tmp-{dead_pid()}"  # a folder in it: not an export's
+    other = tmp_path / f".notes.tmp-{dead_pid()}"  # none of an export's files: not an export's
+    for folder in (stale, empty, live, nested, other):
         folder.mkdir()
+    for folder in (stale, live, nested):
         (folder / "model.safetensors").write_bytes(b"half")
-    (mine / "sub").mkdir()
+    (nested / "sub").mkdir()
+    (other / "notes.txt").write_text("mine")
     proc = _python("", "-m", "genlab.export", str(finished), str(tmp_path / "new"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not stale.exists() and live.is_dir() and mine.is_dir()
+    assert not stale.exists() and not empty.exists()
+    assert live.is_dir() and nested.is_dir() and (other / "notes.txt").read_text() == "mine"
     assert (tmp_path / "new" / "model.safetensors").is_file()
 
 
@@ -449,6 +450,34 @@ def test_sample_py_removes_the_partial_files_of_a_killed_write(run_copy, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not stale.exists() and live.exists()
     assert (out / "samples.png").stat().st_size > 100
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "by"), [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "Ctrl-C")]
+)
+def test_a_signal_while_sample_py_writes_leaves_no_partial_file(
+    finished, tmp_path, signum, code, by
+):
+    out = tmp_path / "out"
+    # A real signal to sample.py itself, once the picture is in its temporary file.
+    script = (
+        "import os, runpy, signal, sys\n"
+        "import genlab.atomic as atomic\n"
+        "replace = atomic.replace_atomically\n"
+        "def signalled(path, write, **kwargs):\n"
+        "    def then_signal(tmp):\n"
+        "        write(tmp)\n"
+        f"        os.kill(os.getpid(), signal.{signum})\n"
+        "    return replace(path, then_signal, **kwargs)\n"
+        "atomic.replace_atomically = signalled\n"
+        f"sys.argv = ['sample.py', 'run={finished}', 'n=4', 'out_dir={out}']\n"
+        f"runpy.run_path({str(REPO / 'sample.py')!r}, run_name='__main__')\n"
+    )
+    proc = _python("", "-c", script, cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    message = f"genlab: error: sample.py stopped by {by}; the file it was writing was removed."
+    assert proc.stderr.strip() == message
+    assert list(out.iterdir()) == []  # neither the picture nor its .partial file
 
 
 def test_a_resume_removes_the_partial_files_of_a_killed_write(data_root, run_copy, tmp_path):
