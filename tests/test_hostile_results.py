@@ -329,7 +329,7 @@ def test_a_link_out_of_the_run_dir_is_refused_and_its_target_unchanged(
     link.symlink_to(victim, target_is_directory=kind == "dir")
     before = snapshot(tmp_path / "victim") if kind == "dir" else None
     proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={run_copy}", cwd=tmp_path)
-    assert_refused(proc, str(link), "hydra.run.dir=<a new dir>")
+    assert_refused(proc, f"{link} is a link that leads out of", "hydra.run.dir=<a new dir>")
     if kind == "dir":
         assert snapshot(victim) == before
     elif kind == "file":
@@ -338,13 +338,27 @@ def test_a_link_out_of_the_run_dir_is_refused_and_its_target_unchanged(
         assert not victim.exists()
 
 
+def test_a_loop_of_links_in_a_run_dir_is_refused_by_name(data_root, run_copy, tmp_path):
+    (run_copy / "a").symlink_to(run_copy / "b")
+    (run_copy / "b").symlink_to(run_copy / "a")
+    proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={run_copy}", cwd=tmp_path)
+    assert_refused(proc, str(run_copy))
+
+
+def test_a_link_that_stays_inside_the_run_dir_is_fine(data_root, run_copy, tmp_path):
+    (run_copy / "best.ckpt").symlink_to(run_copy / "checkpoints" / "last.ckpt")
+    proc = train(data_root, "ckpt_path=last", "test=false", f"hydra.run.dir={run_copy}",
+                 cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_a_hard_linked_train_log_is_refused(data_root, run_copy, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("the victim's\n")
     (run_copy / "train.log").unlink()
     os.link(victim, run_copy / "train.log")
     proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={run_copy}", cwd=tmp_path)
-    assert_refused(proc, str(run_copy / "train.log"))
+    assert_refused(proc, f"{run_copy / 'train.log'} is a hard link")
     assert victim.read_text() == "the victim's\n"
 
 
