@@ -395,6 +395,39 @@ def test_a_sweep_dir_holding_a_linked_job_log_is_refused(data_root, tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["0_beta=1"]
 
 
+def test_the_report_command_refuses_a_report_folder_that_links_out(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "jobs.csv").write_text("the victim's table\n")
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "0_beta=1").mkdir(parents=True)
+    (sweep_dir / "report").symlink_to(victim, target_is_directory=True)
+    proc = _python("", "-m", "genlab.sweep.report", str(sweep_dir), cwd=tmp_path)
+    assert_refused(proc, f"{sweep_dir / 'report'} is a link that leads out of")
+    assert snapshot(victim) == {"jobs.csv": b"the victim's table\n"}
+
+
+@pytest.mark.parametrize("name", ["jobs.csv", "report.md"])
+def test_the_sweep_report_replaces_a_planted_link_instead_of_writing_through_it(tmp_path, name):
+    from genlab.sweep.report import write_report
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the victim's\n")
+    sweep_dir = tmp_path / "sweep"
+    for num, beta in ((0, 1), (1, 2)):
+        job = sweep_dir / f"{num}_beta={beta}"
+        job.mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({"val/loss": 1.0 + num, "val/elbo": -num}))
+        status = {"status": "completed", "num": num, "swept": {"model.beta": str(beta)}}
+        (job / "status.json").write_text(json.dumps(status))
+    (sweep_dir / "report").mkdir()
+    (sweep_dir / "report" / name).symlink_to(victim)  # planted after the sweep's own check
+    write_report(sweep_dir)
+    assert victim.read_text() == "the victim's\n"
+    assert not (sweep_dir / "report" / name).is_symlink()
+    assert (sweep_dir / "report" / name).stat().st_size > 0
+
+
 def test_sample_py_refuses_a_samples_folder_that_links_out_of_the_run(run_copy, tmp_path):
     victim = tmp_path / "victim"
     victim.mkdir()
