@@ -177,11 +177,7 @@ def test_a_resume_in_place_that_cannot_keep_metrics_json_is_refused(
     before = snapshot(run_copy)
     proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={run_copy}", cwd=tmp_path)
     assert_refused(proc, f"{run_copy / 'metrics.json'}", f"ckpt_path={run_copy}")
-    after = snapshot(run_copy)
-    # Refused after the lock (its holder's name) and train.log's first lines: the records stay.
-    assert {k: v for k, v in after.items() if k not in (".genlab.lock", "train.log")} == {
-        k: v for k, v in before.items() if k not in (".genlab.lock", "train.log")
-    }
+    assert snapshot(run_copy) == before  # refused before the lock, train.log or .hydra/
 
 
 def _jobs_csv(sweep_dir: Path) -> list[dict]:
@@ -333,7 +329,7 @@ def test_a_link_out_of_the_run_dir_is_refused_and_its_target_unchanged(
     link.symlink_to(victim, target_is_directory=kind == "dir")
     before = snapshot(tmp_path / "victim") if kind == "dir" else None
     proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={run_copy}", cwd=tmp_path)
-    assert_refused(proc, str(link), "hydra.run.dir=<a new dir>")
+    assert_refused(proc, f"{link} is a link that leads out of", "hydra.run.dir=<a new dir>")
     if kind == "dir":
         assert snapshot(victim) == before
     elif kind == "file":
@@ -342,13 +338,27 @@ def test_a_link_out_of_the_run_dir_is_refused_and_its_target_unchanged(
         assert not victim.exists()
 
 
+def test_a_loop_of_links_in_a_run_dir_is_refused_by_name(data_root, run_copy, tmp_path):
+    (run_copy / "a").symlink_to(run_copy / "b")
+    (run_copy / "b").symlink_to(run_copy / "a")
+    proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={run_copy}", cwd=tmp_path)
+    assert_refused(proc, str(run_copy))
+
+
+def test_a_link_that_stays_inside_the_run_dir_is_fine(data_root, run_copy, tmp_path):
+    (run_copy / "best.ckpt").symlink_to(run_copy / "checkpoints" / "last.ckpt")
+    proc = train(data_root, "ckpt_path=last", "test=false", f"hydra.run.dir={run_copy}",
+                 cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_a_hard_linked_train_log_is_refused(data_root, run_copy, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("the victim's\n")
     (run_copy / "train.log").unlink()
     os.link(victim, run_copy / "train.log")
     proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={run_copy}", cwd=tmp_path)
-    assert_refused(proc, str(run_copy / "train.log"))
+    assert_refused(proc, f"{run_copy / 'train.log'} is a hard link")
     assert victim.read_text() == "the victim's\n"
 
 
@@ -383,6 +393,39 @@ def test_a_sweep_dir_holding_a_linked_job_log_is_refused(data_root, tmp_path):
     assert_refused(proc, str(job / "train.log"))
     assert victim.read_text() == "the victim's\n"
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["0_beta=1"]
+
+
+def test_the_report_command_refuses_a_report_folder_that_links_out(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "jobs.csv").write_text("the victim's table\n")
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "0_beta=1").mkdir(parents=True)
+    (sweep_dir / "report").symlink_to(victim, target_is_directory=True)
+    proc = _python("", "-m", "genlab.sweep.report", str(sweep_dir), cwd=tmp_path)
+    assert_refused(proc, f"{sweep_dir / 'report'} is a link that leads out of")
+    assert snapshot(victim) == {"jobs.csv": b"the victim's table\n"}
+
+
+@pytest.mark.parametrize("name", ["jobs.csv", "report.md"])
+def test_the_sweep_report_replaces_a_planted_link_instead_of_writing_through_it(tmp_path, name):
+    from genlab.sweep.report import write_report
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the victim's\n")
+    sweep_dir = tmp_path / "sweep"
+    for num, beta in ((0, 1), (1, 2)):
+        job = sweep_dir / f"{num}_beta={beta}"
+        job.mkdir(parents=True)
+        (job / "metrics.json").write_text(json.dumps({"val/loss": 1.0 + num, "val/elbo": -num}))
+        status = {"status": "completed", "num": num, "swept": {"model.beta": str(beta)}}
+        (job / "status.json").write_text(json.dumps(status))
+    (sweep_dir / "report").mkdir()
+    (sweep_dir / "report" / name).symlink_to(victim)  # planted after the sweep's own check
+    write_report(sweep_dir)
+    assert victim.read_text() == "the victim's\n"
+    assert not (sweep_dir / "report" / name).is_symlink()
+    assert (sweep_dir / "report" / name).stat().st_size > 0
 
 
 def test_sample_py_refuses_a_samples_folder_that_links_out_of_the_run(run_copy, tmp_path):
@@ -426,15 +469,20 @@ def test_a_signal_during_export_is_one_line_and_leaves_no_temporary_folder(
 
 def test_an_export_removes_the_temporary_folders_of_killed_exports(finished, tmp_path):
     stale = tmp_path / f".old.tmp-{dead_pid()}"
+    empty = tmp_path / f".empty.tmp-{dead_pid()}"
     live = tmp_path / f".busy.tmp-{os.getpid()}"  # a live writer's: kept
-    mine = tmp_path / f".mine.tmp-{dead_pid()}"  # a folder with a folder in it: not an export's
-    for folder in (stale, live, mine):
+    nested = tmp_path / f".nested.tmp-{dead_pid()}"  # a folder in it: not an export's
+    other = tmp_path / f".notes.tmp-{dead_pid()}"  # none of an export's files: not an export's
+    for folder in (stale, empty, live, nested, other):
         folder.mkdir()
+    for folder in (stale, live, nested):
         (folder / "model.safetensors").write_bytes(b"half")
-    (mine / "sub").mkdir()
+    (nested / "sub").mkdir()
+    (other / "notes.txt").write_text("mine")
     proc = _python("", "-m", "genlab.export", str(finished), str(tmp_path / "new"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not stale.exists() and live.is_dir() and mine.is_dir()
+    assert not stale.exists() and not empty.exists()
+    assert live.is_dir() and nested.is_dir() and (other / "notes.txt").read_text() == "mine"
     assert (tmp_path / "new" / "model.safetensors").is_file()
 
 
@@ -449,6 +497,34 @@ def test_sample_py_removes_the_partial_files_of_a_killed_write(run_copy, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not stale.exists() and live.exists()
     assert (out / "samples.png").stat().st_size > 100
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "by"), [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "Ctrl-C")]
+)
+def test_a_signal_while_sample_py_writes_leaves_no_partial_file(
+    finished, tmp_path, signum, code, by
+):
+    out = tmp_path / "out"
+    # A real signal to sample.py itself, once the picture is in its temporary file.
+    script = (
+        "import os, runpy, signal, sys\n"
+        "import genlab.atomic as atomic\n"
+        "replace = atomic.replace_atomically\n"
+        "def signalled(path, write, **kwargs):\n"
+        "    def then_signal(tmp):\n"
+        "        write(tmp)\n"
+        f"        os.kill(os.getpid(), signal.{signum})\n"
+        "    return replace(path, then_signal, **kwargs)\n"
+        "atomic.replace_atomically = signalled\n"
+        f"sys.argv = ['sample.py', 'run={finished}', 'n=4', 'out_dir={out}']\n"
+        f"runpy.run_path({str(REPO / 'sample.py')!r}, run_name='__main__')\n"
+    )
+    proc = _python("", "-c", script, cwd=tmp_path)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    message = f"genlab: error: sampling stopped by {by}; the file it was writing was removed."
+    assert proc.stderr.strip() == message
+    assert list(out.iterdir()) == []  # neither the picture nor its .partial file
 
 
 def test_a_resume_removes_the_partial_files_of_a_killed_write(data_root, run_copy, tmp_path):

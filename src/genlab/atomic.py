@@ -113,9 +113,10 @@ def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
 _TEMP_DIR = re.compile(r"^\..+\.tmp-(\d+)$")
 
 
-def remove_stale_temp_dirs(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temp_dirs(folder: str | os.PathLike, marks: tuple[str, ...]) -> list[Path]:
     """Delete the temporary folders in `folder` whose writer is dead (an export killed
-    mid-write leaves one). Only plain folders of plain files, as an export writes them."""
+    mid-write leaves one): plain folders of plain files, empty or holding one of the files
+    named in `marks` (the writer's own), so that nobody else's folder is taken for one."""
     import shutil
 
     removed = []
@@ -123,7 +124,9 @@ def remove_stale_temp_dirs(folder: str | os.PathLike) -> list[Path]:
         match = _TEMP_DIR.match(path.name)
         if match is None or path.is_symlink() or not path.is_dir() or _alive(int(match.group(1))):
             continue
-        if all(p.is_file() and not p.is_symlink() for p in path.iterdir()):
+        files = list(path.iterdir())
+        plain = all(p.is_file() and not p.is_symlink() for p in files)
+        if plain and (not files or any(p.name in marks for p in files)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

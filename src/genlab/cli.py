@@ -161,6 +161,8 @@ class RunDirGuard(Callback):
                 # of its own resumes its folder itself (genlab.sweep.job.prepare).
                 new_run = config.get("ckpt_path") in (None, "") and not os.environ.get(ENV_JOB)
                 rundir.check_run_dir(run_dir, new_run)
+                if not new_run:  # what a resume in place keeps of metrics.json: readable?
+                    rundir.recorded_metrics(run_dir)
                 rundir.lock(run_dir)
         except GenlabError as err:
             fail(str(err))

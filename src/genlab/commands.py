@@ -22,6 +22,7 @@ did not complete, 2 when the sweep is refused before it starts.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 
 import hydra
@@ -50,12 +51,21 @@ def train_main(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base=HYDRA_VERSION_BASE, config_path=str(CONF_DIR), config_name="sample")
 def sample_main(cfg: DictConfig) -> None:
+    """Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130/143 stopped
+    by Ctrl-C/SIGTERM (one line; a file being written is removed, those written before stay)."""
     from genlab.sample import run
 
+    def terminated(signum, frame):  # SIGTERM as Ctrl-C: the file being written is removed
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         written = run(cfg)
     except GenlabError as err:
         fail(str(err))
+    except KeyboardInterrupt as stop:
+        by, code = ("SIGTERM", 143) if stop.args == ("SIGTERM",) else ("Ctrl-C", 130)
+        fail(f"sampling stopped by {by}; the file it was writing was removed.", code=code)
     for path in written:
         print(f"wrote {path}")
 

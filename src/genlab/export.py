@@ -147,7 +147,9 @@ def export_run(run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         "files": {},
         "training": {"overrides": overrides, "metrics": metrics},
     }
-    for stale in remove_stale_temp_dirs(out.parent) if out.parent.is_dir() else ():
+    for stale in (
+        remove_stale_temp_dirs(out.parent, (WEIGHTS, CONFIG)) if out.parent.is_dir() else ()
+    ):
         log.warning("Removed %s, left by an export that was killed", stale)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -81,7 +81,8 @@ def lock(run_dir: str | os.PathLike) -> bool:
         return False
     if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_nlink > 1:
         os.close(fd)  # truncating a hard link would truncate the file it shares
-        raise GenlabError(foreign_link(run_dir, run_dir / LOCK_NAME))
+        what = "a hard link to a file outside, or not a plain file, in"
+        raise GenlabError(foreign_link(run_dir, run_dir / LOCK_NAME, what))
     _held[run_dir] = fd
     # No other live run writes here now: the partial files of a killed write can go.
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "previews"):
@@ -151,11 +152,12 @@ def check_run_dir(run_dir: str | os.PathLike, new_run: bool) -> None:
     for folder, dirs, files in os.walk(run_dir):  # does not descend into linked folders
         for name in dirs + files:
             path = Path(folder) / name
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
-                raise GenlabError(foreign_link(run_dir, path))
+            if path.is_symlink() and not _leads_into(path, root):
+                raise GenlabError(foreign_link(run_dir, path, "a link that leads out of"))
             info = os.lstat(path) if name in IN_PLACE else None
             if info is not None and (not stat.S_ISREG(info.st_mode) or info.st_nlink > 1):
-                raise GenlabError(foreign_link(run_dir, path))
+                what = "a hard link to a file outside, or not a plain file, in"
+                raise GenlabError(foreign_link(run_dir, path, what))
     held = [name for name in RESULTS if _holds(run_dir / name)]
     if new_run and held:
         raise GenlabError(
@@ -166,10 +168,17 @@ def check_run_dir(run_dir: str | os.PathLike, new_run: bool) -> None:
         )
 
 
+def _leads_into(link: Path, root: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        return False
+
+
 def check_inside(run_dir: str | os.PathLike, path: Path) -> None:
     """Refuse (GenlabError) a `path` in `run_dir` that is a link leading out of it."""
     run_dir = Path(run_dir)
-    if path.is_symlink() and not path.resolve().is_relative_to(run_dir.resolve()):
+    if path.is_symlink() and not _leads_into(path, run_dir.resolve()):
         raise GenlabError(
             f"{path} is a link that leads out of the run dir {run_dir}, so sample.py would "
             "write there; nothing was written. Choose the folder yourself with out_dir=<dir>, "
@@ -207,12 +216,11 @@ def recorded_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
     return {str(k): float(v) for k, v in metrics.items()}
 
 
-def foreign_link(run_dir: Path, path: Path) -> str:
+def foreign_link(run_dir: Path, path: Path, what: str = "a link that leads out of") -> str:
     return (
-        f"{path} is a link to another file (or not a plain file), so writing it would change "
-        f"something outside the run dir {run_dir}; nothing was written. genlab refuses run dirs "
-        "holding such files: give the run a new dir (hydra.run.dir=<a new dir>, or no "
-        "hydra.run.dir), or remove the link."
+        f"{path} is {what} the run dir {run_dir}: writing it would change a file that is not "
+        "the run's, so nothing was written. Give the run a new dir (hydra.run.dir=<a new dir>, "
+        "or no hydra.run.dir), or replace that entry with a plain file of its own."
     )
 
 

@@ -15,6 +15,7 @@ import textwrap
 from itertools import product
 from pathlib import Path
 
+from genlab.atomic import replace_atomically
 from genlab.sweep.keys import label, short_names
 from genlab.sweep.results import Job, as_float, axis_values
 
@@ -86,7 +87,7 @@ def _draw_panel(path: Path, grid, row_labels, col_labels, image: str, title: str
                 ax.set_ylabel(row_labels[i], fontsize=10)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _find(jobs: list[Job], wanted: dict[str, str]) -> Job | None:
@@ -211,5 +212,5 @@ def write_metric_plot(
     for index in range(len(panels), rows * cols):
         axes[index // cols][index % cols].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     return True

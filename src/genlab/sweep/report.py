@@ -90,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     if not sweep_dir.is_dir():
         print(f"genlab: error: {sweep_dir} is not a folder.", file=sys.stderr)
         return 2
+    from genlab import GenlabError
+    from genlab.rundir import check_run_dir
+
+    try:  # its report/ (or a file in it) must not lead out of it: the report is written there
+        check_run_dir(sweep_dir, new_run=False)
+    except GenlabError as err:
+        print(f"genlab: error: {err}", file=sys.stderr)
+        return 2
     report = write_report(
         sweep_dir,
         metrics=[m for m in args.metrics.split(",") if m] or None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from genlab.atomic import replace_atomically, write_text_atomic
 from genlab.sweep.keys import read_sweep_file, short_names
 from genlab.sweep.results import Job
 
@@ -18,6 +19,10 @@ def _fmt(value: float | None) -> str:
 
 def write_csv(path: Path, jobs: list[Job], keys: list[str]) -> None:
     metric_names = sorted({m for job in jobs for m in job.metrics})
+    replace_atomically(path, lambda tmp: _write_rows(tmp, jobs, keys, metric_names))
+
+
+def _write_rows(path: Path, jobs: list[Job], keys: list[str], metric_names: list[str]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -86,4 +91,4 @@ def write_markdown(
         lines += ["", "## Pictures", ""]
         for image in images:
             lines += [f"![{image.stem}]({image.name})", ""]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
