@@ -13,6 +13,7 @@ and how to fix it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -57,6 +58,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
         lambda v: v is None or (is_int(v) and 0 <= v < 2**32),
         "an integer in [0, 2**32) or null",
     )
+    _check_data_dir(cfg)
     # data=image_folder's keys and folder, before data.image_shape, which is derived from them.
     check_image_folder(cfg, starting)
     # Before the model's keys: model.image_shape is interpolated from it.
@@ -164,6 +166,21 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     if starting:
         _validate_ckpt_path(cfg.get("ckpt_path"))
     _validate_size(cfg, model)
+
+
+def _check_data_dir(cfg: DictConfig) -> None:
+    """paths.data_dir must be a folder (or not exist yet: downloads create it)."""
+    value = _get(cfg, "paths.data_dir", None)
+    path = Path(str(value)).expanduser() if value not in (None, "") else None
+    if path is None or not path.exists() or path.is_dir():
+        return
+    key = "paths.data_dir"
+    if os.environ.get("GENLAB_DATA_DIR") and Path(os.environ["GENLAB_DATA_DIR"]) == Path(value):
+        key = "GENLAB_DATA_DIR (paths.data_dir)"
+    raise GenlabError(
+        f"{key}={value} is a file, not a folder: point it at the folder that holds (or will "
+        "hold) the datasets, e.g. GENLAB_DATA_DIR=~/data or paths.data_dir=./data."
+    )
 
 
 def has_fused_kernel(optimizer_class) -> bool:

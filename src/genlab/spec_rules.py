@@ -55,6 +55,7 @@ BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 POSITIVE_INT = Rule(lambda v: is_int(v) and v >= 1, "an integer >= 1")
 LATENT_DIM = Rule(POSITIVE_INT.ok, "an integer >= 1", "e.g. model.latent_dim=16.")
 NON_NEGATIVE = Rule(lambda v: is_number(v) and v >= 0, "a number >= 0")
+UNIT_INTERVAL = Rule(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 UNIT_INTERVAL_OPEN_RIGHT = Rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 DEFAULT_OPTIMIZER = {

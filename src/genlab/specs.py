@@ -31,6 +31,7 @@ from genlab.spec_rules import (
     NON_NEGATIVE,
     OPTIMIZER_RULES,
     POSITIVE_INT,
+    UNIT_INTERVAL,
     UNIT_INTERVAL_OPEN_RIGHT,
     Rule,
     _key,
@@ -218,7 +219,7 @@ class DDPMSpec(ModelSpec):
     # Sampler steps: timesteps -> ancestral sampling (Algorithm 2, T network calls); fewer ->
     # DDIM with that many steps (Song et al. 2021); null = timesteps. Range: genlab.config.
     sample_steps: int | None = 100
-    eta: float = _key(0.0, NON_NEGATIVE)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
+    eta: float = _key(0.0, UNIT_INTERVAL)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     unet: UNetSpec = field(default_factory=UNetSpec)
     # Class-conditional: a label embedding added to the time embedding.
     conditional: bool = _key(False, BOOL)
