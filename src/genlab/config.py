@@ -22,6 +22,7 @@ from genlab import GenlabError
 from genlab.composition import retired_key_message
 from genlab.image_files import check_config as check_image_folder
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
+from genlab.secrets import check_wandb_online
 from genlab.specs import (
     MODEL_SPECS,
     NESTED,
@@ -165,6 +166,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     _validate_eval(cfg)
     if starting:
         _validate_ckpt_path(cfg.get("ckpt_path"))
+        check_wandb_online(_get(cfg, "logger.wandb.mode", None))
     _validate_size(cfg, model)
 
 
