@@ -610,3 +610,27 @@ def test_mnist_is_read_where_it_is_not_copied(tmp_path):
     assert held == {
         f"{s}-{k}-ubyte.gz" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")
     }
+
+
+def test_caches_of_a_read_only_data_dir_go_to_the_users_cache_said_once(tmp_path, monkeypatch):
+    import logging
+
+    from genlab.data.folder import cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with read_only(tmp_path / "shared"):
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("genlab").addHandler(handler)
+        try:
+            first, second = cache_dir(tmp_path / "shared"), cache_dir(tmp_path / "shared")
+        finally:
+            logging.getLogger("genlab").removeHandler(handler)
+        assert first == second == tmp_path / "cache" / "genlab"
+        assert [r.getMessage() for r in records if "cannot be written" in r.getMessage()] == [
+            f"paths.data_dir={tmp_path / 'shared'} cannot be written: genlab's caches go to "
+            f"{tmp_path / 'cache' / 'genlab'}"
+        ]
+        with read_only(tmp_path / "cache"), pytest.raises(GenlabError, match="XDG_CACHE_HOME"):
+            cache_dir(tmp_path / "shared")

@@ -155,6 +155,12 @@ def cache_dir(data_dir) -> Path:
     if _writable(root):
         return root
     fallback = user_cache_dir()
+    if not _writable(fallback):
+        raise GenlabError(
+            f"paths.data_dir={data_dir} cannot be written, nor can {fallback}, where genlab "
+            "would put its caches instead: point paths.data_dir or XDG_CACHE_HOME at a folder "
+            "you can write."
+        )
     if root not in _announced:
         _announced.add(root)
         log.warning("paths.data_dir=%s cannot be written: genlab's caches go to %s", root, fallback)
