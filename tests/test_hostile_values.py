@@ -634,3 +634,13 @@ def test_caches_of_a_read_only_data_dir_go_to_the_users_cache_said_once(tmp_path
         ]
         with read_only(tmp_path / "cache"), pytest.raises(GenlabError, match="XDG_CACHE_HOME"):
             cache_dir(tmp_path / "shared")
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "<i4"], ids=["I;16", "I;16B", "I"])
+def test_sixteen_bit_values_scale_alike_in_every_byte_order(dtype):
+    from genlab.data.folder import eight_bit
+
+    values = _grey16(7)
+    converted = eight_bit(Image.fromarray(values.astype(dtype)))
+    assert converted.mode == "L"
+    np.testing.assert_array_equal(np.asarray(converted), np.rint(values / 257.0).astype(np.uint8))
