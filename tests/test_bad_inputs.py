@@ -127,7 +127,7 @@ def _models() -> list[tuple]:
         ("train", [d, "model.unet.dropout=1.5"], "model.unet.dropout", "[0, 1)"),
         ("train", [d, "model.unet.attn_resolutions=[5]"], "model.unet.attn_resolutions", "sizes"),
         ("train", [d, "model.cond_drop_prob=1"], "model.cond_drop_prob", "[0, 1)"),
-        ("train", [d, "model.guidance_scale=-1"], "model.guidance_scale", ">= 0"),
+        ("train", [d, "model.guidance_scale=-1"], "model.guidance_scale", "[0, 100]"),
         ("train", [d, "model.guidance_scale=2"], "model.guidance_scale", "conditional=true"),
         ("train", [d, "model.ema_decay=1.5"], "model.ema_decay", "(0, 1)"),
         ("train", [d, "model.ema_power=0"], "model.ema_power", "(0, 1]"),
