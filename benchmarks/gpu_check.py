@@ -294,15 +294,15 @@ def install(ctx: Context) -> str:
 
 # -- data --------------------------------------------------------------------------------------
 def write_data(ctx: Context) -> str:
-    """Fashion-MNIST-shaped data in the genuine gzipped IDX files, staged into
-    <data>/FashionMNIST/raw by genlab's own loader (as Debian's package would be). Every image
-    carries its class (a template per class plus noise), so the CVAE's labels mean something."""
+    """Fashion-MNIST-shaped data in the genuine gzipped IDX files, in <data>/FashionMNIST/raw
+    (where genlab looks first, and reads them gzipped). Every image carries its class (a
+    template per class plus noise), so the CVAE's labels mean something."""
     import numpy as np
 
     from genlab.data.formats import write_idx
     from genlab.data.sources import load_split
 
-    src = ctx.work / "fashion-mnist-gz"
+    src = ctx.data / "FashionMNIST" / "raw"
     src.mkdir(parents=True, exist_ok=True)
     templates = np.random.default_rng(1234).random((10, 28, 28)) > 0.6
     for split, n, seed in (("train", ctx.cfg.n_train, 0), ("t10k", ctx.cfg.n_test, 1)):

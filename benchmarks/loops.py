@@ -41,6 +41,23 @@ def cifar_like_root() -> str:
     return str(root)
 
 
+def torchvision_layout(root: str) -> None:
+    """Fashion-MNIST's uncompressed IDX files in <root>/FashionMNIST/raw, where torchvision's
+    own class reads them (genlab reads them wherever they are, e.g. Debian's gzipped copy)."""
+    from genlab.data.formats import write_idx
+    from genlab.data.module import data_config
+    from genlab.data.sources import load_split
+
+    raw = Path(root) / "FashionMNIST" / "raw"
+    system_dirs = list(data_config("fashion_mnist").system_dirs)
+    for train, split in ((True, "train"), (False, "t10k")):
+        if (raw / f"{split}-labels-idx1-ubyte").is_file():
+            continue
+        images, labels = load_split("fashion_mnist", root, train=train, system_dirs=system_dirs)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images[:, 0].numpy())
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels.numpy().astype("uint8"))
+
+
 def datamodule(name: str, batch_size: int):
     from genlab.data import ImageDataModule
 
@@ -153,7 +170,7 @@ def seed_loop(kind, data, batch_size, steps, device):
     import torchvision
     from torchvision import transforms
 
-    datamodule(data, batch_size)  # stages the files where torchvision looks
+    torchvision_layout(fashion_root())
     cls = torchvision.datasets.FashionMNIST
     dataset = cls(fashion_root(), train=True, download=False, transform=transforms.ToTensor())
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)

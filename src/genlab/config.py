@@ -13,6 +13,7 @@ and how to fix it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -23,6 +24,7 @@ from genlab.image_files import check_config as check_image_folder
 from genlab.registry import check_model_target
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
 from genlab.rundir import check_run_name
+from genlab.secrets import check_wandb_online
 from genlab.specs import (
     MODEL_SPECS,
     NESTED,
@@ -59,6 +61,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
         lambda v: v is None or (is_int(v) and 0 <= v < 2**32),
         "an integer in [0, 2**32) or null",
     )
+    _check_data_dir(cfg)
     # data=image_folder's keys and folder, before data.image_shape, which is derived from them.
     check_image_folder(cfg, starting)
     # Before the model's keys: model.image_shape is interpolated from it.
@@ -171,6 +174,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
             if _get(cfg, key) != "__missing__":
                 check_run_name(key, _get(cfg, key))
         _require_extras(cfg)
+        check_wandb_online(_get(cfg, "logger.wandb.mode", None))
     _validate_size(cfg, model)
 
 
@@ -184,6 +188,21 @@ def _require_extras(cfg: DictConfig) -> None:
     weights = _get(cfg, "eval.inception_weights", None)
     if weights is not None and _get(cfg, "eval.sample_quality", False):
         require("fid", f"eval.inception_weights={weights} (the Inception FID, KID and IS)")
+
+
+def _check_data_dir(cfg: DictConfig) -> None:
+    """paths.data_dir must be a folder (or not exist yet: downloads create it)."""
+    value = _get(cfg, "paths.data_dir", None)
+    path = Path(str(value)).expanduser() if value not in (None, "") else None
+    if path is None or not path.exists() or path.is_dir():
+        return
+    key = "paths.data_dir"
+    if os.environ.get("GENLAB_DATA_DIR") and Path(os.environ["GENLAB_DATA_DIR"]) == Path(value):
+        key = "GENLAB_DATA_DIR (paths.data_dir)"
+    raise GenlabError(
+        f"{key}={value} is a file, not a folder: point it at the folder that holds (or will "
+        "hold) the datasets, e.g. GENLAB_DATA_DIR=~/data or paths.data_dir=./data."
+    )
 
 
 def has_fused_kernel(optimizer_class) -> bool:

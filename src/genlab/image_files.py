@@ -58,15 +58,35 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         ) from None
 
 
-def _images_below(folder: Path, stat: bool) -> Iterator[tuple[str, int, int]]:
-    """(path relative to `folder`, size, mtime_ns) of every image at any depth, sorted."""
+def _images_below(folder: Path, stat: bool, above: tuple = ()) -> Iterator[tuple[str, int, int]]:
+    """(path relative to `folder`, size, mtime_ns) of every image at any depth, sorted.
+    `above`: the (device, inode) of the folders above, so that a symlink loop is named."""
+    here = _identity(folder)
     for entry in _entries(folder):
         if entry.is_dir():
-            for rel, size, mtime in _images_below(Path(entry.path), stat):
+            below = Path(entry.path)
+            if _identity(below) in (*above, here):
+                raise GenlabError(
+                    f"data.path: {below} is a symlink loop (it leads back to "
+                    f"{Path(os.path.realpath(below))}, a folder above it): remove the link, or "
+                    "link to a folder outside data.path."
+                )
+            for rel, size, mtime in _images_below(below, stat, (*above, here)):
                 yield f"{entry.name}/{rel}", size, mtime
         elif is_image(entry.name) and entry.is_file():
             info = entry.stat() if stat else None
             yield entry.name, (info.st_size if info else 0), (info.st_mtime_ns if info else 0)
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    try:
+        info = folder.stat()
+    except OSError as err:
+        raise GenlabError(
+            f"data.path: {folder} cannot be read ({err.strerror or err}). Remove it or make it "
+            "readable."
+        ) from None
+    return info.st_dev, info.st_ino
 
 
 def _has_image(folder: Path) -> bool:

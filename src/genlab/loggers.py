@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import netrc
 import os
 import signal
 import sys
@@ -30,18 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
 from genlab.run_rules import WANDB_MODES
-from genlab.secrets import masked_argv, redact
+from genlab.secrets import check_wandb_online, masked_argv, redact, wandb_api_key_available
 
 log = logging.getLogger("genlab")
-
-
-def wandb_api_key_available() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -54,12 +44,7 @@ def resolve_wandb_mode(mode: str) -> str:
         return "disabled" if os.environ["WANDB_MODE"] == "disabled" else "offline"
     if mode == "auto":
         return "online" if wandb_api_key_available() else "offline"
-    if mode == "online" and not wandb_api_key_available():
-        raise GenlabError(
-            "logger.wandb.mode=online, but no W&B API key is found (WANDB_API_KEY, or "
-            "~/.netrc from `wandb login`). Run `wandb login` or set WANDB_API_KEY, or log "
-            "offline with logger.wandb.mode=offline (upload later with `wandb sync`)."
-        )
+    check_wandb_online(mode)
     return mode
 
 

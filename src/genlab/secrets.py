@@ -9,6 +9,7 @@ typed; values of any length (see MIN_SUBSTRING for how short ones are matched).
 from __future__ import annotations
 
 import contextlib
+import netrc
 import os
 import re
 import sys
@@ -76,3 +77,24 @@ def masked_argv():
         yield
     finally:
         sys.argv = original
+
+
+def wandb_api_key_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def check_wandb_online(mode: Any) -> None:
+    """Refuse logger.wandb.mode=online without a W&B API key (wandb would raise mid-run)."""
+    from genlab import GenlabError
+
+    if mode == "online" and not wandb_api_key_available():
+        raise GenlabError(
+            "logger.wandb.mode=online, but no W&B API key is found (WANDB_API_KEY, or "
+            "~/.netrc from `wandb login`). Run `wandb login` or set WANDB_API_KEY, or log "
+            "offline with logger.wandb.mode=offline (upload later with `wandb sync`)."
+        )

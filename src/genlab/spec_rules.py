@@ -55,6 +55,10 @@ BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 POSITIVE_INT = Rule(lambda v: is_int(v) and v >= 1, "an integer >= 1")
 LATENT_DIM = Rule(POSITIVE_INT.ok, "an integer >= 1", "e.g. model.latent_dim=16.")
 NON_NEGATIVE = Rule(lambda v: is_number(v) and v >= 0, "a number >= 0")
+# Classifier-free guidance weight: far beyond ~20 it only saturates the images, and a huge one
+# overflows float32 into NaN samples (sample.py's guidance_scale= has the same range).
+GUIDANCE = Rule(lambda v: is_number(v) and 0 <= v <= 100, "a number in [0, 100]")
+UNIT_INTERVAL = Rule(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 UNIT_INTERVAL_OPEN_RIGHT = Rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 

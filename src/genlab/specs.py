@@ -27,10 +27,12 @@ from genlab import GenlabError
 from genlab.spec_rules import (
     BOOL,
     DEFAULT_OPTIMIZER,
+    GUIDANCE,
     LATENT_DIM,
     NON_NEGATIVE,
     OPTIMIZER_RULES,
     POSITIVE_INT,
+    UNIT_INTERVAL,
     UNIT_INTERVAL_OPEN_RIGHT,
     Rule,
     _key,
@@ -196,7 +198,7 @@ class CVAESpec(VAESpec):
     # Guided decoding of label-chosen samples, w: decoder logits (1 + w) * l(z, y) - w * l(z, null)
     # (for a Bernoulli decoder, p(x|z,y)^(1+w) / p(x|z)^w renormalised); needs label_dropout > 0.
     # 0: plain samples of p(x|z, y).
-    guidance_scale: float = _key(1.0, NON_NEGATIVE)
+    guidance_scale: float = _key(1.0, GUIDANCE)
 
 
 @dataclass
@@ -218,13 +220,13 @@ class DDPMSpec(ModelSpec):
     # Sampler steps: timesteps -> ancestral sampling (Algorithm 2, T network calls); fewer ->
     # DDIM with that many steps (Song et al. 2021); null = timesteps. Range: genlab.config.
     sample_steps: int | None = 100
-    eta: float = _key(0.0, NON_NEGATIVE)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
+    eta: float = _key(0.0, UNIT_INTERVAL)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     unet: UNetSpec = field(default_factory=UNetSpec)
     # Class-conditional: a label embedding added to the time embedding.
     conditional: bool = _key(False, BOOL)
     # Share of training labels replaced by "null" (for classifier-free guidance).
     cond_drop_prob: float = _key(0.1, UNIT_INTERVAL_OPEN_RIGHT)
-    guidance_scale: float = _key(0.0, NON_NEGATIVE)  # guidance weight w (needs conditional)
+    guidance_scale: float = _key(0.0, GUIDANCE)  # guidance weight w (needs conditional)
     # EMA of the weights, used for validation, test, sampling and the checkpoint. With a
     # warm-up: update n moves the average by max(1 - ema_decay, (1 + n)^-ema_power), so a
     # short run averages its recent weights, not its initial ones (diffusers' EMAModel, Karras

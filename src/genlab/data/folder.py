@@ -47,7 +47,7 @@ def decode(file: Path, image_size: int, channels: int, resize: bool) -> np.ndarr
     with Image.open(file) as opened:
         if resize and opened.format == "JPEG":  # decode at a reduced scale (>= the target)
             opened.draft(opened.mode, (image_size, image_size))
-        image = ImageOps.exif_transpose(opened).convert("L" if channels == 1 else "RGB")
+        image = eight_bit(ImageOps.exif_transpose(opened)).convert("L" if channels == 1 else "RGB")
     w, h = image.size
     if resize:
         side = min(w, h)
@@ -57,6 +57,32 @@ def decode(file: Path, image_size: int, channels: int, resize: bool) -> np.ndarr
             image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+# Pillow's modes of more than 8 bits per pixel: 16-bit grey PNGs open as I;16 (or I in older
+# Pillows). Pillow's own convert() clips them to 255 instead of scaling.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def eight_bit(image):
+    """`image` in a mode Pillow converts to L or RGB by itself: 16-bit grey scaled by 255/65535
+    (rounded); a mode with no fixed range of values (F: floats; I beyond 16 bits) refused."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise GenlabError(
+            "its mode is F (32-bit floats), which has no fixed range of pixel values: save it "
+            "as an 8- or 16-bit PNG or JPEG."
+        )
+    if image.mode not in WIDE_MODES:
+        return image
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise GenlabError(
+            f"its mode is {image.mode} with values {values.min()}..{values.max()}, outside the "
+            "16-bit range 0..65535: save it as an 8- or 16-bit PNG."
+        )
+    return Image.fromarray(np.rint(values / 257.0).astype(np.uint8), "L")
 
 
 def _check_sizes(listing: FolderListing, path, image_size: int) -> None:
@@ -129,6 +155,12 @@ def cache_dir(data_dir) -> Path:
     if _writable(root):
         return root
     fallback = user_cache_dir()
+    if not _writable(fallback):
+        raise GenlabError(
+            f"paths.data_dir={data_dir} cannot be written, nor can {fallback}, where genlab "
+            "would put its caches instead: point paths.data_dir or XDG_CACHE_HOME at a folder "
+            "you can write."
+        )
     if root not in _announced:
         _announced.add(root)
         log.warning("paths.data_dir=%s cannot be written: genlab's caches go to %s", root, fallback)
@@ -254,6 +286,8 @@ def _build(entry: Path, listing: FolderListing, key: dict, path) -> None:
         rel = listing.files[i][0]
         try:
             return decode(listing.root / rel, size, channels, resize)
+        except GenlabError as err:  # a mode genlab refuses
+            raise GenlabError(f"data.path={path}: {rel} cannot be used: {err}") from None
         except Exception as err:  # noqa: BLE001 - every reason a file is no image
             raise _unreadable(path, rel, err) from None
 

@@ -42,7 +42,7 @@ def _missing_message(name: str, root: Path, where: str, looked, tried_download: 
     else:
         download = " Download is off (data.download=false)."
     return (
-        f"Dataset '{name}' is not on disk: looked in {', '.join(map(str, looked))}. To get it, "
+        f"Dataset '{name}' not found on disk: looked in {', '.join(map(str, looked))}. To get it, "
         f"put the original files in {where}{hint}.{download} (data root: {root}; set it with "
         "paths.data_dir=... or GENLAB_DATA_DIR)"
     )

@@ -106,8 +106,7 @@ def check_size(task_name: str, run: LoadedRun, opts: DictConfig, n: int | None) 
 
     if n is None:
         return
-    per_row = images_per_row(task_name, opts, run.model, n)
-    count = n * per_row
+    count = n * images_per_row(task_name, opts, run.model, n)
     channels, height, width = run.image_shape
     key, fix = f"n={n}", f"Use a smaller n (the task's default is {TASKS[task_name].default_n})."
     row = ROW_OPTION.get(task_name)

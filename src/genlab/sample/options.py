@@ -10,15 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
 from genlab.composition import CONF_DIR
-from genlab.specs import is_int, is_number
+from genlab.specs import GUIDANCE, is_int, is_number
 
 # genlab.diffusion.SAMPLERS' names, checked here before torch is imported (a test keeps the two
 # equal; the registry itself needs torch).
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")
-# Upper ends of ranges: classifier-free guidance far beyond ~20 only saturates the images, and a
-# latent traversal far outside the prior decodes nothing the model learned; beyond these the
-# float32 arithmetic overflows into NaN images.
-MAX_GUIDANCE = 100
+# Upper ends of ranges: guidance as the models' own (genlab.spec_rules.GUIDANCE); a latent
+# traversal far outside the prior decodes nothing the model learned, and a huge one overflows
+# float32 into NaN images.
 MAX_TRAVERSE = 100
 
 
@@ -36,8 +35,8 @@ STEERING: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
     (
         "guidance_scale",
-        lambda v: v is None or (is_number(v) and 0 <= v <= MAX_GUIDANCE),
-        f"a number in [0, {MAX_GUIDANCE}] (or null)",
+        lambda v: v is None or GUIDANCE.ok(v),
+        f"{GUIDANCE.accepted} (or null)",
     ),
 ]
 

@@ -118,11 +118,12 @@ class OptunaSearch(Sweeper):
         try:
             self.optuna.sweep(arguments)
         except ValueError as err:
-            # Optuna's best_trial when no trial of the study completed: the results file
+            # Optuna's best_trial when no trial of the study completed ("No trials are
+            # completed yet", "Record does not exist" from an RDB storage): the results file
             # says so instead of the sweep ending in a traceback.
-            if "No trials are completed" not in str(err) or not self.launcher.failed:
+            if self.launcher.completed or not self.launcher.failed:
                 raise
-            log.error("Every trial failed (%d): no best value.", self.launcher.failed)
+            log.error("Every trial failed (%d): no best value (%s).", self.launcher.failed, err)
             results = {"name": "optuna", "best_params": None, "best_value": None}
             results["failed_trials"] = self.launcher.failed
             OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir) / RESULTS_FILE)

@@ -123,7 +123,8 @@ def _launcher_tools(hydra: DictConfig) -> None:
 
 
 def _controller_problem() -> str | None:
-    """What `scontrol ping` says when slurmctld is down; None when it is up or cannot tell."""
+    """What `scontrol ping` says when slurmctld is down or unreachable; None when it is up or
+    the answer says something else (an sbatch that then fails is refused by the launcher)."""
     try:
         out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
@@ -131,7 +132,7 @@ def _controller_problem() -> str | None:
     except OSError:
         return None
     text = " ".join((out.stdout + " " + out.stderr).split())
-    if out.returncode != 0 or " DOWN" in text:
+    if " DOWN" in text or "Unable to contact" in text:
         return f"`scontrol ping`: {text or f'exit code {out.returncode}'}"
     return None
 
