@@ -191,6 +191,7 @@ def test_installed_train_writes_its_metrics(trained):
 
 @pytest.mark.slow
 def test_installed_sweep_runs_two_jobs(installed):
+    # local_parallel: each job is `python -m genlab.train ...` of its own, the venv's genlab
     result = _run(
         installed,
         "genlab-train",
@@ -199,6 +200,7 @@ def test_installed_sweep_runs_two_jobs(installed):
         _searchpath(installed),
         "model.beta=0.5,1.0",
         "test=false",
+        "hydra/launcher=local_parallel",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = (installed[2] / "outputs" / "multirun").glob("*/*")
@@ -206,6 +208,7 @@ def test_installed_sweep_runs_two_jobs(installed):
     assert [re.sub(r"^\d+_", "", p.name) for p in jobs] == ["beta=0.5", "beta=1.0"]
     for job in jobs:
         assert math.isfinite(json.loads((job / "metrics.json").read_text())["val/elbo"])
+        assert json.loads((job / "status.json").read_text())["status"] == "completed"
     assert json.loads((sweep_dir / "sweep.json").read_text())["command"].startswith(
         "genlab-train -m"
     )
