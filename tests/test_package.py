@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import REPO
+from fixtures import FAST, REPO
 
 import genlab
 
@@ -191,6 +191,7 @@ def test_installed_train_writes_its_metrics(trained):
 
 @pytest.mark.slow
 def test_installed_sweep_runs_two_jobs(installed):
+    # local_parallel: each job is `python -m genlab.train ...` of its own, the venv's genlab
     result = _run(
         installed,
         "genlab-train",
@@ -199,6 +200,7 @@ def test_installed_sweep_runs_two_jobs(installed):
         _searchpath(installed),
         "model.beta=0.5,1.0",
         "test=false",
+        "hydra/launcher=local_parallel",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = (installed[2] / "outputs" / "multirun").glob("*/*")
@@ -206,6 +208,7 @@ def test_installed_sweep_runs_two_jobs(installed):
     assert [re.sub(r"^\d+_", "", p.name) for p in jobs] == ["beta=0.5", "beta=1.0"]
     for job in jobs:
         assert math.isfinite(json.loads((job / "metrics.json").read_text())["val/elbo"])
+        assert json.loads((job / "status.json").read_text())["status"] == "completed"
     assert json.loads((sweep_dir / "sweep.json").read_text())["command"].startswith(
         "genlab-train -m"
     )
@@ -277,15 +280,23 @@ def test_installed_help_and_shell_completion(installed):
 
 # -- optional features without their extra ---------------------------------------------------------
 # Runs genlab-train's code with the named modules made unimportable (a meta-path finder that
-# refuses them, as an environment without the extra would).
+# refuses them) and their distributions unknown to importlib.metadata (which libraries such as
+# torchmetrics ask first), as in an environment without the extra.
 BLOCKED_RUN = """
-import importlib.abc, sys
+import importlib.abc, importlib.metadata as md, sys
 blocked = sys.argv.pop(1).split(",")
 class Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if any(name == b or name.startswith(b + ".") for b in blocked):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Refuse())
+dists = {b.split(".")[-1].replace("_", "-").lower() for b in blocked}
+from_name = md.Distribution.from_name.__func__
+def hidden(cls, name):
+    if name.replace("_", "-").lower() in dists:
+        raise md.PackageNotFoundError(name)
+    return from_name(cls, name)
+md.Distribution.from_name = classmethod(hidden)
 from genlab.commands import train
 train()
 """
@@ -387,3 +398,33 @@ def test_setup_command_installs_an_editable_checkout(tmp_path):
     module, conf, model = result.stdout.split()
     assert Path(module) == REPO / "src" / "genlab" / "__init__.py"
     assert Path(conf) == REPO / "conf" and model == "vqvae"
+
+
+def test_core_install_trains_and_samples_without_any_extra(data_root, tmp_path):
+    """Every extra's modules unimportable: a run trains (CSV logs, its test stage) and samples."""
+    every_extra = ",".join([SLURM, OPTUNA, "sqlalchemy", "torch_fidelity", "tensorboard"])
+    run_dir = tmp_path / "run"
+    train = subprocess.run(
+        [sys.executable, "-c", BLOCKED_RUN, every_extra, *FAST, f"hydra.run.dir={run_dir}"]
+        + [f"paths.data_dir={data_root}", "model.latent_dim=4"],
+        cwd=tmp_path,
+        env=_clean_env(PYTHONPATH=str(REPO / "src")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # the domain FID/KID/IS use torchmetrics' classes with genlab's classifier: no torch-fidelity
+    assert math.isfinite(metrics["test/elbo"]) and math.isfinite(metrics["test/fid_domain"])
+    sample = BLOCKED_RUN.replace("import train\ntrain()", "import sample\nsample()")
+    drawn = subprocess.run(
+        [sys.executable, "-c", sample, every_extra, f"run={run_dir}", "task=samples", "n=2"],
+        cwd=tmp_path,
+        env=_clean_env(PYTHONPATH=str(REPO / "src")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert drawn.returncode == 0, drawn.stderr[-3000:]
+    assert (run_dir / "samples" / "samples.png").is_file()

@@ -140,11 +140,11 @@ class SampleQuality(pl.Callback):
         # any module with sample() and preview_labels() can be measured.
         if trainer.datamodule is None:
             return
-        from torchmetrics.image import (
-            FrechetInceptionDistance,
-            InceptionScore,
-            KernelInceptionDistance,
-        )
+        # From their modules: torchmetrics.image exports these only where torch-fidelity is
+        # installed (the [fid] extra), and the domain metrics need none of it.
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.inception import InceptionScore
+        from torchmetrics.image.kid import KernelInceptionDistance
 
         device = pl_module.device
         self.dataset_id = getattr(trainer.datamodule, "dataset_id", self.dataset)

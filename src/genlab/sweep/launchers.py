@@ -273,7 +273,9 @@ class LocalParallelLauncher(Launcher):
                 self._running.add(proc)
 
         try:
-            value = run_in_own_process(None, job, env=env, started=started)
+            value = run_in_own_process(
+                None, job, env=env, started=started, searchpath=self.config.hydra.searchpath
+            )
         except SystemExit:
             return math.nan  # the job was interrupted; launch() stops the sweep after all end
         finally:

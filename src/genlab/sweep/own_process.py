@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,24 +70,42 @@ def needs_own_process(cfg: DictConfig) -> bool:
     return many or int(trainer.get("num_nodes", 1) or 1) > 1
 
 
+def _searchpath_override(searchpath) -> list[str]:
+    """The user's own config folders (hydra.searchpath: `searchpath`, else the running job's),
+    which Hydra keeps out of a job's overrides: the job's process must compose from them too."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if searchpath is None:
+        try:
+            searchpath = HydraConfig.get().searchpath
+        except ValueError:  # no job of a Hydra app in this process
+            searchpath = []
+    paths = [str(p) for p in searchpath]
+    quoted = [f'"{p}"' if "'" in p else f"'{p}'" for p in paths]
+    return [f"hydra.searchpath=[{','.join(quoted)}]"] if paths else []
+
+
 def run_in_own_process(
     cfg: DictConfig | None,
     job: JobInfo,
     *,
     env: dict[str, str] | None = None,
     keep_hydra_dir: bool = False,
+    searchpath: Sequence[str] | None = None,
     started: Callable[[subprocess.Popen], None] | None = None,
 ) -> float | None:
     """Run `job` as `python -m genlab.train <overrides> hydra.run.dir=<job dir>` and wait; return
     the value its status.json records (NaN when it failed, also when it was killed before it
     could write one). `keep_hydra_dir`: the sweep already wrote <job dir>/.hydra (a DDP job of
     Hydra's own launchers), so the process must not write it again. `started` is told of the
-    process (genlab's local launcher forwards signals to every job it runs)."""
+    process (genlab's local launcher forwards signals to every job it runs). `searchpath`: the
+    sweep's hydra.searchpath (default: the running job's)."""
     output_dir = Path(job.output_dir)
     command = [
         sys.executable,
         *TRAIN_COMMAND,
         *job.overrides,
+        *_searchpath_override(searchpath),
         f'hydra.run.dir="{output_dir.resolve()}"',
     ]
     if keep_hydra_dir:
