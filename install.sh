@@ -3,10 +3,10 @@
 # with every extra and the test tools, then, on a Debian/Ubuntu machine, Debian's Fashion-MNIST
 # (dataset-fashion-mnist), which `python train.py` finds without a network; elsewhere, or
 # without root/sudo, torchvision downloads the data on the first run. Safe to re-run.
-# PYTHON=/path/to/python picks the interpreter (default: python).
+# PYTHON=/path/to/python picks the interpreter (default: python, else python3).
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 
 "$PYTHON" -m pip install --disable-pip-version-check -e ".[dev]"
 
