@@ -67,3 +67,13 @@ def test_module_level_imports_have_no_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_the_architecture_page_lists_every_module_with_its_length():
+    import module_table
+
+    text = module_table.DOC.read_text()
+    new, problems = module_table.updated(text, module_table.module_lines())
+    assert not problems, problems
+    stale = [row[:80] for row in module_table.stale_rows(text, new)]
+    assert not stale, f"run python tests/module_table.py; stale rows: {stale}"
