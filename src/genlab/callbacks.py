@@ -36,6 +36,7 @@ class TrainingInterrupted(Exception):
         checkpoint: Path | None,
         step: int,
         stage: str = "fit",
+        run_dir: Path | None = None,
     ):
         self.signal_name, self.exit_code, self.checkpoint, self.step, self.stage = (
             signal_name,
@@ -48,7 +49,8 @@ class TrainingInterrupted(Exception):
             message = (
                 f"Interrupted by {signal_name} while testing, after training had finished "
                 f"(step {step}); the checkpoints are complete. Evaluate again with "
-                "ckpt_path=last hydra.run.dir=<this run dir> (and the same trainer.max_epochs)."
+                f"ckpt_path=last hydra.run.dir={run_dir or '<this run dir>'} (and the same "
+                "trainer.max_epochs)."
             )
         else:
             where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint written"
@@ -201,7 +203,9 @@ class CheckpointOnInterrupt(pl.Callback):
             path = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(path, weights_only=False)
         stage = "test" if trainer.state.fn == "test" else "fit"
-        self.interruption = TrainingInterrupted(name, code, path, trainer.global_step, stage)
+        self.interruption = TrainingInterrupted(
+            name, code, path, trainer.global_step, stage, run_dir=self.dirpath.parent
+        )
 
 
 class DivergenceGuard(pl.Callback):
