@@ -42,6 +42,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     from genlab.callbacks import CheckpointOnInterrupt
     from genlab.checkpoints import check_compatible, load_checkpoint
+    from genlab.dashboards import record_final
     from genlab.loggers import build_loggers, finish_loggers
     from genlab.train import (
         _floats,
@@ -86,7 +87,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     model = build_model(cfg)
-    loggers = build_loggers(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger"), job_type="evaluate")
     try:
         callbacks = build_callbacks(callback_plan(cfg, model.capabilities))
         validates = has_validation(cfg.data)
@@ -109,6 +110,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                 for written in write_images(model, datamodule, output_dir, seed=seed):
                     log.info("wrote %s", written)
             write_metrics(metrics, output_dir)
+            record_final(loggers, cfg, metrics, trainer.global_step)  # TensorBoard's HParams
             log.info("metrics of %s (%s):\n%s", path, output_dir / "metrics.json",
                      metrics_table(metrics))  # fmt: skip
         return metrics

@@ -157,9 +157,8 @@ def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0
     y = labels[:n].to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     if model.capabilities.generative:
-        # Conditional models: labels cycle over the classes, one class per column.
-        columns = 8 if model.preview_labels(1) is None else model.num_classes
-        count = columns * 8
+        # 8 rows; conditional models: one class per column (genlab.viz.grids).
+        count, columns = model.sample_grid(8)
         sample_labels = model.preview_labels(count)
         written.append(
             save_grid(
@@ -312,6 +311,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     tidy_lightning_logging()
     quiet_known_warnings()
 
+    from genlab.dashboards import record_final
     from genlab.loggers import build_loggers, finish_loggers
 
     output_dir = Path(cfg.paths.output_dir)
@@ -339,6 +339,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                 for path in write_images(model, datamodule, output_dir, seed=cfg.get("seed") or 0):
                     log.info("wrote %s", path)
             write_metrics(metrics, output_dir)
+            record_final(loggers, cfg, metrics, trainer.global_step)  # TensorBoard's HParams
             # Lightning's own table is off (verbose=False): this one shows every final number.
             log.info("final metrics (%s):\n%s", output_dir / "metrics.json", metrics_table(metrics))
         return metrics

@@ -80,7 +80,7 @@ def images_per_row(task_name: str, opts: DictConfig, model: Any, n: int) -> int:
     """How many images one of a task's n rows holds (at least): n x n grids, or a row of frames,
     latent dims, classes or strip steps."""
     return {
-        "samples": n,
+        "samples": max(n, getattr(model, "num_classes", 0) or 0),  # a class per column
         "reconstructions": 2 * n,
         "manifold": n,
         "interpolate": opts.frames,

@@ -25,14 +25,14 @@ CLASS_NAMES = {
 
 def prior_samples(job: Job) -> list[Path]:
     """n x n decodes of z drawn from the prior (VAE: N(0, I); CVAE: its class's p(z|y)). CVAE:
-    labels cycle over the classes (each column one class when n is a multiple of the class
-    count), or all `label=`."""
+    n rows, one class per column (job.sample_grid), or n x n of `label=`."""
     import torch
 
-    n, model = job.n, job.model
-    eps = torch.randn(n * n, model.latent_dim, generator=job.generator(), device=job.device)
-    labels = job.labels_for(n * n)
-    return job.save_grid(job.decode(model.latent_from_noise(eps, labels), labels), nrow=n)
+    model = job.model
+    count, columns = job.sample_grid()
+    eps = torch.randn(count, model.latent_dim, generator=job.generator(), device=job.device)
+    labels = job.labels_for(count)
+    return job.save_grid(job.decode(model.latent_from_noise(eps, labels), labels), nrow=columns)
 
 
 def reconstructions(job: Job) -> list[Path]:

@@ -1,0 +1,159 @@
+"""Dashboards used their way (issue 26), read back from the files the loggers wrote: TensorBoard's
+HParams records of every sweep job, W&B's metric definitions, job types, tags and artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fixtures import FAST
+from test_sweep import job_dirs, sweep, tiny
+from wandb_offline import find_runs, read_run
+
+from genlab.dashboards import metric_summary, run_hparams
+from genlab.train import run
+
+TINY_AE = ["data=mnist", "model=ae", "model.mlp.hidden=[32]", "model.latent_dim=4"]
+TINY_AE += ["eval.sample_quality=false", "save_images=false"]
+
+
+def hparams_records(log_dir: Path) -> dict[str, object]:
+    """{experiment, session_start, session_end}: the HParams plugin's records in the event files
+    of `log_dir`, parsed as the plugin parses them."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    found = {}
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != metadata.PLUGIN_NAME:
+                    continue
+                content = value.metadata.plugin_data.content
+                data = plugin_data_pb2.HParamsPluginData.FromString(content)
+                found[data.WhichOneof("data")] = getattr(data, data.WhichOneof("data"))
+    return found
+
+
+def last_scalars(log_dir: Path) -> dict[str, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+
+
+def hparam_value(value) -> object:
+    return getattr(value, value.WhichOneof("kind"))
+
+
+def test_a_sweep_lists_every_job_in_tensorboard_hparams_and_wandb_columns(data_root, tmp_path):
+    """2 jobs (beta=0.5,1), logged to TensorBoard and W&B: each job's event file holds the
+    HParams records with its swept value, main keys and final metrics (= metrics.json), and
+    its W&B run has the swept value as a tag and config column and the best values in its
+    summary."""
+    sweep_dir = tmp_path / "sweep"
+    result = sweep(
+        *tiny(data_root),
+        "logger=[csv,tensorboard,wandb]",
+        "tags=[t1]",
+        "model.beta=0.5,1",
+        "trainer.max_epochs=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "anonymous setting has no effect" not in result.stdout + result.stderr
+
+    dirs = job_dirs(sweep_dir)
+    assert [d.name for d in dirs] == ["0_beta=0.5", "1_beta=1"]
+    for d, beta in zip(dirs, (0.5, 1.0), strict=True):
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert {"val/loss", "test/loss"} <= set(metrics)
+        (log_dir,) = (d / "tensorboard").iterdir()
+        records = hparams_records(log_dir)
+        assert set(records) == {"experiment", "session_start_info", "session_end_info"}
+        values = {k: hparam_value(v) for k, v in records["session_start_info"].hparams.items()}
+        assert values["model.beta"] == beta and values["model.latent_dim"] == 4
+        assert values["model.name"] == "vae" and values["data.name"] == "mnist"
+        columns = {m.name.tag for m in records["experiment"].metric_infos}
+        assert columns == set(metrics)
+        assert {h.name for h in records["experiment"].hparam_infos} == set(values)
+        # The table shows each metric's last scalar: metrics.json's value.
+        scalars = last_scalars(log_dir)
+        for name, value in metrics.items():
+            assert scalars[name] == pytest.approx(value, rel=1e-6), name
+
+        wandb_run = read_run(find_runs(d / "wandb")[0])
+        assert wandb_run.job_type == "train"
+        assert wandb_run.tags == ["t1", f"beta={d.name.split('=')[1]}"]
+        assert wandb_run.config["model"]["beta"] == beta  # the column a table groups by
+        losses = wandb_run.metric("val/loss")
+        assert len(losses) == 2  # one per epoch
+        assert wandb_run.summary["val/loss"] == {"min": min(losses), "last": losses[-1]}
+        assert losses[-1] == pytest.approx(metrics["val/loss"], rel=1e-6)
+        elbos = wandb_run.metric("val/elbo")
+        assert wandb_run.summary["val/elbo"] == {"max": max(elbos), "last": elbos[-1]}
+        # test metrics are logged once: their summary is that value.
+        assert wandb_run.summary["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+        logged = {  # every number logged (images are logged as dicts of their files)
+            k
+            for row in wandb_run.history
+            for k, v in row.items()
+            if not k.startswith("_") and "/samples/" not in k and "/reconstructions/" not in k
+        }
+        assert logged - {"trainer/global_step"} <= set(wandb_run.defined)
+        assert wandb_run.defined["val/loss"].step_metric == "trainer/global_step"
+
+
+def test_evaluate_runs_are_their_own_job_type_and_log_models_on_request(compose, tmp_path):
+    trained = tmp_path / "trained"
+    metrics = run(compose(*TINY_AE, "logger=[wandb]", "logger.wandb.log_model=true",
+                          run_dir=trained))  # fmt: skip
+    train_run = read_run(trained / "wandb")
+    assert train_run.job_type == "train"
+    (artifact,) = train_run.artifacts  # the checkpoint, as a W&B model artifact
+    assert artifact.type == "model" and artifact.name == f"model-{train_run.id}"
+    assert any(entry.path == "model.ckpt" for entry in artifact.manifest.contents)
+
+    scored_dir = tmp_path / "eval"
+    scored = run(compose(*TINY_AE, "logger=[wandb,tensorboard]", f"evaluate={trained}",
+                         run_dir=scored_dir))  # fmt: skip
+    eval_run = read_run(scored_dir / "wandb")
+    assert eval_run.job_type == "evaluate" and not eval_run.artifacts
+    assert eval_run.summary["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+    (log_dir,) = (scored_dir / "tensorboard").iterdir()
+    records = hparams_records(log_dir)
+    assert {m.name.tag for m in records["experiment"].metric_infos} == set(scored)
+    # Off by default: no artifact.
+    plain = tmp_path / "plain"
+    run(compose(*TINY_AE, "logger=[wandb]", "trainer.max_epochs=1", run_dir=plain))
+    assert not read_run(plain / "wandb").artifacts
+
+
+@pytest.mark.parametrize(
+    ("name", "summary"),
+    [
+        ("val/loss", "min,last"),
+        ("train/loss_epoch", "min,last"),
+        ("val/bpd_diffusion", "min,last"),
+        ("val/elbo", "max,last"),
+        ("train/iwae_bound", "max,last"),
+        ("val/perplexity", None),
+        ("train/lr", None),
+        ("epoch", None),
+        ("test/loss", None),
+    ],
+)
+def test_wandb_summaries_keep_the_best_of_curves(name, summary):
+    assert metric_summary(name) == summary
+
+
+def test_hparams_of_a_run_hold_swept_and_main_keys(compose):
+    cfg = compose(*FAST, "model=vae", "data=mnist", "model.beta=0.25")
+    cfg.sweep_job = {"sweep": "s", "group": "g", "num": 0, "swept": {"model": "vae"}}
+    values = run_hparams(cfg)
+    assert values["model"] == "vae"  # a swept config group, by its name
+    assert values["model.beta"] == 0.25 and values["seed"] == cfg.seed
+    assert all(isinstance(v, bool | int | float | str) for v in values.values())
