@@ -4,10 +4,15 @@ HParams records of every sweep job, W&B's metric definitions, job types, tags an
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from fixtures import FAST
+from PIL import Image
 from test_sweep import job_dirs, sweep, tiny
 from wandb_offline import find_runs, read_run
 
@@ -48,11 +53,10 @@ def hparam_value(value) -> object:
     return getattr(value, value.WhichOneof("kind"))
 
 
-def test_a_sweep_lists_every_job_in_tensorboard_hparams_and_wandb_columns(data_root, tmp_path):
-    """2 jobs (beta=0.5,1), logged to TensorBoard and W&B: each job's event file holds the
-    HParams records with its swept value, main keys and final metrics (= metrics.json), and
-    its W&B run has the swept value as a tag and config column and the best values in its
-    summary."""
+@pytest.fixture(scope="module")
+def tb_sweep(data_root, tmp_path_factory) -> Path:
+    """A 2-job sweep (beta=0.5,1; 2 epochs) logged to CSV, TensorBoard and W&B: its dir."""
+    tmp_path = tmp_path_factory.mktemp("tb_sweep")
     sweep_dir = tmp_path / "sweep"
     result = sweep(
         *tiny(data_root),
@@ -62,11 +66,18 @@ def test_a_sweep_lists_every_job_in_tensorboard_hparams_and_wandb_columns(data_r
         "trainer.max_epochs=2",
         f"hydra.sweep.dir={sweep_dir}",
         tmp_path=tmp_path,
+        env={"WANDB_API_KEY": ""},  # offline, as without a key (module scope: set here)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "anonymous setting has no effect" not in result.stdout + result.stderr
+    return sweep_dir
 
-    dirs = job_dirs(sweep_dir)
+
+def test_a_sweep_lists_every_job_in_tensorboard_hparams_and_wandb_columns(tb_sweep):
+    """Each job's event file holds the HParams records with its swept value, main keys and
+    final metrics (= metrics.json), and its W&B run has the swept value as a tag and config
+    column and the best values in its summary."""
+    dirs = job_dirs(tb_sweep)
     assert [d.name for d in dirs] == ["0_beta=0.5", "1_beta=1"]
     for d, beta in zip(dirs, (0.5, 1.0), strict=True):
         metrics = json.loads((d / "metrics.json").read_text())
@@ -157,3 +168,44 @@ def test_hparams_of_a_run_hold_swept_and_main_keys(compose):
     assert values["model"] == "vae"  # a swept config group, by its name
     assert values["model.beta"] == 0.25 and values["seed"] == cfg.seed
     assert all(isinstance(v, bool | int | float | str) for v in values.values())
+
+
+def test_tensorboard_hparams_tab_lists_every_job_in_a_browser(tb_sweep, tmp_path):
+    """`tensorboard --logdir <sweep dir>` opened in headless Chromium: the HParams table has one
+    row per job, with its beta and its final val/loss as TensorBoard prints them."""
+    from browser import chromium, look
+
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("no chromium (Debian: apt-get install chromium); .ci/run installs it")
+    board = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tb_sweep),
+         "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        for line in board.stdout:  # "TensorBoard 2.21.0 at http://127.0.0.1:PORT/ (Press ...)"
+            found = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url, "tensorboard printed no address"
+        jobs = [d.name for d in job_dirs(tb_sweep)]
+        shot = tmp_path / "hparams.png"
+        text = look(url + "#hparams", [f"{job}/tensorboard/version_0" for job in jobs], shot)
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
+    print(f"screenshot: {shot}")
+    rows = re.split(r"(?=\d_beta=[\d.]+/tensorboard/version_0 )", text.split("Trial ID", 1)[1])
+    for job, beta in zip(jobs, (0.5, 1.0), strict=True):
+        (row,) = [r for r in rows if r.startswith(f"{job}/tensorboard/version_0 ")]
+        row = row[:200]
+        loss = json.loads((tb_sweep / job / "metrics.json").read_text())["val/loss"]
+        # TensorBoard prints numbers with 5 significant digits (toPrecision(5)).
+        assert f" {beta:#.5g} " in row and f" {loss:#.5g} " in row, row
+    assert "Number of matching session groups: 2" in text
+    picture = Image.open(shot)
+    assert picture.width >= 1000 and len(set(picture.convert("L").getdata())) > 16
