@@ -209,3 +209,122 @@ def test_tensorboard_hparams_tab_lists_every_job_in_a_browser(tb_sweep, tmp_path
     assert "Number of matching session groups: 2" in text
     picture = Image.open(shot)
     assert picture.width >= 1000 and len(set(picture.convert("L").getdata())) > 16
+
+
+# -- pictures: one layout per kind, on every path -------------------------------------------------
+PAD, SIDE = 2, 28  # make_grid's padding; a grid of c columns is c * 30 + 2 pixels wide
+
+
+def px(cells: int) -> int:
+    return cells * (SIDE + PAD) + PAD
+
+
+SMALL_RUN = ["model.mlp.hidden=[32]", "model.latent_dim=2", "model.iwae_k_val=0", "test=false"]
+SMALL_RUN += ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+
+
+@pytest.fixture
+def cvae_labels(monkeypatch):
+    """Every label tensor a CVAE draws samples or decodes images with, in call order."""
+    from genlab.models.cvae import CVAE
+
+    seen: list = []
+    real_sample, real_decode = CVAE.sample, CVAE.decode_images
+
+    def sample(self, n, labels=None, *args, **kwargs):
+        seen.append(("sample", labels.cpu().clone()))
+        return real_sample(self, n, labels, *args, **kwargs)
+
+    def decode_images(self, z, y=None):
+        seen.append(("decode", None if y is None else y.cpu().clone()))
+        return real_decode(self, z, y)
+
+    monkeypatch.setattr(CVAE, "sample", sample, raising=False)
+    monkeypatch.setattr(CVAE, "decode_images", decode_images, raising=False)
+    return seen
+
+
+def one_class_per_column(labels, columns: int = 10) -> bool:
+    import torch
+
+    grid = labels.view(-1, columns)
+    return bool((grid == torch.arange(columns)).all())
+
+
+def test_class_chosen_grids_have_one_class_per_column_everywhere(compose, tmp_path, cvae_labels):
+    """A CVAE's samples.png, its previews, `sample.py task=samples` and `task=classes`, and the
+    API: 10 columns (one per class, label = column) and only full rows."""
+    import torch
+
+    import genlab
+    from genlab.sample import run as sample_run
+
+    out = tmp_path / "run"
+    run(compose(*SMALL_RUN, "model=cvae", "model.arch=mlp", "trainer.max_epochs=1"))
+    draws = [labels for kind, labels in cvae_labels if kind == "sample"]
+    preview, final = draws[0], draws[-1]  # validation's preview, then samples.png
+    assert len(preview) == 30 and one_class_per_column(preview)  # 32 rounded to full rows
+    assert len(final) == 80 and one_class_per_column(final)
+    assert Image.open(out / "samples.png").size == (px(10), px(8))
+    assert Image.open(out / "previews" / "epoch=000-samples.png").size == (px(10), px(3))
+    # 30 originals -> 24 in whole rows of 8, each row above its reconstructions: 6 full rows.
+    assert Image.open(out / "previews" / "epoch=000-reconstructions.png").size == (px(8), px(6))
+
+    cvae_labels.clear()
+    (png,) = sample_run({"run": str(out), "task": "samples", "out_dir": str(tmp_path / "s")})
+    assert Image.open(png).size == (px(10), px(8))  # the run's own samples.png layout
+    decoded = torch.cat([labels for kind, labels in cvae_labels if kind == "decode"])
+    assert len(decoded) == 80 and one_class_per_column(decoded)
+
+    cvae_labels.clear()
+    (png,) = sample_run(
+        {"run": str(out), "task": "classes", "n": 3, "out_dir": str(tmp_path / "c")}
+    )
+    assert Image.open(png).size == (px(10), px(3))
+    decoded = torch.cat([labels for kind, labels in cvae_labels if kind == "decode"])
+    assert len(decoded) == 30 and one_class_per_column(decoded)
+
+    # label= picks one class for the whole grid: n x n of it.
+    cvae_labels.clear()
+    (png,) = sample_run({"run": str(out), "task": "samples", "n": 3, "label": 4,
+                         "out_dir": str(tmp_path / "l")})  # fmt: skip
+    assert Image.open(png).size == (px(3), px(3))
+    assert {label for _, labels in cvae_labels for label in labels.tolist()} == {4}
+
+    # The API cycles the labels in the same order: make_grid(images, nrow=10) is the layout.
+    cvae_labels.clear()
+    genlab.load(str(out), device="cpu").sample(20, seed=0)
+    assert one_class_per_column(cvae_labels[0][1])
+
+
+def test_unconditional_previews_fill_their_grid(compose, tmp_path):
+    run(compose(*SMALL_RUN, "model=vae", "trainer.max_epochs=1", "save_images=false"))
+    folder = tmp_path / "run" / "previews"
+    assert Image.open(folder / "epoch=000-samples.png").size == (px(8), px(4))  # 32 images
+    assert Image.open(folder / "epoch=000-reconstructions.png").size == (px(8), px(8))
+
+
+def test_vqvae_traverse_shows_the_16_most_varied_code_dims(compose, tmp_path, capsys):
+    """Its flattened code grid has thousands of dims (one row each made a 94,082-pixel-tall
+    PNG): the traverse shows the 16 the test codes vary most along and says which."""
+    import torch
+
+    from genlab.sample import run as sample_run
+    from genlab.sample.loader import load_run
+
+    out = tmp_path / "run"
+    run(compose("model=vqvae", "data=mnist", "trainer.max_epochs=1", "test=false",
+                "save_images=false", "trainer.limit_train_batches=2",
+                "trainer.limit_val_batches=1"))  # fmt: skip
+    (png,) = sample_run({"run": str(out), "task": "traverse", "out_dir": str(tmp_path / "t")})
+    assert Image.open(png).size == (px(9), px(16))
+    printed = capsys.readouterr().out
+    loaded = load_run(out)
+    k = loaded.model.latent_dim
+    assert k > 16
+    images, labels = loaded.test_split()
+    with torch.no_grad():
+        codes = loaded.model.encode_mean(images.float() / 255)
+    dims = sorted(codes.std(0).topk(16).indices.tolist())
+    assert f"traverse: 16 of {k} latent dims" in printed
+    assert printed.split("vary most along: ")[1].split("\n")[0] == ", ".join(map(str, dims))

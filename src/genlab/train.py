@@ -54,6 +54,7 @@ class CallbackPlan:
     ema: dict[str, float] | None = None  # EMA(**ema) from the model's ema_* keys, or none
     sample_quality: dict[str, Any] | None = None  # SampleQuality(**...) after testing, or none
     run_config: dict[str, Any] | None = None  # kept in every checkpoint (TrainedConfig)
+    progress_bar: bool = False  # trainer.enable_progress_bar: genlab's bar (no v_num)
 
 
 def callback_plan(cfg: DictConfig, capabilities) -> CallbackPlan:
@@ -67,6 +68,7 @@ def callback_plan(cfg: DictConfig, capabilities) -> CallbackPlan:
     return CallbackPlan(
         configured=OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True),
         run_config=run_config(cfg),
+        progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)),
         checkpoint_dir=Path(cfg.paths.output_dir) / "checkpoints",
         validates=has_validation(cfg.data),
         ema=(
@@ -101,7 +103,7 @@ def build_callbacks(plan: CallbackPlan) -> list:
         RunRecords,
     )
     from genlab.checkpoints import TrainedConfig
-    from genlab.progress import EvaluationProgress
+    from genlab.progress import EvaluationProgress, progress_bars
 
     callbacks = []
     for spec in plan.configured.values():
@@ -118,6 +120,7 @@ def build_callbacks(plan: CallbackPlan) -> list:
         callbacks.append(SampleQuality(**plan.sample_quality))
     return [
         *callbacks,
+        *progress_bars(plan.configured, plan.progress_bar),
         EvaluationProgress(),  # test (and slow validation) progress as lines in train.log
         RNGState(),
         RunIdentity(),
@@ -275,6 +278,14 @@ def quiet_known_warnings() -> None:
         message=r"The `srun` command is available on your system but is not used",
         category=PossibleUserWarning,
         module=r"lightning\.fabric\.plugins\.environments\.slurm",
+    )
+    # evaluate= and a resume into a new run dir load a checkpoint written in another dir: its
+    # best-k record stays with that dir, as genlab intends (the new dir keeps its own).
+    warnings.filterwarnings(
+        "ignore",
+        message=r"The dirpath has changed from",
+        category=UserWarning,
+        module=r"lightning\.pytorch\.callbacks\.model_checkpoint",
     )
     # torchmetrics' KID and IS keep their features in memory by design; genlab's sample counts
     # (eval.num_samples) are what bounds that memory, and the user already chose them.

@@ -137,18 +137,18 @@ def diffusion_samples(job: Job) -> list[Path]:
 
 
 def diffusion_class_rows(job: Job) -> list[Path]:
-    """One row per class, n samples each; column j starts from the same x_T in every row, so a
-    column shows what one noise draw becomes in each class."""
+    """One column per class (as in every class-chosen grid), n samples each; row i starts from
+    the same x_T in every column, so a row shows what one noise draw becomes in each class."""
     import torch
 
     n, classes = job.n, job.model.num_classes
     plan = _sampler_plan(job)
     generator = job.generator()
-    x_T = _noise(job, n, generator).repeat(classes, 1, 1, 1)
-    labels = torch.arange(classes, device=job.device).repeat_interleave(n)
+    x_T = _noise(job, n, generator).repeat_interleave(classes, 0)
+    labels = torch.arange(classes, device=job.device).repeat(n)
     images = _diffuse(job, x_T, labels, plan, generator)
     print(f"classes: {plan.describe()}")
-    return job.save_grid(images, nrow=n)
+    return job.save_grid(images, nrow=classes)
 
 
 def diffusion_interpolate(job: Job) -> list[Path]:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from genlab import GenlabError
 from genlab.sample.job import Job
+from genlab.sample.latent import TRAVERSE_ROWS
 from genlab.sample.loader import LoadedRun, load_run
 from genlab.sample.options import check_label, check_options, invalid, options
 from genlab.sample.tasks import TASKS
@@ -84,7 +85,7 @@ def images_per_row(task_name: str, opts: DictConfig, model: Any, n: int) -> int:
         "reconstructions": 2 * n,
         "manifold": n,
         "interpolate": opts.frames,
-        "traverse": getattr(model, "latent_dim", 1),
+        "traverse": min(getattr(model, "latent_dim", 1), TRAVERSE_ROWS),
         "classes": getattr(model, "num_classes", 1),
         "denoise": 2 * opts.strip_steps,
     }.get(task_name, 1)
