@@ -328,3 +328,85 @@ def test_vqvae_traverse_shows_the_16_most_varied_code_dims(compose, tmp_path, ca
     dims = sorted(codes.std(0).topk(16).indices.tolist())
     assert f"traverse: 16 of {k} latent dims" in printed
     assert printed.split("vary most along: ")[1].split("\n")[0] == ", ".join(map(str, dims))
+
+
+# -- the console of the README's main commands ---------------------------------------------------
+HYDRA_PREFIX = re.compile(r"^\[[^\]]+\]\[[^\]]+\]\[[A-Z]+\] - ")
+# Lines a user cannot act on, each once printed by one of these commands.
+NOISE = [
+    "v_num",  # the logger's version number in the progress bar
+    "dirpath has changed",  # Lightning, on evaluate= and a resume into a new dir
+    "anonymous setting has no effect",  # wandb, for Lightning's anonymous=None
+    "sync_dist=True",  # Lightning, for values every DDP rank already shares
+    "💡 Tip",
+]
+
+
+def console(*args: str, cwd: Path, script: str = "train.py") -> str:
+    from fixtures import REPO
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    env.pop("WANDB_MODE", None)
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in the order printed
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    return result.stdout
+
+
+def repeated_lines(text: str) -> list[str]:
+    """Log lines (timestamps dropped) printed more than once; tables, bars and blank lines
+    aside."""
+    seen, repeated = set(), []
+    for raw in text.splitlines():
+        line = HYDRA_PREFIX.sub("", raw).rstrip()
+        decoration = not any(c.isalnum() for c in line) or any(c in line for c in "━┃│┏┡└")
+        if decoration or line.startswith(" "):
+            continue
+        if line in seen:
+            repeated.append(line)
+        seen.add(line)
+    return repeated
+
+
+def test_readme_commands_print_each_event_once_without_noise(data_root, tmp_path):
+    """One run (progress bar on, CSV + TensorBoard), a resume into a new dir, evaluate=, a DDP
+    run, a 2-job grid sweep and sample.py: no known noise line, no line twice (per job)."""
+    base = [*tiny(data_root), "trainer.enable_progress_bar=true"]
+    first = tmp_path / "first"
+    outputs = {
+        "run": console(*base, "logger=[csv,tensorboard]", f"hydra.run.dir={first}", cwd=tmp_path)
+    }
+    outputs["resume"] = console(
+        *base, "trainer.max_epochs=2", f"ckpt_path={first}/checkpoints/last.ckpt",
+        f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path,
+    )  # fmt: skip
+    outputs["evaluate"] = console(
+        *base, f"evaluate={first}", f"hydra.run.dir={tmp_path / 'scored'}", cwd=tmp_path
+    )
+    outputs["ddp"] = console(
+        *base, "trainer=ddp", "trainer.accelerator=cpu", "eval.sample_quality=true",
+        f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path,
+    )  # fmt: skip
+    outputs["sweep"] = console(
+        "-m", *base, "model.beta=0.5,1", "sweep_name=betas", f"hydra.sweep.dir={tmp_path / 's'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    outputs["sample"] = console(
+        f"run={first}", "task=samples", "n=2", "device=cpu", cwd=tmp_path, script="sample.py"
+    )
+    for command, text in outputs.items():
+        for noise in NOISE:
+            assert noise not in text, f"{command}: {noise!r} printed"
+        # A sweep prints each job's lines once per job: split at the jobs' first line.
+        for part in re.split(r"\n(?=.*Launching jobs|.*#\d+ : )", text):
+            assert not repeated_lines(part), f"{command}: {repeated_lines(part)}"
+    assert "Sweep 'betas' in " in outputs["sweep"]
+    assert "Sweep 'betas': 2 of 2 jobs completed." in outputs["sweep"]
+    assert "Epoch 0/0" in outputs["run"]  # the progress bar was on

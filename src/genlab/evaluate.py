@@ -97,10 +97,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         log.info("Evaluating %s (no training)", path)
         metrics: dict[str, float] = {}
         stages = [trainer.validate] if validates else []
-        for stage in [*stages, trainer.test]:
+        for i, stage in enumerate([*stages, trainer.test]):
+            # The first stage restores the checkpoint (weights and callback states, EMA's among
+            # them); the next one goes on with them, without loading (and saying so) again.
             with _signals_as_interruption(guard):
                 results = stage(
-                    model, datamodule=datamodule, ckpt_path=path, verbose=False, weights_only=True
+                    model,
+                    datamodule=datamodule,
+                    ckpt_path=path if i == 0 else None,
+                    verbose=False,
+                    weights_only=True,
                 )
             metrics.update(_floats(results[0]) if results else {})
         if trainer.is_global_zero:
