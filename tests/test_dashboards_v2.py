@@ -410,3 +410,55 @@ def test_readme_commands_print_each_event_once_without_noise(data_root, tmp_path
     assert "Sweep 'betas' in " in outputs["sweep"]
     assert "Sweep 'betas': 2 of 2 jobs completed." in outputs["sweep"]
     assert "Epoch 0/0" in outputs["run"]  # the progress bar was on
+
+
+# -- records -----------------------------------------------------------------------------------
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_resumed_in_place_keeps_one_csv_curve(compose, tmp_path):
+    """ckpt_path=last in the run's own dir: version_0 goes on (Lightning alone starts
+    version_1 and leaves the first test row beside the curve); rows logged after the
+    checkpoint and the earlier test row are gone, every epoch is there once."""
+    small = [*TINY_AE[:-1], "trainer.log_every_n_steps=2"]
+    first = run(compose(*small, "trainer.max_epochs=1"))
+    out = tmp_path / "run"
+    before = _csv_rows(out / "csv" / "version_0" / "metrics.csv")
+    assert [r for r in before if r.get("test/loss")]  # the first run's test row
+    resumed = run(compose(*small, "trainer.max_epochs=2", "ckpt_path=last"))
+
+    assert sorted(p.name for p in (out / "csv").iterdir()) == ["version_0"]
+    rows = _csv_rows(out / "csv" / "version_0" / "metrics.csv")
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps)
+    assert [r for r in rows if r.get("test/loss")] == [
+        r for r in rows if r.get("test/loss") and float(r["test/loss"]) == resumed["test/loss"]
+    ]
+    assert len([r for r in rows if r.get("test/loss")]) == 1
+    epochs = [int(float(r["epoch"])) for r in rows if r.get("val/loss")]
+    assert epochs == [0, 1]
+    # The first epoch's rows are the ones written before the resume.
+    kept = [r for r in rows if r.get("val/loss")][0]
+    assert float(kept["val/loss"]) == pytest.approx(first["val/loss"], rel=1e-6)
+    step_rows = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert len(step_rows) == len(set(step_rows))  # no step twice
+
+
+def test_debug_fast_writes_what_the_readme_says(compose, tmp_path):
+    run(compose(*TINY_AE, "debug=fast"))
+    out = tmp_path / "run"
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    written = [p for p in written if not p.startswith(".")]
+    assert written == [
+        "checkpoints/last.ckpt",
+        "config.yaml",
+        "csv/version_0/hparams.yaml",
+        "metrics.json",
+        "previews/epoch=000-reconstructions.png",
+    ]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "no metric curves, `csv/` holds `hparams.yaml` only" in readme

@@ -5,6 +5,10 @@
   (`run_hparams`) and its final metrics (metrics.json's values, logged once more at the last
   step so the HParams table shows exactly those). Every job of a sweep is then one row of the
   HParams tab of `tensorboard --logdir <sweep dir>`.
+- CSV: a run resumed in place (`ckpt_path=last`, a requeued sweep job) continues its newest
+  `csv/version_N/metrics.csv` (`CSVLogger`): one curve, without the rows the checkpoint does not
+  hold (logged after its step) and without the earlier test rows (the test stage runs again).
+  Lightning's own CSV logger would start version_N+1, as its writer deletes an existing file.
 - W&B: `metric_summary` says which summary a metric gets (genlab.loggers.WandbLogger declares
   every logged metric with `define_metric` on its step axis): the best value beside the last
   one for curves, the lowest for losses and the highest for ELBO-like numbers.
@@ -12,9 +16,13 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+import warnings
+from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("genlab")
@@ -95,3 +103,58 @@ def record_final(loggers: list, cfg: DictConfig, metrics: dict[str, float], step
         for summary in (experiment, session_start, session_end):
             writer.add_summary(summary, step)
         board.experiment.flush()
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSVLogger that continues a run resumed in place (module doc). `resumed`:
+    (checkpoint path, its global step) of a resume, else None (Lightning's behaviour)."""
+
+    def __init__(self, *args: Any, resumed: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kept_rows: list[dict[str, str]] | None = None
+        if resumed is None or kwargs.get("version") is not None:
+            return
+        path, step = resumed
+        root = Path(self.root_dir)
+        if not Path(path).resolve().is_relative_to(Path(self.save_dir).resolve()):
+            return  # resumed from another run: a curve of its own here
+        versions = sorted(
+            int(d.name.split("_")[1])
+            for d in root.glob("version_*")
+            if d.name.split("_")[1].isdigit() and (d / "metrics.csv").is_file()
+        )
+        if not versions:
+            return
+        self._version = versions[-1]
+        with open(root / f"version_{versions[-1]}" / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        self._kept_rows = [
+            row
+            for row in rows
+            if int(float(row.get("step") or 0)) <= int(step)
+            and not any(value for key, value in row.items() if key.startswith("test/"))
+        ]
+
+    @property
+    def experiment(self):
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if self._experiment is not None or self._kept_rows is None or rank_zero_only.rank != 0:
+            return super().experiment
+        with warnings.catch_warnings():  # "... will be deleted": they are kept, below
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = super().experiment  # Lightning's writer: it has deleted metrics.csv
+        kept, self._kept_rows = self._kept_rows, None
+        keys = sorted({key for row in kept for key, value in row.items() if value})
+        with open(writer.metrics_file_path, "w", newline="") as f:
+            table = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            table.writeheader()
+            table.writerows(kept)
+        writer.metrics_keys = keys  # later rows are appended below them
+        log.info(
+            "CSV: %s continues (%d rows up to step %s kept).",
+            writer.metrics_file_path,
+            len(kept),
+            max((row.get("step") or "0" for row in kept), key=lambda v: float(v), default="0"),
+        )
+        return writer

@@ -57,10 +57,15 @@ def resolve_wandb_mode(mode: str) -> str:
 
 
 def build_loggers(
-    logger_cfg: DictConfig | None, wandb_resume_id: str | None = None, job_type: str = "train"
+    logger_cfg: DictConfig | None,
+    wandb_resume_id: str | None = None,
+    job_type: str = "train",
+    resumed: tuple[str, int] | None = None,
 ) -> list:
     """Instantiate the entries of `logger_cfg` (the run's `logger` subtree); a W&B logger
-    continues run `wandb_resume_id` if given, and its run has `job_type` (train / evaluate)."""
+    continues run `wandb_resume_id` if given, and its run has `job_type` (train / evaluate). A
+    run resumed in place from `resumed` (checkpoint path, step) continues its CSV curve
+    (genlab.dashboards.CSVLogger)."""
     from hydra.utils import instantiate
 
     loggers = []
@@ -89,6 +94,9 @@ def build_loggers(
             spec.setdefault("job_type", job_type)
             if wandb_resume_id:
                 spec["id"], spec["resume"] = wandb_resume_id, "allow"
+        if spec["_target_"] == "lightning.pytorch.loggers.CSVLogger":
+            spec["_target_"] = "genlab.dashboards.CSVLogger"
+            spec["resumed"] = resumed
         if spec["_target_"] == "lightning.pytorch.loggers.WandbLogger":
             spec["_target_"] = f"{__name__}.WandbLogger"  # outlives its service (module doc)
         logger = instantiate(spec)

@@ -326,7 +326,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     from genlab.loggers import build_loggers, finish_loggers
 
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path, wandb_resume_id = resume_point(cfg, output_dir)
+    ckpt_path, resume = resume_point(cfg, output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -337,7 +337,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     keep = int((cfg.get("previews") or {}).get("keep", 0) or 0)
     if keep > 0:  # the grids sent to the loggers after each validation, as files too
         model.preview_dir, model.preview_keep = output_dir / "previews", keep
-    loggers = build_loggers(cfg.get("logger"), wandb_resume_id)
+    loggers = build_loggers(cfg.get("logger"), **resume)
     try:
         callbacks = build_callbacks(callback_plan(cfg, model.capabilities))
         trainer = build_trainer(cfg.trainer, loggers, callbacks, has_validation(cfg.data))
@@ -358,20 +358,22 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         finish_loggers(loggers)
 
 
-def resume_point(cfg: DictConfig, output_dir: Path) -> tuple[str | None, Any]:
+def resume_point(cfg: DictConfig, output_dir: Path) -> tuple[str | None, dict[str, Any]]:
     """The checkpoint of cfg.ckpt_path to resume from (checked against the run's config before
     anything is restored: genlab.checkpoints.check_compatible, which refuses changed settings
-    unless resume_changes=allow) and the W&B run id it holds, or (None, None) for a fresh start."""
+    unless resume_changes=allow) and what the loggers continue (build_loggers' keywords: the W&B
+    run id it holds, its path and step), or (None, {}) for a fresh start."""
     from genlab.callbacks import wandb_run_id_in
     from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
 
     path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if not path:
-        return None, None
+        return None, {}
     checkpoint = load_checkpoint(path)
     allow = cfg.get("resume_changes", "refuse") == "allow"
     check_compatible(checkpoint, run_config(cfg), path, allow_changes=allow)
-    return path, wandb_run_id_in(checkpoint)
+    resumed = (path, int(checkpoint.get("global_step", 0)))
+    return path, {"wandb_resume_id": wandb_run_id_in(checkpoint), "resumed": resumed}
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
