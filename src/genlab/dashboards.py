@@ -42,9 +42,10 @@ MAIN_KEYS = (
 
 # Metric names (the last component, without Lightning's _epoch) whose best value is the highest.
 HIGHER_IS_BETTER = frozenset({"elbo", "iwae_bound", "is", "is_domain", "accuracy", "acc"})
-# ... and the lowest; any other metric (a learning rate, a count, `epoch`) keeps its last value.
+# ... and the lowest; any other metric (a learning rate, a count, `epoch`, the KL, which is
+# no better for being small) keeps its last value.
 LOWER_IS_BETTER = frozenset(
-    {"loss", "recon", "kl", "mse", "nll", "bpd", "commitment", "codebook"}
+    {"loss", "recon", "mse", "nll", "bpd", "commitment", "codebook"}
     | {"bpd_prior", "bpd_diffusion", "bpd_decoder", "fid", "fid_domain", "kid", "kid_domain"}
 )
 
