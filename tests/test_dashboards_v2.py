@@ -340,6 +340,7 @@ NOISE = [
     "anonymous setting has no effect",  # wandb, for Lightning's anonymous=None
     "sync_dist=True",  # Lightning, for values every DDP rank already shares
     "💡 Tip",
+    "setup plugin alembic",  # alembic (imported by Optuna), once per plugin
 ]
 
 
@@ -378,7 +379,8 @@ def repeated_lines(text: str) -> list[str]:
 
 def test_readme_commands_print_each_event_once_without_noise(data_root, tmp_path):
     """One run (progress bar on, CSV + TensorBoard), a resume into a new dir, evaluate=, a DDP
-    run, a 2-job grid sweep and sample.py: no known noise line, no line twice (per job)."""
+    run, a 2-job grid sweep, a 2-trial Optuna sweep and sample.py: no known noise line, no line
+    twice (per job)."""
     base = [*tiny(data_root), "trainer.enable_progress_bar=true"]
     first = tmp_path / "first"
     outputs = {
@@ -398,6 +400,10 @@ def test_readme_commands_print_each_event_once_without_noise(data_root, tmp_path
     outputs["sweep"] = console(
         "-m", *base, "model.beta=0.5,1", "sweep_name=betas", f"hydra.sweep.dir={tmp_path / 's'}",
         cwd=tmp_path,
+    )  # fmt: skip
+    outputs["optuna"] = console(
+        "-m", *base, "sweep=optuna_vae", "trainer.max_epochs=1",
+        "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'o'}", cwd=tmp_path,
     )  # fmt: skip
     outputs["sample"] = console(
         f"run={first}", "task=samples", "n=2", "device=cpu", cwd=tmp_path, script="sample.py"

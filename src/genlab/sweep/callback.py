@@ -91,6 +91,8 @@ class SweepCallback(Callback):
         from genlab.atomic import write_text_atomic
 
         STATE.reset()
+        # Optuna's storages import alembic, which logs one INFO line per plugin it sets up.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         info = describe_sweep(config)
         sweep_dir = Path(info["dir"])
         sweep_dir.mkdir(parents=True, exist_ok=True)
