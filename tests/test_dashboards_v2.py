@@ -469,3 +469,19 @@ def test_debug_fast_writes_what_the_readme_says(compose, tmp_path):
     ]
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "no metric curves, `csv/` holds `hparams.yaml` only" in readme
+
+
+@pytest.mark.parametrize("show", [["--cfg", "job"], ["--cfg=job"], ["-c", "job", "-p", "model"]])
+def test_showing_the_config_with_a_bad_key_gets_genlabs_message(show, tmp_path):
+    from fixtures import REPO
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *show, "model.bta=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("genlab: error: Unknown config key 'model.bta'. Did you mean")
+    assert "HYDRA_FULL_ERROR" not in result.stderr + result.stdout
