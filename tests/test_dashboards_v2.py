@@ -341,6 +341,7 @@ NOISE = [
     "sync_dist=True",  # Lightning, for values every DDP rank already shares
     "💡 Tip",
     "setup plugin alembic",  # alembic (imported by Optuna), once per plugin
+    "exists and is not empty",  # Lightning, on a resume in place (checkpoints, CSV logs)
 ]
 
 
@@ -378,9 +379,9 @@ def repeated_lines(text: str) -> list[str]:
 
 
 def test_readme_commands_print_each_event_once_without_noise(data_root, tmp_path):
-    """One run (progress bar on, CSV + TensorBoard), a resume into a new dir, evaluate=, a DDP
-    run, a 2-job grid sweep, a 2-trial Optuna sweep and sample.py: no known noise line, no line
-    twice (per job)."""
+    """One run (progress bar on, CSV + TensorBoard), resumes into a new dir and in place,
+    evaluate=, a DDP run, a 2-job grid sweep, a 2-trial Optuna sweep and sample.py: no known
+    noise line, no line twice (per job)."""
     base = [*tiny(data_root), "trainer.enable_progress_bar=true"]
     first = tmp_path / "first"
     outputs = {
@@ -390,6 +391,9 @@ def test_readme_commands_print_each_event_once_without_noise(data_root, tmp_path
         *base, "trainer.max_epochs=2", f"ckpt_path={first}/checkpoints/last.ckpt",
         f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path,
     )  # fmt: skip
+    outputs["resume in place"] = console(
+        *base, "trainer.max_epochs=2", "ckpt_path=last", f"hydra.run.dir={first}", cwd=tmp_path
+    )
     outputs["evaluate"] = console(
         *base, f"evaluate={first}", f"hydra.run.dir={tmp_path / 'scored'}", cwd=tmp_path
     )

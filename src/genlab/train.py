@@ -279,14 +279,12 @@ def quiet_known_warnings() -> None:
         category=PossibleUserWarning,
         module=r"lightning\.fabric\.plugins\.environments\.slurm",
     )
-    # evaluate= and a resume into a new run dir load a checkpoint written in another dir: its
-    # best-k record stays with that dir, as genlab intends (the new dir keeps its own).
-    warnings.filterwarnings(
-        "ignore",
-        message=r"The dirpath has changed from",
-        category=UserWarning,
-        module=r"lightning\.pytorch\.callbacks\.model_checkpoint",
-    )
+    # evaluate= and a resume into a new dir load a checkpoint of another dir (its best-k record
+    # stays there); a resume in place writes among its checkpoints: both as genlab intends.
+    for text in ("The dirpath has changed", "Checkpoint directory .* exists and is not empty"):
+        warnings.filterwarnings(
+            "ignore", text, UserWarning, r"lightning\.pytorch\.callbacks\.model_checkpoint"
+        )
     # torchmetrics' KID and IS keep their features in memory by design; genlab's sample counts
     # (eval.num_samples) are what bounds that memory, and the user already chose them.
     warnings.filterwarnings(
