@@ -66,7 +66,7 @@ def pixels(path):
 # -- every task, its files and its geometry (width, height) -------------------------------------
 GEOMETRY = [
     ("vae", "samples", {"n": 4}, (px(4), px(4))),
-    ("cvae", "samples", {"n": 3}, (px(3), px(3))),
+    ("cvae", "samples", {"n": 3}, (px(10), px(3))),  # n rows, one class per column
     ("ae", "reconstructions", {"n": 3}, (px(3), px(6))),
     ("cvae", "reconstructions", {"n": 2}, (px(2), px(4))),
     ("vae", "interpolate", {"n": 3, "frames": 5, "mode": "slerp"}, (px(5), px(3))),
@@ -76,7 +76,7 @@ GEOMETRY = [
     ("vae", "manifold", {"n": 6}, (px(6), px(6))),
     ("cvae", "traverse", {"n": 7}, (px(7), px(CVAE_K))),
     ("ae", "traverse", {"n": 5}, (px(5), px(2))),
-    ("cvae", "classes", {"n": 3}, (px(3), px(10))),
+    ("cvae", "classes", {"n": 3}, (px(10), px(3))),
     ("ae", "latent_scatter", {}, (640, 520)),
     ("cvae", "latent_scatter", {"max_images": 50}, (640, 520)),
 ]
@@ -145,7 +145,7 @@ def test_same_seed_same_bytes_other_seed_other_picture(runs, tmp_path):
 
 def test_vae_and_cvae_samples_differ(runs, tmp_path):
     vae = sample(runs["vae"], "samples", tmp_path / "v", n=4)[0]
-    cvae = sample(runs["cvae"], "samples", tmp_path / "c", n=4)[0]
+    cvae = sample(runs["cvae"], "samples", tmp_path / "c", n=4, label=0)[0]  # n x n of class 0
     assert size(vae) == size(cvae) and not torch.equal(pixels(vae), pixels(cvae))
 
 
@@ -368,7 +368,7 @@ DDPM_GEOMETRY = [
     ("cddpm", "samples", {"n": 2, "label": 3, "guidance_scale": 1.5}, (px(2), px(2))),
     ("ddpm", "interpolate", {"n": 2, "frames": 5}, (px(5), px(2))),
     ("cddpm", "interpolate", {"n": 2, "frames": 3, "mode": "linear"}, (px(3), px(2))),
-    ("cddpm", "classes", {"n": 2}, (px(2), px(10))),
+    ("cddpm", "classes", {"n": 2}, (px(10), px(2))),
     ("ddpm", "interpolate", {"n": 2, "frames": 3, "steps": 4}, (px(3), px(2))),  # 4 DDIM steps
 ]
 
@@ -620,19 +620,19 @@ DEFAULTS = [  # (model, task, grids as (columns, rows) or a figure size in pixel
     ("vae", "traverse", (N_TRAVERSE, 2)),
     ("vae", "latent_scatter", SCATTER),
     ("vae", "anomaly", HISTOGRAMS),
-    ("cvae", "samples", (N_SAMPLES, N_SAMPLES)),
+    ("cvae", "samples", (10, N_SAMPLES)),  # one class per column
     ("cvae", "reconstructions", (N_RECON, 2 * N_RECON)),
     ("cvae", "interpolate", (INTERP_COLS, N_INTERP)),
     ("cvae", "traverse", (N_TRAVERSE, CVAE_K)),
     ("cvae", "latent_scatter", SCATTER),
-    ("cvae", "classes", (N_CLASSES, 10)),
+    ("cvae", "classes", (10, N_CLASSES)),
     ("cvae", "anomaly", HISTOGRAMS),
     ("ddpm", "samples", (N_SAMPLES, N_SAMPLES)),
     ("ddpm", "interpolate", (INTERP_COLS, N_INTERP)),
     ("ddpm", "denoise", (STRIP_COLS, N_DENOISE)),
-    ("cddpm", "samples", (N_SAMPLES, N_SAMPLES)),
+    ("cddpm", "samples", (10, N_SAMPLES)),
     ("cddpm", "interpolate", (INTERP_COLS, N_INTERP)),
-    ("cddpm", "classes", (N_CLASSES, 10)),
+    ("cddpm", "classes", (10, N_CLASSES)),
     ("cddpm", "denoise", (STRIP_COLS, N_DENOISE)),
 ]
 # The one task a model's type allows but this model cannot do: manifold needs latent_dim=2

@@ -165,10 +165,15 @@ def test_preempted_job_checkpoints_is_requeued_and_resumes(slurm, data_root, tmp
     interrupted_at = int(log.split("Interrupted by SIGTERM at step ")[1].split(";")[0])
     assert "resumes from its newest checkpoint" in log
     assert 0 < interrupted_at < epochs * 9
-    # The second attempt logs into csv/version_1, from the interrupted step to the end.
-    with open(job / "csv" / "version_1" / "metrics.csv") as f:
-        steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert min(steps) >= interrupted_at and max(steps) == epochs * 9 - 1
+    # The second attempt goes on in csv/version_0 (genlab.dashboards.CSVLogger): one curve,
+    # from step 0 to the end, each step once.
+    assert [p.name for p in (job / "csv").iterdir()] == ["version_0"]
+    with open(job / "csv" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(row["step"]) for row in rows]
+    assert steps == sorted(steps) and steps[0] < interrupted_at and max(steps) == epochs * 9 - 1
+    epoch_ends = [int(row["step"]) for row in rows if row.get("train/loss_epoch")]
+    assert len(epoch_ends) == len(set(epoch_ends)) == epochs
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["val/elbo"] < 0
 

@@ -101,6 +101,9 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
     files: list[str] = field(default_factory=list)
+    job_type: str = ""
+    defined: dict[str, Any] = field(default_factory=dict)  # define_metric: name -> MetricRecord
+    artifacts: list[Any] = field(default_factory=list)  # ArtifactRecord (type, name, manifest)
 
     def metric(self, key: str) -> list[Any]:
         """Every logged value of `key`, in order."""
@@ -125,7 +128,7 @@ def read_run(path: str | Path) -> OfflineRun:
         if kind == "run":
             r = record.run
             run.id, run.name, run.group = r.run_id, r.display_name, r.run_group
-            run.project, run.tags = r.project, list(r.tags)
+            run.project, run.tags, run.job_type = r.project, list(r.tags), r.job_type
             for item in r.config.update:
                 run.config[_item_key(item)] = _item_value(item)
         elif kind == "config":
@@ -140,6 +143,10 @@ def read_run(path: str | Path) -> OfflineRun:
                 run.summary[_item_key(item)] = _item_value(item)
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
+        elif kind == "metric":
+            run.defined[record.metric.name or record.metric.glob_name] = record.metric
+        elif kind == "artifact":
+            run.artifacts.append(record.artifact)
         elif kind == "files":
             run.files += [f.path for f in record.files.files]
     # W&B wraps every config value as {"value": ..., "desc": ...}.

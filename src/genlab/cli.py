@@ -25,16 +25,34 @@ from genlab import GenlabError
 EXIT_USAGE = 2
 
 
+# Hydra's flags that only print the composed config (with their value, where they take one):
+# the overrides are composed as for a run, so a bad key gets genlab's message there too.
+_SHOW_FLAGS = {"--cfg": True, "-c": True, "--package": True, "-p": True, "--resolve": False}
+
+
 def _user_overrides(argv: list[str]) -> list[str] | None:
-    """The overrides to precheck, or None when the command is not a plain single run. Of
-    Hydra's own, only hydra.searchpath (a user's config folders) changes the composition."""
-    if any(a.startswith("-") for a in argv):  # -m/--multirun, --cfg, --help, ...: Hydra's job
-        return None
+    """The overrides to precheck, or None when the command is not a plain single run (or one
+    that prints its config). Of Hydra's own, only hydra.searchpath (a user's config folders)
+    changes the composition."""
+    plain, args = [], iter(argv)
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in _SHOW_FLAGS:
+            if _SHOW_FLAGS[flag] and "=" not in arg:
+                next(args, None)  # the flag's value (`--cfg job`)
+        elif arg.startswith("-"):  # -m/--multirun, --help, --info, ...: Hydra's job
+            return None
+        else:
+            plain.append(arg)
     return [
         a
-        for a in argv
+        for a in plain
         if a.startswith("hydra.searchpath=") or not a.lstrip("+~").startswith(("hydra.", "hydra/"))
     ]
+
+
+def _shows_config(argv: list[str]) -> bool:
+    return any(arg.split("=", 1)[0] in _SHOW_FLAGS for arg in argv)
 
 
 def precheck(argv: list[str], config_name: str) -> None:
@@ -62,7 +80,7 @@ def precheck(argv: list[str], config_name: str) -> None:
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: `=1`
         message = friendly_message(err, overrides, config_name, config_name == "train")
         raise GenlabError(message) from None
-    if config_name == "train":
+    if config_name == "train" and not _shows_config(argv):  # a config is shown as it is
         validate(cfg)
 
 

@@ -48,6 +48,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     from genlab.callbacks import CheckpointOnInterrupt
     from genlab.checkpoints import load_checkpoint, trained_changes
+    from genlab.dashboards import record_final
     from genlab.loggers import build_loggers, finish_loggers
     from genlab.train import (
         _floats,
@@ -92,7 +93,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     model = build_model(cfg)
-    loggers = build_loggers(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger"), job_type="evaluate")
     try:
         callbacks = build_callbacks(callback_plan(cfg, model.capabilities))
         validates = has_validation(cfg.data)
@@ -102,10 +103,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         log.info("Evaluating %s (no training)", path)
         metrics: dict[str, float] = {}
         stages = [trainer.validate] if validates else []
-        for stage in [*stages, trainer.test]:
+        for i, stage in enumerate([*stages, trainer.test]):
+            # The first stage restores the checkpoint (weights and callback states, EMA's among
+            # them); the next one goes on with them, without loading (and saying so) again.
             with _signals_as_interruption(guard):
                 results = stage(
-                    model, datamodule=datamodule, ckpt_path=path, verbose=False, weights_only=True
+                    model,
+                    datamodule=datamodule,
+                    ckpt_path=path if i == 0 else None,
+                    verbose=False,
+                    weights_only=True,
                 )
             metrics.update(_floats(results[0]) if results else {})
         if trainer.is_global_zero:
@@ -115,6 +122,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                 for written in write_images(model, datamodule, output_dir, seed=seed):
                     log.info("wrote %s", written)
             write_metrics(metrics, output_dir)
+            record_final(loggers, cfg, metrics, trainer.global_step)  # TensorBoard's HParams
             log.info("metrics of %s (%s):\n%s", path, output_dir / "metrics.json",
                      metrics_table(metrics))  # fmt: skip
         return metrics

@@ -64,9 +64,16 @@ def check_writable(folder: str, key: str) -> None:
         ) from None
 
 
-def build_loggers(logger_cfg: DictConfig | None, wandb_resume_id: str | None = None) -> list:
+def build_loggers(
+    logger_cfg: DictConfig | None,
+    wandb_resume_id: str | None = None,
+    job_type: str = "train",
+    resumed: tuple[str, int] | None = None,
+) -> list:
     """Instantiate the entries of `logger_cfg` (the run's `logger` subtree); a W&B logger
-    continues run `wandb_resume_id` if given."""
+    continues run `wandb_resume_id` if given, and its run has `job_type` (train / evaluate). A
+    run resumed in place from `resumed` (checkpoint path, step) continues its CSV curve
+    (genlab.dashboards.CSVLogger)."""
     from hydra.utils import instantiate
 
     loggers = []
@@ -89,11 +96,17 @@ def build_loggers(logger_cfg: DictConfig | None, wandb_resume_id: str | None = N
                     "Upload later with `wandb sync %s/wandb/offline-run-*`.",
                     spec.get("save_dir", "."),
                 )
-            spec["offline"] = mode == "offline"
+            # wandb's own mode, not Lightning's offline=True, which refuses log_model (offline
+            # artifacts are synced with the run) and sets WANDB_MODE for the whole process.
+            spec["mode"] = mode
+            spec.setdefault("job_type", job_type)
             if wandb_resume_id:
                 spec["id"], spec["resume"] = wandb_resume_id, "allow"
         if spec.get("save_dir"):
             check_writable(str(spec["save_dir"]), f"logger.{key}.save_dir")
+        if spec["_target_"] == "lightning.pytorch.loggers.CSVLogger":
+            spec["_target_"] = "genlab.dashboards.CSVLogger"
+            spec["resumed"] = resumed
         if spec["_target_"] == "lightning.pytorch.loggers.WandbLogger":
             spec["_target_"] = f"{__name__}.WandbLogger"  # outlives its service (module doc)
         logger = instantiate(spec)
@@ -111,6 +124,10 @@ class WandbLogger(_LightningWandbLogger):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Lightning passes anonymous=None, which wandb 0.31 answers with "The anonymous setting
+        # has no effect": leave it out.
+        self._wandb_init.pop("anonymous", None)
+        self.defined: set[str] = set()  # metrics declared with define_metric
         self.service_lost = False
         self.last_values: dict[str, float] = {}  # what W&B's summary would hold
         self.hyperparams: dict[str, Any] = {}
@@ -140,7 +157,19 @@ class WandbLogger(_LightningWandbLogger):
         self.last_values.update(numbers)
         if step is not None and numbers:
             self.last_values["trainer/global_step"] = step
+        self._guarded(self._define, [k for k in numbers if k not in self.defined])
         self._guarded(super().log_metrics, metrics, step)
+
+    def _define(self, names: list[str]) -> None:
+        """Each new metric on the step axis, with its best value in the run summary
+        (genlab.dashboards.metric_summary): W&B's group tables then show the best val/loss."""
+        from genlab.dashboards import metric_summary
+
+        for name in names:
+            summary = metric_summary(name)
+            options = {"summary": summary} if summary else {}
+            self.experiment.define_metric(name, step_metric="trainer/global_step", **options)
+            self.defined.add(name)
 
     def log_hyperparams(self, params) -> None:
         from lightning.fabric.utilities.logger import _convert_params
@@ -238,6 +267,7 @@ def _close(logger, run, ending: dict[str, Any]) -> None:
     def finish() -> None:
         run.summary.update(ending)
         run.finish(exit_code=code)
+        _wait_until_written()
 
     lost = getattr(logger, "service_lost", False)
     err = None if lost else _bounded(finish, timeout)
@@ -275,6 +305,18 @@ def _close(logger, run, ending: dict[str, Any]) -> None:
             state,
             LOST_HISTORY,
         )
+
+
+def _wait_until_written() -> None:
+    """Return once the finished run's .wandb file is complete on disk. wandb 0.31's finish()
+    only tells its service to close the run's file (a message it does not wait on): read at
+    once, the file can still hold its header alone. Stopping the service waits for it; the
+    next run of this process starts a new one. A service that other runs of this process
+    still use (one the caller started) is left alone: it writes the file out later."""
+    import wandb
+
+    if wandb.run is None:
+        wandb.teardown()
 
 
 def _kill_service() -> None:

@@ -195,3 +195,33 @@ class EvaluationProgress(pl.Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._end()
+
+
+class _NoVersionNumber:
+    """Lightning's progress bar shows `v_num`, the first logger's version (CSV's 0, printed as
+    `v_num: 0.000` by the rich bar): a folder counter, not a number of the run. Left out."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class RichBar(_NoVersionNumber, pl.callbacks.RichProgressBar):
+    pass
+
+
+class TQDMBar(_NoVersionNumber, pl.callbacks.TQDMProgressBar):
+    pass
+
+
+def progress_bars(configured: dict, enabled: bool) -> list:
+    """The progress bar Lightning would pick (rich's when rich is installed), without `v_num`;
+    none when the bar is off or `callbacks` configures one."""
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    if not enabled or any(
+        "ProgressBar" in str((s or {}).get("_target_")) for s in configured.values()
+    ):
+        return []
+    return [RichBar() if _RICH_AVAILABLE else TQDMBar()]

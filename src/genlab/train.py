@@ -53,6 +53,7 @@ class CallbackPlan:
     ema: dict[str, float] | None = None  # EMA(**ema) from the model's ema_* keys, or none
     sample_quality: dict[str, Any] | None = None  # SampleQuality(**...) after testing, or none
     run_config: dict[str, Any] | None = None  # kept in every checkpoint (TrainedConfig)
+    progress_bar: bool = False  # trainer.enable_progress_bar: genlab's bar (no v_num)
 
 
 def callback_plan(cfg: DictConfig, capabilities) -> CallbackPlan:
@@ -66,6 +67,7 @@ def callback_plan(cfg: DictConfig, capabilities) -> CallbackPlan:
     return CallbackPlan(
         configured=OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True),
         run_config=run_config(cfg),
+        progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)),
         checkpoint_dir=Path(cfg.paths.output_dir) / "checkpoints",
         validates=has_validation(cfg.data),
         ema=(
@@ -100,7 +102,7 @@ def build_callbacks(plan: CallbackPlan) -> list:
         RunRecords,
     )
     from genlab.checkpoints import TrainedConfig
-    from genlab.progress import EvaluationProgress
+    from genlab.progress import EvaluationProgress, progress_bars
 
     callbacks = []
     for spec in plan.configured.values():
@@ -117,6 +119,7 @@ def build_callbacks(plan: CallbackPlan) -> list:
         callbacks.append(SampleQuality(**plan.sample_quality))
     return [
         *callbacks,
+        *progress_bars(plan.configured, plan.progress_bar),
         EvaluationProgress(),  # test (and slow validation) progress as lines in train.log
         RNGState(),
         RunIdentity(),
@@ -156,9 +159,8 @@ def write_images(model, datamodule, output_dir: Path, n: int = 64, seed: int = 0
     y = labels[:n].to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     if model.capabilities.generative:
-        # Conditional models: labels cycle over the classes, one class per column.
-        columns = 8 if model.preview_labels(1) is None else model.num_classes
-        count = columns * 8
+        # 8 rows; conditional models: one class per column (genlab.viz.grids).
+        count, columns = model.sample_grid(8)
         sample_labels = model.preview_labels(count)
         written.append(
             save_grid(
@@ -276,6 +278,12 @@ def quiet_known_warnings() -> None:
         category=PossibleUserWarning,
         module=r"lightning\.fabric\.plugins\.environments\.slurm",
     )
+    # evaluate= and a resume into a new dir load a checkpoint of another dir (its best-k record
+    # stays there); a resume in place writes among its checkpoints: both as genlab intends.
+    for text in ("The dirpath has changed", "Checkpoint directory .* exists and is not empty"):
+        warnings.filterwarnings(
+            "ignore", text, UserWarning, r"lightning\.pytorch\.callbacks\.model_checkpoint"
+        )
     # torchmetrics' KID and IS keep their features in memory by design; genlab's sample counts
     # (eval.num_samples) are what bounds that memory, and the user already chose them.
     warnings.filterwarnings(
@@ -314,11 +322,12 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     tidy_lightning_logging()
     quiet_known_warnings()
 
+    from genlab.dashboards import record_final
     from genlab.loggers import build_loggers, finish_loggers
     from genlab.rundir import recorded_metrics
 
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path, wandb_resume_id = resume_point(cfg, output_dir)
+    ckpt_path, resume = resume_point(cfg, output_dir)
     # A resume in place keeps the values of metrics.json that it does not measure again.
     earlier = recorded_metrics(output_dir) if cfg.get("ckpt_path") not in (None, "") else {}
     if cfg.get("seed") is not None:
@@ -331,7 +340,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     keep = int((cfg.get("previews") or {}).get("keep", 0) or 0)
     if keep > 0:  # the grids sent to the loggers after each validation, as files too
         model.preview_dir, model.preview_keep = output_dir / "previews", keep
-    loggers = build_loggers(cfg.get("logger"), wandb_resume_id)
+    loggers = build_loggers(cfg.get("logger"), **resume)
     try:
         callbacks = build_callbacks(callback_plan(cfg, model.capabilities))
         trainer = build_trainer(cfg.trainer, loggers, callbacks, has_validation(cfg.data))
@@ -344,6 +353,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                 for path in write_images(model, datamodule, output_dir, seed=cfg.get("seed") or 0):
                     log.info("wrote %s", path)
             write_metrics(metrics, output_dir)
+            record_final(loggers, cfg, metrics, trainer.global_step)  # TensorBoard's HParams
             # Lightning's own table is off (verbose=False): this one shows every final number.
             log.info("final metrics (%s):\n%s", output_dir / "metrics.json", metrics_table(metrics))
         return metrics
@@ -351,20 +361,22 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         finish_loggers(loggers)
 
 
-def resume_point(cfg: DictConfig, output_dir: Path) -> tuple[str | None, Any]:
+def resume_point(cfg: DictConfig, output_dir: Path) -> tuple[str | None, dict[str, Any]]:
     """The checkpoint of cfg.ckpt_path to resume from (checked against the run's config before
     anything is restored: genlab.checkpoints.check_compatible, which refuses changed settings
-    unless resume_changes=allow) and the W&B run id it holds, or (None, None) for a fresh start."""
+    unless resume_changes=allow) and what the loggers continue (build_loggers' keywords: the W&B
+    run id it holds, its path and step), or (None, {}) for a fresh start."""
     from genlab.callbacks import wandb_run_id_in
     from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
 
     path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if not path:
-        return None, None
+        return None, {}
     checkpoint = load_checkpoint(path)
     allow = cfg.get("resume_changes", "refuse") == "allow"
     check_compatible(checkpoint, run_config(cfg), path, allow_changes=allow)
-    return path, wandb_run_id_in(checkpoint)
+    resumed = (path, int(checkpoint.get("global_step", 0)))
+    return path, {"wandb_resume_id": wandb_run_id_in(checkpoint), "resumed": resumed}
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:

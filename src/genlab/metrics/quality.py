@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from genlab import GenlabError, interrupt
 from genlab.progress import report
@@ -103,10 +104,10 @@ class SampleQuality(pl.Callback):
             clf, acc = load_classifier(path, dataset, image_shape)
             clf = clf.to(device)
             spaces["domain"] = (FeatureView(clf), FeatureView(clf, logits=True), lambda x: x, acc)
+        # Every DDP rank gets here; the console says it once (rank 0).
+        warn = log.warning if rank_zero_only.rank == 0 else log.debug
         if self.inception_weights is None:
-            log.warning(
-                "test/fid, test/kid, test/is (Inception) skipped: no weights; %s.", INCEPTION_HINT
-            )
+            warn("test/fid, test/kid, test/is (Inception) skipped: no weights; %s.", INCEPTION_HINT)
         else:
             try:
                 from torchmetrics.image.fid import NoTrainInceptionV3
@@ -118,7 +119,7 @@ class SampleQuality(pl.Callback):
                     "inception-v3-compat", ["logits_unbiased"], str(self.inception_weights)
                 ).to(device)
             except Exception as err:  # wrong file, truncated download, missing torch-fidelity
-                log.warning(
+                warn(
                     "test/fid (Inception) skipped: %s cannot be used (%s: %s); %s.",
                     self.inception_weights,
                     type(err).__name__,
@@ -198,8 +199,10 @@ class SampleQuality(pl.Callback):
             if accuracy is not None:
                 values["test/domain_classifier_acc"] = torch.tensor(accuracy)
             values[f"test/quality_samples{tag}"] = torch.tensor(float(share * world))
+            # Every rank holds the same values (torchmetrics gathers the states in compute()):
+            # their mean is each value, and Lightning has no reason to warn about syncing.
             for key, value in values.items():
-                pl_module.log(key, value.float().to(device), sync_dist=False)
+                pl_module.log(key, value.float().to(device), sync_dist=True)
 
     @torch.no_grad()
     def _generate(self, pl_module, n: int, seed: int) -> torch.Tensor:

@@ -16,7 +16,13 @@ from torchmetrics import MeanMetric
 from genlab import GenlabError
 from genlab.config import has_fused_kernel, require_fused_optimizer
 from genlab.specs import ModelSpec, build_spec
-from genlab.viz.grids import log_images, shows_images, write_preview
+from genlab.viz.grids import (
+    GRID_COLUMNS,
+    log_images,
+    sample_grid_shape,
+    shows_images,
+    write_preview,
+)
 
 # Values of single training steps, logged every `trainer.log_every_n_steps` steps: curves in the
 # loggers, not final results (genlab.train leaves them out of metrics.json). The epoch mean of
@@ -185,6 +191,12 @@ class GenerativeModule(pl.LightningModule):
         """Return (scalar training loss, {metric name: per-image values})."""
         raise NotImplementedError
 
+    def sample_grid(self, rows: int) -> tuple[int, int]:
+        """(count, columns) of a grid of `rows` rows of samples with preview_labels: one class
+        per column where those labels cycle over the classes (genlab.viz.grids)."""
+        cycles = self.preview_labels(1) is not None
+        return sample_grid_shape(rows, self.num_classes if cycles else None)
+
     def preview_images(self, x, y) -> dict[str, torch.Tensor]:
         """Return {name: images in [0, 1]} to show in the loggers after each validation."""
         return {}
@@ -313,9 +325,14 @@ class GenerativeModule(pl.LightningModule):
             # Previews are drawn here, while weight-averaging callbacks (EMA) have their
             # averaged weights swapped in for validation.
             x, y = batch
-            x, y = x[: self.preview_count], y[: self.preview_count]
+            # Full rows only (sample_grid_shape): 32 images in 8 columns, 30 in a CVAE's 10.
+            columns = self.sample_grid(1)[1]
+            count = min(self.preview_count, len(x))
+            count = count // columns * columns or count
+            x, y = x[:count], y[:count]
             for name, images in self.preview_images(x, y).items():
-                pixels = log_images(self.loggers, f"val/{name}", images, step=self.global_step)
+                nrow = columns if name == "samples" else GRID_COLUMNS  # reconstruction pairs
+                pixels = log_images(self.loggers, f"val/{name}", images, self.global_step, nrow)
                 if self.preview_dir is not None:  # the same bytes as a file, for any logger
                     epoch = self.trainer.current_epoch
                     write_preview(pixels, self.preview_dir, epoch, name, self.preview_keep)

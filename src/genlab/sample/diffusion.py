@@ -125,30 +125,30 @@ def _diffuse(job: Job, x_T, labels, plan: SamplerPlan, generator, trajectory_at=
 
 
 def diffusion_samples(job: Job) -> list[Path]:
-    """n x n samples. Conditional DDPM: labels cycle over the classes (each column one class
-    when n is a multiple of the class count), or all `label=`."""
-    n = job.n
+    """n x n samples. Conditional DDPM: n rows, one class per column (job.sample_grid), or
+    n x n of `label=`."""
+    count, columns = job.sample_grid()
     plan = _sampler_plan(job)
     generator = job.generator()
-    x_T = _noise(job, n * n, generator)
-    images = _diffuse(job, x_T, job.labels_for(n * n), plan, generator)
+    x_T = _noise(job, count, generator)
+    images = _diffuse(job, x_T, job.labels_for(count), plan, generator)
     print(f"samples: {plan.describe()}")
-    return job.save_grid(images, nrow=n)
+    return job.save_grid(images, nrow=columns)
 
 
 def diffusion_class_rows(job: Job) -> list[Path]:
-    """One row per class, n samples each; column j starts from the same x_T in every row, so a
-    column shows what one noise draw becomes in each class."""
+    """One column per class (as in every class-chosen grid), n samples each; row i starts from
+    the same x_T in every column, so a row shows what one noise draw becomes in each class."""
     import torch
 
     n, classes = job.n, job.model.num_classes
     plan = _sampler_plan(job)
     generator = job.generator()
-    x_T = _noise(job, n, generator).repeat(classes, 1, 1, 1)
-    labels = torch.arange(classes, device=job.device).repeat_interleave(n)
+    x_T = _noise(job, n, generator).repeat_interleave(classes, 0)
+    labels = torch.arange(classes, device=job.device).repeat(n)
     images = _diffuse(job, x_T, labels, plan, generator)
     print(f"classes: {plan.describe()}")
-    return job.save_grid(images, nrow=n)
+    return job.save_grid(images, nrow=classes)
 
 
 def diffusion_interpolate(job: Job) -> list[Path]:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from genlab import GenlabError
 from genlab.rundir import check_inside
 from genlab.sample.job import Job
+from genlab.sample.latent import TRAVERSE_ROWS
 from genlab.sample.loader import LoadedRun, load_run
 from genlab.sample.options import check_label, check_options, invalid, options
 from genlab.sample.tasks import TASKS
@@ -90,11 +91,11 @@ def images_per_row(task_name: str, opts: DictConfig, model: Any, n: int) -> int:
     """How many images one of a task's n rows holds (at least): n x n grids, or a row of frames,
     latent dims, classes or strip steps."""
     return {
-        "samples": n,
+        "samples": max(n, getattr(model, "num_classes", 0) or 0),  # a class per column
         "reconstructions": 2 * n,
         "manifold": n,
         "interpolate": opts.frames,
-        "traverse": getattr(model, "latent_dim", 1),
+        "traverse": min(getattr(model, "latent_dim", 1), TRAVERSE_ROWS),
         "classes": getattr(model, "num_classes", 1),
         "denoise": 2 * opts.strip_steps,
     }.get(task_name, 1)

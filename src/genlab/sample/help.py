@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from genlab.composition import CONF_DIR
+from genlab.sample.options import SAMPLER_NAMES
 from genlab.sample.tasks import TASKS, Task
 
 README = CONF_DIR.parent / "README.md"
@@ -42,6 +43,8 @@ def help_block() -> str:
     for name, task in TASKS.items():
         n = f"; n = {task.default_n}" if task.default_n is not None else ""
         lines += [f"  {name:<16} {task.about}", f"  {'':<16} needs {needs(task)}{n}"]
+    samplers = " | ".join(SAMPLER_NAMES)  # = genlab.diffusion.samplers.SAMPLERS (tested)
+    lines.append(f"  {'sampler=':<16} {samplers} (DDPM, every task; null: the model's rule)")
     return "\n".join(lines)
 
 

@@ -124,6 +124,15 @@ class Job:
             labels = torch.full((count,), self.class_label(), device=self.device)
         return labels.repeat_interleave(per)
 
+    def sample_grid(self) -> tuple[int, int]:
+        """(count, columns) of task=samples: n rows, and one class per column when the labels
+        cycle over the classes (a conditional model without label=), else n columns: the
+        layout of the run's own samples.png (genlab.viz.grids.sample_grid_shape)."""
+        from genlab.viz.grids import sample_grid_shape
+
+        cycles = self.caps.conditional and self.opts.label is None
+        return sample_grid_shape(self.n, self.model.num_classes if cycles else None, self.n)
+
     def save_grid(self, images, nrow: int, stem: str | None = None) -> list[Path]:
         return self.save_grids({".png": (images, nrow)}, stem)
 

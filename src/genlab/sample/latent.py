@@ -25,14 +25,14 @@ CLASS_NAMES = {
 
 def prior_samples(job: Job) -> list[Path]:
     """n x n decodes of z drawn from the prior (VAE: N(0, I); CVAE: its class's p(z|y)). CVAE:
-    labels cycle over the classes (each column one class when n is a multiple of the class
-    count), or all `label=`."""
+    n rows, one class per column (job.sample_grid), or n x n of `label=`."""
     import torch
 
-    n, model = job.n, job.model
-    eps = torch.randn(n * n, model.latent_dim, generator=job.generator(), device=job.device)
-    labels = job.labels_for(n * n)
-    return job.save_grid(job.decode(model.latent_from_noise(eps, labels), labels), nrow=n)
+    model = job.model
+    count, columns = job.sample_grid()
+    eps = torch.randn(count, model.latent_dim, generator=job.generator(), device=job.device)
+    labels = job.labels_for(count)
+    return job.save_grid(job.decode(model.latent_from_noise(eps, labels), labels), nrow=columns)
 
 
 def reconstructions(job: Job) -> list[Path]:
@@ -89,26 +89,41 @@ def manifold(job: Job) -> list[Path]:
     return job.save_grid(job.decode(z, labels), nrow=n)
 
 
+# Rows of a traverse at most: a latent of more dims (a VQ-VAE's flattened code grid has
+# thousands) shows those the test codes vary most along, in index order.
+TRAVERSE_ROWS = 16
+
+
 def traverse(job: Job) -> list[Path]:
     """One row per latent dim: n decodes with that dim moved from -r to +r (r=traverse_range)
     around the code of one test image. Gaussian latent (VAE, CVAE): r in prior standard
-    deviations; otherwise (AE): in standard deviations of the test codes along that dim (AE codes
-    have no common scale)."""
+    deviations; otherwise (AE, VQ-VAE): in standard deviations of the test codes along that dim
+    (such codes have no common scale). Above TRAVERSE_ROWS dims, the rows are the dims with the
+    largest spread of the test codes (a VAE's active units), as printed."""
     import torch
 
     n, k, r = job.n, job.model.latent_dim, float(job.opts.traverse_range)
     x, y = job.test_images(1)
     center = job.encode(x, y)[0]
     scale = torch.ones(k, device=job.device)
-    if not job.caps.gaussian_latent:
+    dims = torch.arange(k, device=job.device)
+    if not job.caps.gaussian_latent or k > TRAVERSE_ROWS:
         images, labels = job.test_split()
-        scale = job.encode(images, labels).std(0)
+        spread = job.encode(images, labels).std(0)
+        if not job.caps.gaussian_latent:
+            scale = spread
+        if k > TRAVERSE_ROWS:
+            dims = spread.topk(TRAVERSE_ROWS).indices.sort().values
+            print(
+                f"traverse: {TRAVERSE_ROWS} of {k} latent dims, those the test codes vary most "
+                f"along: {', '.join(map(str, dims.tolist()))}"
+            )
     offsets = torch.linspace(-r, r, n, device=job.device)
-    z = center.repeat(k, n, 1)  # [k rows, n columns, k dims]
-    rows = torch.arange(k, device=job.device)
-    z[rows, :, rows] += offsets.unsqueeze(0) * scale.unsqueeze(1)
-    labels = y.repeat(k * n)
-    return job.save_grid(job.decode(z.reshape(k * n, k), labels), nrow=n)
+    z = center.repeat(len(dims), n, 1)  # [rows, n columns, k dims]
+    rows = torch.arange(len(dims), device=job.device)
+    z[rows, :, dims] += offsets.unsqueeze(0) * scale[dims].unsqueeze(1)
+    labels = y.repeat(len(dims) * n)
+    return job.save_grid(job.decode(z.reshape(len(dims) * n, k), labels), nrow=n)
 
 
 def _principal_axes(points):
@@ -155,14 +170,14 @@ def latent_scatter(job: Job) -> list[Path]:
 
 
 def class_rows(job: Job) -> list[Path]:
-    """One row per class, n prior samples each; column j uses the same standard-normal draw in
-    every row (mapped through each class's prior p(z|y)), so a column shows one 'style'
-    rendered as each class."""
+    """One column per class (as in every class-chosen grid), n prior samples each; row i uses
+    the same standard-normal draw in every column (mapped through each class's prior p(z|y)),
+    so a row shows one 'style' rendered as each class."""
     import torch
 
     n, model = job.n, job.model
     classes = model.num_classes
     eps = torch.randn(n, model.latent_dim, generator=job.generator(), device=job.device)
-    labels = torch.arange(classes, device=job.device).repeat_interleave(n)
-    z = model.latent_from_noise(eps.repeat(classes, 1), labels)
-    return job.save_grid(job.decode(z, labels), nrow=n)
+    labels = torch.arange(classes, device=job.device).repeat(n)
+    z = model.latent_from_noise(eps.repeat_interleave(classes, 0), labels)
+    return job.save_grid(job.decode(z, labels), nrow=classes)

@@ -174,10 +174,10 @@ def _slerp_needs_a_gaussian_latent(opts, caps, kind: str) -> str | None:
 # -- the table -----------------------------------------------------------------------------------
 TASKS: dict[str, Task] = {
     "samples": Task(
-        "n x n images from the prior (DDPM: from noise)",
+        "n x n images from the prior (DDPM: from noise); by class: n rows, a class per column",
         "n x n images decoded from z ~ N(0, I); DDPM: sampled from x_T ~ N(0, I) with "
-        "`sampler=`, `steps=`, `eta=`, `guidance_scale=`; conditional models: labels cycle over "
-        "the classes, or `label=`",
+        "`sampler=`, `steps=`, `eta=`, `guidance_scale=`; conditional models: n rows of one "
+        "class per column (as the run's samples.png), or n x n of `label=`",
         latent=prior_samples,
         diffusion=diffusion_samples,
         needs=(GENERATIVE,),
@@ -216,9 +216,9 @@ TASKS: dict[str, Task] = {
         default_n=12,
     ),
     "traverse": Task(
-        "one row per latent dim, n values from -r to r",
+        "one row per latent dim (at most 16), n values from -r to r",
         "one row per latent dim, that dim moved over -3..3 (`traverse_range`) around a test "
-        "image's code",
+        "image's code; above 16 dims the 16 the test codes vary most along (printed)",
         latent=traverse,
         needs=(
             _encoder(
@@ -235,8 +235,8 @@ TASKS: dict[str, Task] = {
         needs=(_encoder(f"{DDPM_NO_ENCODER} There are no latent means of test images to plot."),),
     ),
     "classes": Task(
-        "one row of n samples per class",
-        "one row of n samples per class, each column one z (DDPM: one x_T)",
+        "one column of n samples per class",
+        "one column of n samples per class, each row one z (DDPM: one x_T)",
         latent=class_rows,
         diffusion=diffusion_class_rows,
         needs=(CONDITIONAL,),

@@ -37,6 +37,7 @@ class _SweepState:
 
     def __init__(self) -> None:
         self.sweep_dir: Path | None = None
+        self.name = ""  # sweep.json's name: the opening and closing lines say it
         self.report_options: dict[str, Any] = {}
         self.reported = False
         self.incomplete = 0
@@ -93,6 +94,8 @@ class SweepCallback(Callback):
         from genlab.rundir import check_run_dir
 
         STATE.reset()
+        # Optuna's storages import alembic, which logs one INFO line per plugin it sets up.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         info = describe_sweep(config)
         sweep_dir = Path(info["dir"])
         try:  # before Hydra opens a job's train.log or writes its .hydra/
@@ -106,7 +109,7 @@ class SweepCallback(Callback):
             info["group"], info["started"] = earlier["group"], earlier.get("started", "")
             info["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_text_atomic(sweep_dir / SWEEP_FILE, json.dumps(info, indent=2))
-        STATE.sweep_dir = sweep_dir
+        STATE.sweep_dir, STATE.name = sweep_dir, info["name"]
         STATE.report_options = {"metrics": self.metrics, "enabled": self.report}
         swept = ", ".join(info["keys"]) or "nothing (one job)"
         log.info("Sweep '%s' in %s, sweeping %s", info["name"], sweep_dir, swept)
@@ -143,7 +146,8 @@ def finish_sweep(interrupted: bool = False) -> None:
     summary = f"{done} of {len(jobs)} jobs completed"
     if interrupted:
         summary += " (sweep interrupted)"
-    (log.warning if failed else log.info)("Sweep %s: %s.", STATE.sweep_dir.name, summary)
+    name = STATE.name or STATE.sweep_dir.name
+    (log.warning if failed else log.info)("Sweep '%s': %s.", name, summary)
     for job in failed:
         log.warning("  job %s [%s] %s: %s", job.num, job.label or "-", job.status, job.error_line)
 

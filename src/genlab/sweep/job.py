@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.sweep.keys import job_values, label, read_sweep_file
+from genlab.sweep.keys import job_values, label, read_sweep_file, short_names
 from genlab.sweep.own_process import ENV_JOB, needs_own_process, run_in_own_process
 from genlab.sweep.status import JobInfo, error_fields, write_status
 
@@ -81,6 +81,9 @@ def prepare(cfg: DictConfig, job: JobInfo) -> None:
         default_name = OmegaConf.to_container(wandb, resolve=False).get("name") == "${name}"
         if job.label and default_name:
             wandb.name = job.label
+        # The swept values as tags too (`beta=0.025`), beside the config columns (model.beta).
+        given = list(OmegaConf.to_container(wandb, resolve=True).get("tags") or [])
+        wandb.tags = given + [t for t in swept_tags(job.swept) if t not in given]
     if cfg.get("ckpt_path") in (None, "") and _has_checkpoints(job.output_dir):
         # A job folder is unique to its sweep: checkpoints in it come from an earlier
         # attempt of this very job (requeued after preemption, or the sweep run again with
@@ -88,6 +91,13 @@ def prepare(cfg: DictConfig, job: JobInfo) -> None:
         log.warning("Job %s resumes from its newest checkpoint in %s", job.num, job.output_dir)
         # (genlab.train then also continues the W&B run whose id the checkpoint holds.)
         cfg.ckpt_path = "last"
+
+
+def swept_tags(swept: dict[str, str]) -> list[str]:
+    """`beta=0.025` per swept key (short names as in the job's folder), within W&B's 64
+    characters per tag."""
+    names = short_names(list(swept))
+    return [f"{names[key]}={value}"[:64] for key, value in swept.items()]
 
 
 def _has_checkpoints(output_dir: str) -> bool:

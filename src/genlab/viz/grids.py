@@ -7,9 +7,22 @@ from pathlib import Path
 
 import torch
 
+GRID_COLUMNS = 8  # columns of a grid with no class order (and of reconstruction pairs)
+
+
+def sample_grid_shape(
+    rows: int, classes: int | None = None, columns: int = GRID_COLUMNS
+) -> tuple[int, int]:
+    """The one layout of a grid of samples, on every path (training's samples.png, previews,
+    `sample.py task=samples`): (image count, columns) of `rows` full rows, no blank cell.
+    Samples whose labels cycle over the classes (label i % classes) get one class per column:
+    `classes` columns; others `columns`."""
+    width = classes or columns
+    return max(1, rows) * width, width
+
 
 def originals_above_reconstructions(
-    originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = 8
+    originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = GRID_COLUMNS
 ) -> torch.Tensor:
     """Interleave rows: `per_row` originals, then their reconstructions right below, and so on."""
     n = len(originals) - len(originals) % per_row or len(originals)
