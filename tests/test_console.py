@@ -93,7 +93,7 @@ def test_final_metrics_are_printed_as_one_table(cli_run):
     assert sum("final metrics" in line for line in (run_dir / "train.log").open()) == 1
 
 
-# Silenced by genlab.train.quiet_known_warnings (why: see there); the srun one shows only where
+# Silenced by genlab.console.quiet_known_warnings (why: see there); the srun one shows only where
 # Slurm's tools are installed (as on CI, which starts a Slurm cluster for tests/test_slurm.py).
 NOT_FOR_USERS = ("`isinstance(treespec, LeafSpec)` is deprecated", "`srun` command is available")
 

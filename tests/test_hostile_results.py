@@ -229,6 +229,37 @@ def test_a_new_run_into_a_folder_holding_such_files_is_refused(data_root, tmp_pa
     assert snapshot(folder) == before  # no lock, no train.log, no .hydra/ either
 
 
+def test_another_runs_checkpoint_into_a_finished_run_is_a_new_run_and_refused(
+    data_root, finished, run_copy, tmp_path
+):
+    """ckpt_path=<run B> hydra.run.dir=<run A> is no resume of A: it would replace A's config,
+    checkpoints and metrics with B's continuation."""
+    before = snapshot(run_copy)
+    other = ["trainer.max_epochs=2", f"ckpt_path={finished}", f"hydra.run.dir={run_copy}"]
+    assert_refused(train(data_root, *other, cwd=tmp_path), f"hydra.run.dir={run_copy}")
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("holding", ["a finished run without checkpoints", "someone's folder"])
+def test_ckpt_path_last_with_nothing_to_resume_is_a_new_run_and_refused(
+    data_root, run_copy, tmp_path, holding
+):
+    """`last` where the dir holds no checkpoint starts afresh: into a dir holding results that
+    is a new run over them (refused), not a resume that merges their metrics."""
+    if holding == "a finished run without checkpoints":
+        folder = run_copy
+        shutil.rmtree(folder / "checkpoints")
+    else:
+        folder = tmp_path / "theirs"
+        folder.mkdir()
+        (folder / "config.yaml").write_text("my: precious config\n")
+        (folder / "metrics.json").write_text('{"acc": 0.93}')
+    before = snapshot(folder)
+    proc = train(data_root, "ckpt_path=last", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert_refused(proc, f"hydra.run.dir={folder}")
+    assert snapshot(folder) == before
+
+
 def test_evaluate_into_a_finished_run_is_refused(data_root, finished, run_copy, tmp_path):
     before = snapshot(run_copy)
     proc = train(data_root, f"evaluate={finished}", f"hydra.run.dir={run_copy}", cwd=tmp_path)

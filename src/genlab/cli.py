@@ -177,7 +177,8 @@ class RunDirGuard(Callback):
             if rundir.is_rank_zero():  # (the other DDP ranks share rank 0's dir)
                 # Before Hydra opens train.log or writes .hydra/. A sweep job run in a process
                 # of its own resumes its folder itself (genlab.sweep.job.prepare).
-                new_run = config.get("ckpt_path") in (None, "") and not os.environ.get(ENV_JOB)
+                in_place = rundir.resumes_in_place(config.get("ckpt_path"), run_dir)
+                new_run = not in_place and not os.environ.get(ENV_JOB)
                 rundir.check_run_dir(run_dir, new_run)
                 if not new_run:  # what a resume in place keeps of metrics.json: readable?
                     rundir.recorded_metrics(run_dir)

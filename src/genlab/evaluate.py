@@ -48,6 +48,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     from genlab.callbacks import CheckpointOnInterrupt
     from genlab.checkpoints import load_checkpoint, trained_changes
+    from genlab.console import quiet_known_warnings, tidy_lightning_logging
     from genlab.dashboards import record_final
     from genlab.loggers import build_loggers, finish_loggers
     from genlab.train import (
@@ -60,10 +61,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         callback_plan,
         has_validation,
         metrics_table,
-        quiet_known_warnings,
         record_config,
         run_config,
-        tidy_lightning_logging,
         write_images,
         write_metrics,
     )

@@ -168,6 +168,18 @@ def check_run_dir(run_dir: str | os.PathLike, new_run: bool) -> None:
         )
 
 
+def resumes_in_place(ckpt_path: str | None, run_dir: str | os.PathLike) -> bool:
+    """Whether `ckpt_path` continues the run of `run_dir` itself: `last` where run_dir holds a
+    checkpoint, or a path inside run_dir. Any other ckpt_path (another run's checkpoint, `last`
+    where there is none) starts a new run there, which may not take a dir holding results."""
+    if ckpt_path in (None, ""):
+        return False
+    run_dir = Path(run_dir).absolute()
+    if str(ckpt_path) == "last":
+        return any((run_dir / "checkpoints").glob("*.ckpt"))
+    return _leads_into(Path(str(ckpt_path)).expanduser().absolute(), run_dir.resolve())
+
+
 def _leads_into(link: Path, root: Path) -> bool:
     try:
         return link.resolve().is_relative_to(root)

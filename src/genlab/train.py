@@ -194,41 +194,6 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(f"  {k:<{width}}  {metrics[k]:.6g}" for k in sorted(metrics))
 
 
-class _NoLightningTips(logging.Filter):
-    """Drops Lightning's advertisements ("💡 Tip: ... litlogger / litmodels"), printed at every
-    Trainer start with no setting to turn them off, and its note that it loads the training data
-    early to count the steps (`trainer.estimated_stepping_batches`, read by DDPM's warm-up
-    check; genlab's data is in memory, nothing waits); its other INFO lines pass."""
-
-    dropped = ("💡 Tip:", "Loading `train_dataloader` to estimate number of stepping batches")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.dropped)
-
-
-_NO_TIPS = _NoLightningTips()
-
-
-def tidy_lightning_logging() -> None:
-    """Each Lightning line once on the console (and once in Hydra's train.log), no tips.
-
-    The `lightning` package gives its logger a console handler of its own at import, whatever
-    is configured, and its records also propagate to the root logger: where the root has
-    handlers (Hydra's console + train.log, pytest), every Lightning INFO line was printed twice.
-    There the root's handlers alone print them; without any, Lightning's stay."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_module
-
-    if logging.getLogger().handlers:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            lightning_log = logging.getLogger(name)
-            for handler in list(lightning_log.handlers):
-                lightning_log.removeHandler(handler)
-            lightning_log.propagate = True
-    # The logger rank_zero_info writes through (a filter on a logger sees only its own records).
-    if _NO_TIPS not in rank_zero_module.log.filters:
-        rank_zero_module.log.addFilter(_NO_TIPS)
-
-
 @contextlib.contextmanager
 def _signals_as_interruption(guard):
     """Lightning ends a fit or test stopped by SIGTERM/SIGINT with SystemExit or
@@ -251,50 +216,6 @@ def write_metrics(metrics: dict[str, float], output_dir: Path) -> Path:
     )
 
 
-def quiet_known_warnings() -> None:
-    """Ignore the warnings no genlab user can act on, each matched by its exact text, category and
-    the module that issues it: the same text from anywhere else, and every other warning, still
-    shows. Idempotent (a filter added again replaces itself)."""
-    import warnings
-
-    from lightning.fabric.utilities.warnings import PossibleUserWarning
-
-    # Lightning 2.6's pytree helper uses an isinstance check that torch 2.14 deprecates: a note
-    # for Lightning's developers, printed once per run whatever the config.
-    warnings.filterwarnings(
-        "ignore",
-        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-        category=FutureWarning,
-        module=r"lightning\.pytorch\.utilities\._pytree",
-    )
-    # Printed by every run on a machine with Slurm's tools (a login node, CI) that is not itself
-    # a Slurm job. genlab's Slurm runs are hydra/launcher=slurm jobs, started with srun, where it
-    # never shows; nor does it in an allocation of several tasks (SLURM_NTASKS set), the
-    # DDP-without-srun hang it is meant for. And its advice, to prepend `srun`, is not genlab's
-    # way onto a cluster (hydra/launcher=slurm, README "Sweeps and clusters").
-    warnings.filterwarnings(
-        "ignore",
-        message=r"The `srun` command is available on your system but is not used",
-        category=PossibleUserWarning,
-        module=r"lightning\.fabric\.plugins\.environments\.slurm",
-    )
-    # evaluate= and a resume into a new dir load a checkpoint of another dir (its best-k record
-    # stays there); a resume in place writes among its checkpoints: both as genlab intends.
-    for text in ("The dirpath has changed", "Checkpoint directory .* exists and is not empty"):
-        warnings.filterwarnings(
-            "ignore", text, UserWarning, r"lightning\.pytorch\.callbacks\.model_checkpoint"
-        )
-    # torchmetrics' KID and IS keep their features in memory by design; genlab's sample counts
-    # (eval.num_samples) are what bounds that memory, and the user already chose them.
-    warnings.filterwarnings(
-        "ignore",
-        message=r"Metric `(Kernel Inception Distance|InceptionScore)` will save all extracted "
-        r"features in buffer",
-        category=UserWarning,
-        module=r"torchmetrics\.utilities\.prints",
-    )
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) the model described by `cfg`; return the final metrics.
 
@@ -302,11 +223,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     the same run dir: genlab.rundir), TrainingInterrupted after SIGTERM/SIGINT (a checkpoint
     has been written), TrainingDiverged on a non-finite loss or validation/test metric.
     """
-    from genlab.rundir import check_run_dir, holding, is_rank_zero
+    from genlab.rundir import check_run_dir, holding, is_rank_zero, resumes_in_place
 
     validate(cfg)
     if is_rank_zero():  # train.py's RunDirGuard checked already; the library's run(cfg) not
-        new_run = cfg.get("ckpt_path") in (None, "") and cfg.get("sweep_job") is None
+        in_place = resumes_in_place(cfg.get("ckpt_path"), cfg.paths.output_dir)
+        new_run = not in_place and cfg.get("sweep_job") is None
         check_run_dir(cfg.paths.output_dir, new_run)
     with holding(cfg.paths.output_dir):  # already held when train.py's RunDirGuard took it
         if cfg.get("evaluate"):  # a checkpoint's metrics, no training: genlab.evaluate
@@ -319,6 +241,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _run(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
+    from genlab.console import quiet_known_warnings, tidy_lightning_logging
+
     tidy_lightning_logging()
     quiet_known_warnings()
 
@@ -329,7 +253,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path, resume = resume_point(cfg, output_dir)
     # A resume in place keeps the values of metrics.json that it does not measure again.
-    earlier = recorded_metrics(output_dir) if cfg.get("ckpt_path") not in (None, "") else {}
+    earlier = recorded_metrics(output_dir) if resume.get("resumed") else {}
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -365,9 +289,10 @@ def resume_point(cfg: DictConfig, output_dir: Path) -> tuple[str | None, dict[st
     """The checkpoint of cfg.ckpt_path to resume from (checked against the run's config before
     anything is restored: genlab.checkpoints.check_compatible, which refuses changed settings
     unless resume_changes=allow) and what the loggers continue (build_loggers' keywords: the W&B
-    run id it holds, its path and step), or (None, {}) for a fresh start."""
+    run id it holds; for a resume in place, its path and step, where the CSV curve goes on)."""
     from genlab.callbacks import wandb_run_id_in
     from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
+    from genlab.rundir import resumes_in_place
 
     path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if not path:
@@ -375,7 +300,10 @@ def resume_point(cfg: DictConfig, output_dir: Path) -> tuple[str | None, dict[st
     checkpoint = load_checkpoint(path)
     allow = cfg.get("resume_changes", "refuse") == "allow"
     check_compatible(checkpoint, run_config(cfg), path, allow_changes=allow)
-    resumed = (path, int(checkpoint.get("global_step", 0)))
+    # The W&B run continues wherever the training does; the CSV curve (and metrics.json) only
+    # in its own dir.
+    in_place = resumes_in_place(path, output_dir)
+    resumed = (path, int(checkpoint.get("global_step", 0))) if in_place else None
     return path, {"wandb_resume_id": wandb_run_id_in(checkpoint), "resumed": resumed}
 
 
