@@ -201,6 +201,11 @@ def test_running_a_finished_sweep_again_keeps_every_jobs_results(data_root, tmp_
     assert _jobs_csv(sweep_dir) == table
     for job in jobs:
         assert json.loads((job / "status.json").read_text())["status"] == "completed"
+    # Another sweep (other values) into the same dir would mix its jobs with these: refused.
+    before = snapshot(sweep_dir)
+    other = train(data_root, "-m", "model.beta=3,4", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert_refused(other, f"hydra.sweep.dir={sweep_dir}", "another sweep")
+    assert snapshot(sweep_dir) == before
 
 
 # -- A new run into a dir that holds results is refused ----------------------------------------

@@ -74,6 +74,14 @@ def describe_sweep(config: DictConfig) -> dict[str, Any]:
     }
 
 
+def _grid(info: dict[str, Any]) -> tuple:
+    """What makes a sweep the same sweep: its overrides and search space (the launcher may
+    change between an interrupted run and its resumption, e.g. from local to Slurm)."""
+    launcher = ("hydra/launcher", "hydra.launcher")
+    overrides = [o for o in info.get("overrides") or [] if not o.lstrip("+~").startswith(launcher)]
+    return sorted(overrides), info.get("sweeper_params")
+
+
 class SweepCallback(Callback):
     """Writes sweep.json when a multirun starts and the report when it ends.
 
@@ -104,6 +112,13 @@ class SweepCallback(Callback):
             fail(str(err))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         earlier = read_sweep_file(sweep_dir)
+        if earlier and _grid(earlier) != _grid(info):
+            fail(
+                f"hydra.sweep.dir={sweep_dir} holds another sweep ({earlier.get('command')!r}): "
+                "running this one there would mix their jobs and replace its records, so nothing "
+                "was written. Give this sweep a dir of its own (hydra.sweep.dir=<a new dir>, or "
+                "none for a new dated one); the same command again resumes the sweep there."
+            )
         if earlier and earlier.get("name") == info["name"] and earlier.get("group"):
             # The same sweep run again in its folder (its jobs resume): same W&B group.
             info["group"], info["started"] = earlier["group"], earlier.get("started", "")
