@@ -113,7 +113,7 @@ def test_real_warnings_still_show(cli_run):
 
 
 def test_lightning_step_count_note_is_dropped():
-    from genlab.train import _NO_TIPS
+    from genlab.console import _NO_TIPS
 
     def record(msg):
         return logging.LogRecord("lightning", logging.INFO, __file__, 1, msg, None, None)
