@@ -90,11 +90,13 @@ def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
 def record_final(loggers: list, cfg: DictConfig, metrics: dict[str, float], step: int) -> None:
     """The HParams records of this run in each TensorBoard logger's event file (rank zero)."""
     from lightning.pytorch.loggers import TensorBoardLogger
-    from torch.utils.tensorboard.summary import hparams
 
     boards = [lg for lg in loggers if isinstance(lg, TensorBoardLogger)]
     if not boards or not metrics:
         return
+    # Imported only with a TensorBoard logger: it needs the [tensorboard] extra's package.
+    from torch.utils.tensorboard.summary import hparams
+
     params = run_hparams(cfg)
     experiment, session_start, session_end = hparams(params, metrics)
     for board in boards:
