@@ -1,0 +1,28 @@
+"""Links in a run dir that lead out of it (issue 24): nothing is read through them."""
+
+from __future__ import annotations
+
+import shutil
+
+import test_hostile_files as hostile
+
+# the tiny trained run of tests/test_hostile_files.py, a fresh copy per test
+base, prior, scene, _load = hostile.base, hostile.prior, hostile.scene, hostile._load
+
+
+def test_a_checkpoints_folder_linking_out_of_the_run_is_refused(scene, tmp_path):
+    """`checkpoints -> /elsewhere/checkpoints`: the checkpoint there is not loaded."""
+    elsewhere = tmp_path / "elsewhere" / "checkpoints"
+    shutil.move(scene.dir / "checkpoints", elsewhere)
+    (scene.dir / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    code, output = _load(scene, None)
+    assert code == 2 and "outside" in output and str(scene.dir) in output, output
+    scene.assert_harmless(output)
+
+
+def test_a_link_that_stays_inside_the_run_still_loads(scene):
+    """`checkpoints -> kept/` inside the run is the run's own folder: it loads."""
+    shutil.move(scene.dir / "checkpoints", scene.dir / "kept")
+    (scene.dir / "checkpoints").symlink_to(scene.dir / "kept", target_is_directory=True)
+    code, output = _load(scene, None)
+    assert code == 0, output
