@@ -43,6 +43,7 @@ from typing import Any
 from genlab import GenlabError, __version__
 from genlab.atomic import remove_stale_temp_dirs
 from genlab.resources import file_sha256
+from genlab.untrusted import inside
 
 log = logging.getLogger("genlab")
 
@@ -287,6 +288,7 @@ def _check_files(folder: Path, config: dict[str, Any]) -> None:
                 f"{folder / name} is missing: an export folder holds {', '.join(sorted(wanted))} "
                 f"and {CONFIG} (python -m genlab.export <run> <folder>)."
             )
+        inside(folder / name, folder, f"files.{name}")  # no link leads out of the export
         if not isinstance(files[name], str) or file_sha256(folder / name) != files[name]:
             raise GenlabError(
                 f"{folder / name} is not the file that was exported: its sha256 differs from the "

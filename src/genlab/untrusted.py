@@ -20,6 +20,19 @@ from genlab import GenlabError
 MAX_BYTES = 4 * 2**20
 
 
+def inside(path: Path, root: Path, key: str) -> Path:
+    """`path` if, with every link followed, it stays inside `root`: the folder the user named
+    (resolved itself, as the user chose it), so no link in a run or export leads out of it."""
+    top = Path(root).resolve()
+    real = Path(path).resolve()
+    if real != top and top not in real.parents:
+        raise GenlabError(
+            f"{key}: {path} leads to {real}, outside {root}: genlab reads a run's or export's "
+            "files only from that folder itself (docs/security.md)."
+        )
+    return path
+
+
 def _text(path: Path) -> str:
     try:
         if path.is_symlink() and path.resolve().parent != path.parent.resolve():

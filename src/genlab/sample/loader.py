@@ -46,11 +46,10 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         ckpt = _best_checkpoint(folder)
-        if ckpt is not None and ckpt.resolve().parent != folder.resolve():
-            raise GenlabError(  # a file of the run names no file elsewhere (docs/security.md)
-                f"{ckpt} is a link to {ckpt.resolve()}, outside {folder}: genlab loads a run's "
-                "checkpoints only from the run itself. Pass the checkpoint's own path (run=...)."
-            )
+        if ckpt is not None:  # no link in the run (checkpoints/ included) leads out of it
+            from genlab.untrusted import inside
+
+            inside(ckpt, path, f"run={path}")
         if ckpt is not None:
             run_dir = folder.parent if folder.name == "checkpoints" else folder
             return ckpt, run_dir if (run_dir / "config.yaml").is_file() else None
