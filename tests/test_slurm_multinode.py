@@ -60,10 +60,13 @@ ARGV = ["-m", "hydra/launcher=slurm", "trainer.devices=1", "model.beta=1,2"]
 
 @pytest.fixture
 def two_partitions(monkeypatch):
-    """Slurm's tools "on PATH", and `scontrol show partition` answering PARTITIONS."""
+    """Slurm's tools "on PATH", `scontrol ping` answering UP and `scontrol show partition`
+    answering PARTITIONS."""
     import genlab.sweep.precheck as precheck_module
 
     def scontrol(cmd, **kw):
+        if cmd[:2] == ["scontrol", "ping"]:  # the controller answers
+            return subprocess.CompletedProcess(cmd, 0, "Slurmctld(primary) at node1 is UP\n", "")
         assert cmd[:3] == ["scontrol", "show", "partition"]
         return subprocess.CompletedProcess(cmd, 0, PARTITIONS, "")
 
