@@ -179,6 +179,7 @@ class RunDirGuard(Callback):
                 # of its own resumes its folder itself (genlab.sweep.job.prepare).
                 in_place = rundir.resumes_in_place(config.get("ckpt_path"), run_dir)
                 new_run = not in_place and not os.environ.get(ENV_JOB)
+                rundir.check_not_busy(run_dir)  # a live run's dir: say so, not "holds results"
                 rundir.check_run_dir(run_dir, new_run)
                 if not new_run:  # what a resume in place keeps of metrics.json: readable?
                     rundir.recorded_metrics(run_dir)

@@ -97,6 +97,26 @@ def lock(run_dir: str | os.PathLike) -> bool:
     return True
 
 
+def check_not_busy(run_dir: str | os.PathLike) -> None:
+    """GenlabError when another live run holds `run_dir`'s lock, asked without creating or
+    changing anything (so a dir that is no run's stays as it was)."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # no lock file (no run there yet), or a link: check_run_dir names it
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        raise GenlabError(busy(Path(run_dir).resolve(), holder)) from None
+    except OSError:  # a file system without locks: lock() says so
+        pass
+    finally:
+        os.close(fd)  # (closing releases the shared lock)
+
+
 def unlock(run_dir: str | os.PathLike) -> None:
     fd = _held.pop(Path(run_dir).resolve(), None)
     if fd is not None:
@@ -170,13 +190,16 @@ def check_run_dir(run_dir: str | os.PathLike, new_run: bool) -> None:
 
 def resumes_in_place(ckpt_path: str | None, run_dir: str | os.PathLike) -> bool:
     """Whether `ckpt_path` continues the run of `run_dir` itself: `last` where run_dir holds a
-    checkpoint, or a path inside run_dir. Any other ckpt_path (another run's checkpoint, `last`
-    where there is none) starts a new run there, which may not take a dir holding results."""
+    checkpoint (or a run killed before its first one: no checkpoint and no metrics.json, so it
+    starts afresh), or a path inside run_dir. Any other ckpt_path (another run's checkpoint,
+    `last` beside finished results without checkpoints) starts a new run there, which may not
+    take a dir holding results."""
     if ckpt_path in (None, ""):
         return False
     run_dir = Path(run_dir).absolute()
     if str(ckpt_path) == "last":
-        return any((run_dir / "checkpoints").glob("*.ckpt"))
+        has_checkpoint = any((run_dir / "checkpoints").glob("*.ckpt"))
+        return has_checkpoint or not (run_dir / "metrics.json").exists()
     return _leads_into(Path(str(ckpt_path)).expanduser().absolute(), run_dir.resolve())
 
 
