@@ -9,6 +9,8 @@ resolver and the loader (genlab.data.folder):
   (images at any depth below it), classes numbered in sorted name order; a folder with images
   and no such subfolder is unlabelled (every label 0, `data.num_classes` = 1);
 - images beside class folders are refused (which class would they be?);
+- an image or folder that is a symlink leading out of data.path is refused (files are data:
+  docs/security.md); links that stay inside data.path are followed;
 - the test split takes `data.test_fraction` of the images (at least one), the validation split
   `data.val_fraction` of the rest, and every split must keep at least one image.
 
@@ -58,22 +60,40 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         ) from None
 
 
-def _images_below(folder: Path, stat: bool, above: tuple = ()) -> Iterator[tuple[str, int, int]]:
+def _check_link(entry: os.DirEntry, root: Path) -> None:
+    """Refuse an image or folder of data.path that is a symlink leading out of data.path."""
+    if not entry.is_symlink():
+        return
+    base, target = Path(os.path.realpath(root)), Path(os.path.realpath(entry.path))
+    if target != base and base not in target.parents:
+        raise GenlabError(
+            f"data.path={root}: {entry.path} is a symlink to {target}, outside data.path, and "
+            "genlab reads nothing outside the folder it is given. Copy the "
+            f"{'folder' if entry.is_dir() else 'file'} into data.path instead of linking it "
+            "(links that stay inside data.path are fine)."
+        )
+
+
+def _images_below(
+    folder: Path, stat: bool, root: Path, above: tuple = ()
+) -> Iterator[tuple[str, int, int]]:
     """(path relative to `folder`, size, mtime_ns) of every image at any depth, sorted.
-    `above`: the (device, inode) of the folders above, so that a symlink loop is named."""
+    `root`: data.path, which no followed link may leave. `above`: the (device, inode) of the
+    folders above, so that a symlink loop is named."""
     here = _identity(folder)
     for entry in _entries(folder):
         if entry.is_dir():
+            _check_link(entry, root)
             below = Path(entry.path)
             if _identity(below) in (*above, here):
                 raise GenlabError(
                     f"data.path: {below} is a symlink loop (it leads back to "
-                    f"{Path(os.path.realpath(below))}, a folder above it): remove the link, or "
-                    "link to a folder outside data.path."
+                    f"{Path(os.path.realpath(below))}, a folder above it): remove the link."
                 )
-            for rel, size, mtime in _images_below(below, stat, (*above, here)):
+            for rel, size, mtime in _images_below(below, stat, root, (*above, here)):
                 yield f"{entry.name}/{rel}", size, mtime
         elif is_image(entry.name) and entry.is_file():
+            _check_link(entry, root)
             info = entry.stat() if stat else None
             yield entry.name, (info.st_size if info else 0), (info.st_mtime_ns if info else 0)
 
@@ -89,8 +109,8 @@ def _identity(folder: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _has_image(folder: Path) -> bool:
-    return next(_images_below(folder, stat=False), None) is not None
+def _has_image(folder: Path, root: Path) -> bool:
+    return next(_images_below(folder, False, root), None) is not None
 
 
 def _checked_root(path: Any) -> Path:
@@ -117,7 +137,13 @@ def class_folders(path: Any) -> list[str]:
     """The class folder names of `path` (sorted), [] for an unlabelled folder; cheap: it stops
     at the first image of each subfolder."""
     root = _checked_root(path)
-    return [e.name for e in _entries(root) if e.is_dir() and _has_image(Path(e.path))]
+    found = []
+    for entry in _entries(root):
+        if entry.is_dir():
+            _check_link(entry, root)
+            if _has_image(Path(entry.path), root):
+                found.append(entry.name)
+    return found
 
 
 def count_classes(path: Any) -> int:
@@ -145,11 +171,11 @@ def list_folder(path: Any, stat: bool = True) -> FolderListing:
         )
     files, labels = [], []
     for label, name in enumerate(classes):
-        for rel, size, mtime in _images_below(root / name, stat):
+        for rel, size, mtime in _images_below(root / name, stat, root):
             files.append((f"{name}/{rel}", size, mtime))
             labels.append(label)
     if not classes:
-        files = list(_images_below(root, stat))
+        files = list(_images_below(root, stat, root))
         labels = [0] * len(files)
     if not files:
         others = [e.name for e in _entries(root) if e.is_file()]

@@ -12,17 +12,22 @@ stale cache is never read. Rows are stored in split order (test first, then vali
 train, a permutation seeded by split_seed), so each split is one contiguous slice of the memory
 map and nothing is copied into RAM; batches read only their rows. The .npy files are written
 through genlab.atomic and key.json last, so a killed decode leaves no entry that looks complete.
-.npy holds no pickle (np.load with allow_pickle=False).
+.npy holds no pickle (np.load with allow_pickle=False). The cache is data too (it may ship with a
+folder): key.json is read as plain JSON (anything but genlab's object is a stale entry, rebuilt),
+a symlink for `.genlab_cache`, an entry or its files is refused, locks and probes are opened
+without following links, and old entries are removed without following any.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +38,7 @@ from genlab import GenlabError
 from genlab.atomic import replace_atomically, write_text_atomic
 from genlab.image_files import FolderListing, check_split, list_folder, split_sizes
 from genlab.progress import report
+from genlab.untrusted import read_json
 
 log = logging.getLogger("genlab")
 CACHE_VERSION = 1
@@ -125,13 +131,44 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def open_plain(path: Path) -> int:
+    """A lock or probe file opened for writing (nothing is written) without following a
+    symlink: a link planted in a shared folder would make the open create or truncate its
+    target. A FIFO, a folder or any other non-file there is refused too (GenlabError)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd is not None:
+        os.close(fd)
+    raise GenlabError(
+        f"{path} is a symlink or not a plain file: genlab creates it as an empty file and never "
+        "follows a link there (it would write the file the link points to). Delete it and "
+        "run again."
+    )
+
+
+def _refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        raise GenlabError(
+            f"{path} is a symlink (to {os.path.realpath(path)}): genlab makes no links in its "
+            "image cache and follows none (it would read or write files outside the cache). "
+            "Delete it; the cache is rebuilt."
+        )
+
+
 def _writable(folder: Path) -> bool:
     """Whether genlab can create files in `folder` (tried: permission bits say nothing to root
     nor about a read-only mount)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
+        os.close(open_plain(probe))
         probe.unlink()
         return True
     except OSError:
@@ -178,11 +215,22 @@ def cache_homes(folder: Path, data_dir) -> list[Path]:
     ]
 
 
-def _valid(entry: Path, key: dict) -> bool:
+def _read_key(entry: Path) -> dict | None:
+    """key.json's record {"key": {...}, "shape": [...]}; None for anything else (missing,
+    unreadable, another shape of JSON: a stale entry)."""
     try:
-        return json.loads((entry / "key.json").read_text()).get("key") == key
-    except (OSError, ValueError):
-        return False
+        record = read_json(entry / "key.json")
+    except GenlabError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("key"), dict)
+    return record if ok else None
+
+
+def _valid(entry: Path, key: dict) -> bool:
+    for path in (entry, entry / "key.json", entry / "images.npy", entry / "labels.npy"):
+        _refuse_link(path)
+    record = _read_key(entry)
+    return record is not None and record["key"] == key
 
 
 def _write_entry(entry: Path, key: dict, rows, labels: np.ndarray, decode_row) -> None:
@@ -214,15 +262,14 @@ def _write_entry(entry: Path, key: dict, rows, labels: np.ndarray, decode_row) -
 def _drop_stale(home: Path, keep: Path, files_digest: str) -> None:
     """Remove the entries of an older state of the folder (other files); entries of the same
     files with other settings stay (a sweep over image_size uses them all)."""
-    for other in home.iterdir():
-        if other == keep or not other.is_dir():
+    with os.scandir(home) as found:
+        folders = [Path(e.path) for e in found if e.is_dir(follow_symlinks=False)]  # no links
+    for other in folders:
+        record = _read_key(other)  # none yet: an entry being written by another process
+        if other == keep or record is None or "files_digest" not in record["key"]:
             continue
-        try:
-            old = json.loads((other / "key.json").read_text())["key"]["files_digest"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # an entry being written by another process has no key.json yet
-        if old != files_digest:
-            shutil.rmtree(other, ignore_errors=True)
+        if record["key"]["files_digest"] != files_digest:
+            shutil.rmtree(other, ignore_errors=True)  # removes links inside, follows none
             (home / f".{other.name}.lock").unlink(missing_ok=True)
 
 
@@ -245,6 +292,8 @@ def cached_folder(path, data_dir, *, image_size, channels, resize, split_seed) -
     }
     name = _digest(key)
     homes = cache_homes(listing.root, data_dir)
+    for home in homes:
+        _refuse_link(home)
     entry = next((h / name for h in homes if _valid(h / name, key)), None)
     if entry is None:
         home = next((h for h in homes if _writable(h)), None)
@@ -257,11 +306,14 @@ def cached_folder(path, data_dir, *, image_size, channels, resize, split_seed) -
         if home != homes[0]:
             log.warning("data.path=%s cannot be written: caching its images in %s", path, home)
         entry = home / name
-        with open(home / f".{name}.lock", "w") as lock:
+        lock = open_plain(home / f".{name}.lock")
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # parallel jobs: one decodes, the others wait
             if not _valid(entry, key):
                 _build(entry, listing, key, path)
                 _drop_stale(home, entry, files_digest)
+        finally:
+            os.close(lock)
     images = np.load(entry / "images.npy", mmap_mode="c", allow_pickle=False)  # copy-on-write:
     labels = np.load(entry / "labels.npy", allow_pickle=False)  # writable for torch, file intact
     return {

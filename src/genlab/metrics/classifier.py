@@ -101,14 +101,18 @@ def ensure_classifier(data_dir, dataset: str, datamodule=None) -> Path:
     `dataset` is no name of conf/data/ (an image folder's id)."""
     import fcntl
     import logging
+    import os
     import time
+
+    from genlab.data.folder import open_plain
 
     path = cache_path(data_dir, dataset)
     if _current(path):
         return path
     log = logging.getLogger("genlab")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+    fd = open_plain(path.with_name(f".{path.name}.lock"))  # a planted link is not followed
+    with os.fdopen(fd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if killed
         if _current(path):  # another job trained it while this one waited
             return path
