@@ -52,3 +52,36 @@ def test_export_weights_linking_inside_the_export_load(prior_export, tmp_path):
     shutil.move(folder / WEIGHTS, folder / "kept" / WEIGHTS)
     (folder / WEIGHTS).symlink_to(folder / "kept" / WEIGHTS)
     assert genlab.load(folder) is not None
+
+
+@pytest.mark.parametrize(
+    "entry", [hostile._evaluate, hostile._resume], ids=["evaluate=", "ckpt_path="]
+)
+def test_evaluate_and_resume_refuse_a_checkpoint_linking_out_of_the_run(
+    scene, data_root, tmp_path, entry
+):
+    """`checkpoints/<best>.ckpt -> /elsewhere`: evaluate= and ckpt_path=<run> load nothing
+    through it (sample.py and genlab.load refuse it too, above)."""
+    for ckpt in (scene.dir / "checkpoints").glob("*.ckpt"):
+        elsewhere = tmp_path / "elsewhere" / ckpt.name
+        elsewhere.parent.mkdir(exist_ok=True)
+        shutil.move(ckpt, elsewhere)
+        ckpt.symlink_to(elsewhere)
+    code, output = entry(scene, data_root)
+    assert code == 2 and "outside" in output and str(scene.dir) in output, output
+    scene.assert_harmless(output)
+
+
+def test_export_reads_no_hydra_record_through_a_link_out_of_the_run(scene, tmp_path):
+    """`.hydra -> /elsewhere/hydra`, whose overrides.yaml names another run: the export does not
+    publish what it says."""
+    from genlab.export import export_run
+
+    elsewhere = tmp_path / "elsewhere" / "hydra"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "overrides.yaml").write_text("- name=from-outside-the-run\n")
+    shutil.rmtree(scene.dir / ".hydra", ignore_errors=True)  # (the tiny run was composed)
+    (scene.dir / ".hydra").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(GenlabError, match="outside"):
+        export_run(scene.dir, tmp_path / "export")
+    assert not (tmp_path / "export").exists()

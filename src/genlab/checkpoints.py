@@ -87,15 +87,17 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     never saved starts fresh); a run dir -> its newest checkpoint; a file -> itself."""
     if ckpt_path in (None, ""):
         return None
+    from genlab.untrusted import inside  # no checkpoint behind a link out of its run
+
     if ckpt_path == "last":
         found = newest_checkpoint(output_dir / "checkpoints")
-        return str(found) if found else None
+        return str(inside(found, output_dir, "ckpt_path=last")) if found else None
     path = Path(ckpt_path)
     if path.is_dir():
         found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
         if found is None:
             raise GenlabError(f"ckpt_path={ckpt_path}: no *.ckpt in {path} or {path}/checkpoints.")
-        return str(found)
+        return str(inside(found, path, f"ckpt_path={ckpt_path}"))
     if not path.is_file():
         raise GenlabError(
             f"ckpt_path={ckpt_path} does not exist. Give a .ckpt file, a run dir, or `last` "
@@ -243,7 +245,7 @@ def trained_config(checkpoint: dict[str, Any], path) -> tuple[dict[str, Any], bo
     from genlab.untrusted import read_yaml, refuse_interpolations  # data only (security.md)
 
     record = Path(path).parent.parent / "config.yaml"
-    config = read_yaml(record) if record.is_file() else {}
+    config = read_yaml(record, root=record.parent) if record.is_file() else {}
     config = config if isinstance(config, dict) else {}
     refuse_interpolations(config, record)
     config["model"] = dict(checkpoint.get("hyper_parameters") or {})

@@ -26,11 +26,12 @@ def checkpoint_to_evaluate(value: str) -> str:
     """A .ckpt file as it is; a run dir -> its best checkpoint (what its test stage used:
     checkpoints/epoch=*.ckpt, the newest of them), else its newest."""
     from genlab.checkpoints import newest_checkpoint
+    from genlab.untrusted import inside  # no checkpoint behind a link out of the run
 
     folder = Path(value) / "checkpoints"
     best = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
     if Path(value).is_dir() and best:
-        return str(best[-1])
+        return str(inside(best[-1], Path(value), f"evaluate={value}"))
     if Path(value).is_file():
         return value
     found = newest_checkpoint(Path(value) / "checkpoints") or newest_checkpoint(Path(value))
@@ -40,7 +41,7 @@ def checkpoint_to_evaluate(value: str) -> str:
             f"evaluate={value}: {value} {where}. Give a .ckpt file, or a run dir whose "
             "checkpoints/ holds one (a run that trained at least one epoch)."
         )
-    return str(found)
+    return str(inside(found, Path(value), f"evaluate={value}"))
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:

@@ -86,10 +86,11 @@ def _run_records(run_dir: Path | None) -> tuple[list[str] | None, dict[str, floa
     overrides = None
     recorded = run_dir / ".hydra" / "overrides.yaml"
     if recorded.is_file():
-        overrides = read_yaml(recorded)
+        overrides = read_yaml(recorded, root=run_dir)
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
             raise GenlabError(f"{recorded} is not a list of overrides (key=value text).")
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    found = (run_dir / "metrics.json").is_file()
+    metrics = read_json(run_dir / "metrics.json", root=run_dir) if found else {}
     if not isinstance(metrics, dict):
         raise GenlabError(f"{run_dir / 'metrics.json'} is not a table of metric values.")
     for key, value in metrics.items():

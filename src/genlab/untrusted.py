@@ -23,12 +23,14 @@ MAX_BYTES = 4 * 2**20
 def inside(path: Path, root: Path, key: str) -> Path:
     """`path` if, with every link followed, it stays inside `root`: the folder the user named
     (resolved itself, as the user chose it), so no link in a run or export leads out of it."""
-    top = Path(root).resolve()
-    real = Path(path).resolve()
+    try:
+        top, real = Path(root).resolve(), Path(path).resolve()
+    except (OSError, RuntimeError) as err:  # a loop of links (RuntimeError before 3.13)
+        raise GenlabError(f"{key}: {path} cannot be followed ({err}).") from None
     if real != top and top not in real.parents:
         raise GenlabError(
-            f"{key}: {path} leads to {real}, outside {root}: genlab reads a run's or export's "
-            "files only from that folder itself (docs/security.md)."
+            f"{key}: {path} leads to {real}, outside its folder {root}: genlab reads a run's or "
+            "export's files only from that folder itself (docs/security.md)."
         )
     return path
 
@@ -79,11 +81,14 @@ def _loader():
     return PlainLoader
 
 
-def read_yaml(path: str | Path) -> Any:
-    """The plain data (dicts, lists, str, int, float, bool, None) of a YAML file."""
+def read_yaml(path: str | Path, root: str | Path | None = None) -> Any:
+    """The plain data (dicts, lists, str, int, float, bool, None) of a YAML file; with `root`
+    (the run dir or export the user named), refused unless it lies inside root (`inside`)."""
     import yaml
 
     path = Path(path)
+    if root is not None:
+        inside(path, Path(root), str(path))
     text = _text(path)
     try:
         data = yaml.load(text, Loader=_loader())  # noqa: S506 - the loader is a SafeLoader
@@ -98,9 +103,11 @@ def read_yaml(path: str | Path) -> Any:
     return data
 
 
-def read_json(path: str | Path) -> Any:
-    """The plain data of a JSON file."""
+def read_json(path: str | Path, root: str | Path | None = None) -> Any:
+    """The plain data of a JSON file (`root`: as for read_yaml)."""
     path = Path(path)
+    if root is not None:
+        inside(path, Path(root), str(path))
     try:
         data = json.loads(_text(path))
     except json.JSONDecodeError as err:

@@ -142,7 +142,7 @@ def _read_run_config(path: Path) -> DictConfig:
         )
 
     try:
-        data = read_yaml(path)
+        data = read_yaml(path, root=path.parent)
         refuse_interpolations(data, path)
     except GenlabError as err:
         raise broken(str(err).removeprefix(f"{path}: ")) from None
