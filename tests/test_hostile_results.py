@@ -577,3 +577,23 @@ def test_a_resume_removes_the_partial_files_of_a_killed_write(data_root, run_cop
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not any(path.exists() for path in stale)
     assert metrics(run_copy) == before
+
+
+def test_wandbs_own_core_log_link_does_not_block_a_resume(tmp_path):
+    """wandb links wandb/<run>/logs/debug-core.log to its service's log in the user's cache: a
+    requeued job's dir holds it (a two-node Slurm job was refused for it). A link of that name
+    to anything else still is."""
+    from genlab.rundir import check_run_dir
+
+    run = tmp_path / "run"
+    logs = run / "wandb" / "offline-run-1" / "logs"
+    logs.mkdir(parents=True)
+    cache = tmp_path / "home" / ".cache" / "wandb" / "logs"
+    cache.mkdir(parents=True)
+    (cache / "core-debug-20261206_1.log").write_text("")
+    (logs / "debug-core.log").symlink_to(cache / "core-debug-20261206_1.log")
+    check_run_dir(run, new_run=False)
+    (logs / "debug-core.log").unlink()
+    (logs / "debug-core.log").symlink_to(tmp_path / "victim.txt")
+    with pytest.raises(GenlabError, match="leads out of"):
+        check_run_dir(run, new_run=False)

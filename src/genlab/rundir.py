@@ -172,7 +172,7 @@ def check_run_dir(run_dir: str | os.PathLike, new_run: bool) -> None:
     for folder, dirs, files in os.walk(run_dir):  # does not descend into linked folders
         for name in dirs + files:
             path = Path(folder) / name
-            if path.is_symlink() and not _leads_into(path, root):
+            if path.is_symlink() and not _leads_into(path, root) and not _wandb_core_log(path):
                 raise GenlabError(foreign_link(run_dir, path, "a link that leads out of"))
             info = os.lstat(path) if name in IN_PLACE else None
             if info is not None and (not stat.S_ISREG(info.st_mode) or info.st_nlink > 1):
@@ -201,6 +201,15 @@ def resumes_in_place(ckpt_path: str | None, run_dir: str | os.PathLike) -> bool:
         has_checkpoint = any((run_dir / "checkpoints").glob("*.ckpt"))
         return has_checkpoint or not (run_dir / "metrics.json").exists()
     return _leads_into(Path(str(ckpt_path)).expanduser().absolute(), run_dir.resolve())
+
+
+def _wandb_core_log(link: Path) -> bool:
+    """wandb's own link from a run's `wandb/<run>/logs/debug-core.log` to its service's log in
+    the user's cache (`~/.cache/wandb/logs/core-debug-*.log`): written by wandb, not planted."""
+    if link.name != "debug-core.log" or link.parent.name != "logs" or "wandb" not in link.parts:
+        return False
+    target = Path(os.readlink(link))
+    return target.parent.name == "logs" and target.name.startswith("core-debug-")
 
 
 def _leads_into(link: Path, root: Path) -> bool:
