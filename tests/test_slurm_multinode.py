@@ -268,10 +268,14 @@ def test_two_node_ddp_sweep_with_one_node_preempted(cluster, data_root, tmp_path
     interrupted_at = int(log.split("Interrupted by SIGTERM at step ")[1].split(";")[0])
     assert 0 < interrupted_at < long_epochs * STEPS_PER_EPOCH
     assert "resumes from its newest checkpoint" in log
-    with open(resumed / "csv" / "version_1" / "metrics.csv") as f:
+    # The second attempt goes on in csv/version_0 (genlab.dashboards.CSVLogger): one curve,
+    # from before the interruption to the end, in step order.
+    assert [p.name for p in (resumed / "csv").iterdir()] == ["version_0"]
+    with open(resumed / "csv" / "version_0" / "metrics.csv") as f:
         rows = [row for row in csv.DictReader(f) if not row.get("test/kl")]  # training's
     steps = [int(row["step"]) for row in rows]
-    assert min(steps) >= interrupted_at and max(steps) == long_epochs * STEPS_PER_EPOCH - 1
+    assert steps == sorted(steps) and min(steps) < interrupted_at
+    assert max(steps) == long_epochs * STEPS_PER_EPOCH - 1
     final = torch.load(
         resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
