@@ -75,11 +75,12 @@ def describe_sweep(config: DictConfig) -> dict[str, Any]:
 
 
 def _grid(info: dict[str, Any]) -> tuple:
-    """What makes a sweep the same sweep: its overrides and search space (the launcher may
-    change between an interrupted run and its resumption, e.g. from local to Slurm)."""
-    launcher = ("hydra/launcher", "hydra.launcher")
-    overrides = [o for o in info.get("overrides") or [] if not o.lstrip("+~").startswith(launcher)]
-    return sorted(overrides), info.get("sweeper_params")
+    """What makes a sweep the same sweep: its swept keys with their values and its search
+    space. Other overrides may change between an interrupted run and its resumption (the
+    launcher, a callback, resume_changes=allow)."""
+    keys = set(info.get("keys") or [])
+    swept = [o for o in info.get("overrides") or [] if o.lstrip("+~").split("=", 1)[0] in keys]
+    return sorted(swept), info.get("sweeper_params")
 
 
 class SweepCallback(Callback):
