@@ -106,6 +106,23 @@ def raising_errors():
         _raise_instead_of_exit = before
 
 
+@contextlib.contextmanager
+def one_line_on_stop(message: str):
+    """SIGTERM raised as Ctrl-C inside (so what is being written is cleaned up the same way);
+    either ends the command with `message` (its {by} the signal) and exit code 130 / 143."""
+    import signal
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        by, code = ("SIGTERM", 143) if stop.args == ("SIGTERM",) else ("Ctrl-C", 130)
+        fail(message.replace("{by}", by), code=code)  # (a path may hold braces)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> None:
     if _raise_instead_of_exit:
         raise _Refused(message)

@@ -22,14 +22,13 @@ did not complete, 2 when the sweep is refused before it starts.
 from __future__ import annotations
 
 import re
-import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from genlab import GenlabError, __version__
-from genlab.cli import fail, precheck, start, task_wrapper
+from genlab.cli import fail, one_line_on_stop, precheck, start, task_wrapper
 from genlab.composition import CONF_DIR, HYDRA_VERSION_BASE, register_resolvers
 
 register_resolvers()  # before Hydra composes: conf/train.yaml interpolates ${genlab_pid:} ...
@@ -55,17 +54,12 @@ def sample_main(cfg: DictConfig) -> None:
     by Ctrl-C/SIGTERM (one line; a file being written is removed, those written before stay)."""
     from genlab.sample import run
 
-    def terminated(signum, frame):  # SIGTERM as Ctrl-C: the file being written is removed
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, terminated)
+    stopped = "sampling stopped by {by}; the file it was writing was removed."
     try:
-        written = run(cfg)
+        with one_line_on_stop(stopped):
+            written = run(cfg)
     except GenlabError as err:
         fail(str(err))
-    except KeyboardInterrupt as stop:
-        by, code = ("SIGTERM", 143) if stop.args == ("SIGTERM",) else ("Ctrl-C", 130)
-        fail(f"sampling stopped by {by}; the file it was writing was removed.", code=code)
     for path in written:
         print(f"wrote {path}")
 

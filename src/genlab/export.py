@@ -36,7 +36,6 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -400,19 +399,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m genlab.export") -
     parser.add_argument("out_dir", help="the folder to write: new, or empty")
     parser.add_argument("--version", action="version", version=f"genlab {__version__}")
     args = parser.parse_args(argv)
-    from genlab.cli import fail
+    from genlab.cli import fail, one_line_on_stop
 
-    def terminated(signum, frame):  # SIGTERM: remove the temporary folder, as for Ctrl-C
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, terminated)
+    stopped = f"Export stopped by {{by}}; nothing was written to {args.out_dir}."
     try:
-        out = export_run(args.run, args.out_dir)
+        with one_line_on_stop(stopped):  # the temporary folder goes, as for Ctrl-C
+            out = export_run(args.run, args.out_dir)
     except GenlabError as err:
         fail(str(err))
-    except KeyboardInterrupt as stop:
-        by, code = ("SIGTERM", 143) if stop.args == ("SIGTERM",) else ("Ctrl-C", 130)
-        fail(f"Export stopped by {by}; nothing was written to {args.out_dir}.", code=code)
     print(out)
 
 
