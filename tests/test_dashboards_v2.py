@@ -227,7 +227,7 @@ SMALL_RUN += ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
 @pytest.fixture
 def cvae_labels(monkeypatch):
     """Every label tensor a CVAE draws samples or decodes images with, in call order."""
-    from genlab.models.cvae import CVAE
+    from genlab.models.cvae.model import CVAE
 
     seen: list = []
     real_sample, real_decode = CVAE.sample, CVAE.decode_images

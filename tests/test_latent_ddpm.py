@@ -17,7 +17,7 @@ from PIL import Image
 import genlab
 from genlab import GenlabError
 from genlab.models import LatentDDPM
-from genlab.models.latent_ddpm import AutoencoderUnavailable
+from genlab.models.latent_ddpm.model import AutoencoderUnavailable
 from genlab.sample import load_run
 from genlab.sample import run as sample
 from genlab.train import build_datamodule, run

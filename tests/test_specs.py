@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from genlab import GenlabError
 from genlab.models import MODEL_CLASSES, VAE
-from genlab.specs import MODEL_SPECS, UNET_DDPM_CIFAR10, build_spec
+from genlab.models.catalog import MODEL_SPECS
+from genlab.specs import UNET_DDPM_CIFAR10, build_spec
 
 # Keys conf/model/ and conf/_model_latent_.yaml take from other groups instead of the spec.
 WIRED = {"image_shape", "num_classes", "arch", "likelihood", "iwae_k_test", "test_bpd_images"}

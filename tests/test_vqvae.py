@@ -12,7 +12,7 @@ from PIL import Image
 
 from genlab import GenlabError
 from genlab.models import VQVAE
-from genlab.models.vqvae import VectorQuantizer
+from genlab.models.vqvae.model import VectorQuantizer
 from genlab.sample import load_run
 from genlab.sample import run as sample
 from genlab.train import run
@@ -216,12 +216,12 @@ def test_the_memory_check_counts_no_more_than_a_real_vqvae_holds(fields):
     memory: 16 bytes per parameter plus 4 per float buffer element (the EMA codebook)."""
     from dataclasses import asdict
 
-    from genlab.resources import TRAIN_BYTES_PER_PARAMETER, model_parameters
-    from genlab.specs import VQVAESpec
+    from genlab.models.vqvae.spec import VQVAESpec
+    from genlab.resources import TRAIN_BYTES_PER_PARAMETER
 
     spec = VQVAESpec(**fields, image_shape=[1, 28, 28])
     model = VQVAE(spec)
-    count, key = model_parameters({**asdict(spec), "name": "vqvae"}, [1, 28, 28])
+    count, key = VQVAESpec.parameters_lower_bound(asdict(spec), [1, 28, 28])
     real = TRAIN_BYTES_PER_PARAMETER * sum(p.numel() for p in model.parameters())
     real += 4 * sum(b.numel() for b in model.buffers() if b.is_floating_point())
     assert 0.5 * real <= count * TRAIN_BYTES_PER_PARAMETER <= real  # a bound, and not a loose one

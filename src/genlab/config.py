@@ -21,13 +21,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from genlab import GenlabError
 from genlab.composition import retired_key_message
 from genlab.image_files import check_config as check_image_folder
+from genlab.models.catalog import MODEL_SPECS, unknown_model
 from genlab.registry import check_model_target
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
 from genlab.rundir import check_run_name
 from genlab.secrets import check_wandb_online
 from genlab.specs import (
-    MODEL_SPECS,
     NESTED,
+    ints,
     is_int,
     is_int_list,
     is_number,
@@ -37,7 +38,6 @@ from genlab.specs import (
 )
 
 PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "64-true")
-MODELS = tuple(MODEL_SPECS)
 
 
 def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None:
@@ -46,8 +46,9 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     be here; starting: the config is about to run, so its ckpt_path must hold a checkpoint (not
     so for a finished run's config.yaml, read by sample.py)."""
     name = _get(cfg, "model.name", None)
-    if name not in MODELS:
-        _fail("model.name", name, f"one of {', '.join(MODELS)} (chosen with model=NAME)")
+    if not isinstance(name, str) or name not in MODEL_SPECS:
+        raise GenlabError(f"Invalid config: model.name: {unknown_model(name)}")
+    spec = MODEL_SPECS[name]
 
     _check(
         cfg,
@@ -73,7 +74,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     )
     # Each model key against its rule in the model's spec (genlab.specs): types and ranges.
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    unknown = unknown_keys(MODEL_SPECS[name], model) or [
+    unknown = unknown_keys(spec, model) or [
         f"{key}.{sub}"
         for key, spec in NESTED.items()
         if isinstance(model.get(key), dict)
@@ -84,21 +85,14 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     if unknown:  # added with +model.<key>=...: the model would refuse it once data is loaded
         raise GenlabError(
             f"Invalid config: model.{unknown[0]} is not a key of model={name} "
-            f"(genlab.specs.{MODEL_SPECS[name].__name__}). Its keys: "
-            f"{', '.join(user_keys(MODEL_SPECS[name]))}. Drop +model.{unknown[0]}=."
+            f"({spec.__module__}.{spec.__name__}). Its keys: "
+            f"{', '.join(user_keys(spec))}. Drop +model.{unknown[0]}=."
         )
     check_model_target(model)
     check_optimizer(model.get("optimizer") or {})
     check_scheduler(cfg)
-    for key, value, rule in violations(MODEL_SPECS[name], model, "model"):
+    for key, value, rule in violations(spec, model, "model"):
         _fail(key, value, rule.accepted, rule.fix)
-    if model.get("iwae_k_train", 1) > 1 and (model["beta"] != 1 or model["reduction"] != "sum"):
-        raise GenlabError(
-            f"Invalid config: model.iwae_k_train={model['iwae_k_train']} trains on the IWAE "
-            "bound, which has no KL term to weight or per-pixel mean: it needs model.beta=1 "
-            f"and model.reduction=sum (got beta={model['beta']}, reduction={model['reduction']})."
-            " Set both, or model.iwae_k_train=1 for the (beta-)ELBO."
-        )
 
     if _get(cfg, "model.optimizer.fused", None) is True:
         require_fused_optimizer(str(_get(cfg, "model.optimizer._target_", "")))
@@ -126,15 +120,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
             "from the data config: drop the model.image_shape override."
         )
 
-    if name in ("ddpm", "latent_ddpm"):
-        _validate_ddpm(cfg, pixels=name == "ddpm")
-    if name == "cvae" and model.get("guidance_scale") and not model.get("label_dropout"):
-        raise GenlabError(
-            f"Invalid config: model.guidance_scale={model['guidance_scale']} compares the CVAE's "
-            "decoder with and without the label, but with model.label_dropout=0 it never learns "
-            "without one: keep model.label_dropout=0.1 (the default), or set "
-            "model.guidance_scale=0 for plain samples."
-        )
+    spec.check(cfg, model)  # the model's own rules across its keys (its spec's `check`)
 
     _check(
         cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"
@@ -249,47 +235,6 @@ def _validate_speed(cfg: DictConfig) -> None:
             )
 
 
-def _validate_ddpm(cfg: DictConfig, pixels: bool = True) -> None:
-    timesteps = cfg.model.timesteps
-    if _get(cfg, "model.schedule", None) == "linear" and timesteps <= 20:
-        raise GenlabError(
-            f"Invalid config: model.timesteps={timesteps} with model.schedule=linear. The linear "
-            "schedule scales its betas by 1000/T, so T <= 20 gives beta_T >= 1. Use "
-            "model.timesteps > 20, or model.schedule=cosine."
-        )
-    _check(
-        cfg,
-        "model.sample_steps",
-        lambda v: v is None or (is_int(v) and 1 <= v <= timesteps),
-        f"an integer between 1 and model.timesteps={timesteps}",
-        f"Use {timesteps} for ancestral sampling or fewer (e.g. 50) for DDIM.",
-    )
-    if _get(cfg, "model.guidance_scale", 0) and not _get(cfg, "model.conditional", False):
-        raise GenlabError(
-            f"Invalid config: model.guidance_scale={cfg.model.guidance_scale} needs a "
-            "class-conditional model: add model.conditional=true, or set model.guidance_scale=0."
-        )
-    if not pixels:  # a latent DDPM's U-Net fits its latent grid: checked once that is known
-        return
-    mults = _get(cfg, "model.unet.channel_mults", [1])
-    _, height, width = cfg.data.image_shape
-    factor = 2 ** (len(mults) - 1)
-    if height != width or height % factor:
-        raise GenlabError(
-            f"Invalid config: the U-Net with model.unet.channel_mults={list(mults)} halves the "
-            f"image {len(mults) - 1} times, so the image size must be square and divisible by "
-            f"{factor}, but {cfg.data.name} images are {height}x{width}. Use fewer levels "
-            f"(e.g. model.unet.channel_mults=[1,2,2] for 28x28)."
-        )
-    sizes = [height // 2**i for i in range(len(mults))]
-    _check(
-        cfg,
-        "model.unet.attn_resolutions",
-        lambda v: isinstance(v, list | ListConfig) and all(r in sizes for r in v),
-        f"a list drawn from the U-Net's feature-map sizes {sizes}",
-    )
-
-
 # Keys torch.optim.Adam / AdamW take: the default optimizer needs no torch import to check.
 ADAM_KEYS = {"lr", "betas", "eps", "weight_decay", "amsgrad", "fused", "foreach", "maximize"}
 
@@ -373,9 +318,10 @@ def _validate_ckpt_path(ckpt: Any) -> None:
 
 def _validate_size(cfg: DictConfig, model: dict) -> None:
     """Refuse a model that cannot fit in this machine's memory, before it is allocated."""
-    from genlab.resources import TRAIN_BYTES_PER_PARAMETER, model_parameters, refuse_if_too_big
+    from genlab.resources import TRAIN_BYTES_PER_PARAMETER, refuse_if_too_big
 
-    count, key = model_parameters(model, _get(cfg, "data.image_shape", None))
+    shape = ints(_get(cfg, "data.image_shape", None))
+    count, key = MODEL_SPECS[model["name"]].parameters_lower_bound(model, shape)
     refuse_if_too_big(
         count * TRAIN_BYTES_PER_PARAMETER,
         f"a {model.get('name')} of at least {count:,} parameters (weights, gradients and Adam's "

@@ -126,7 +126,7 @@ def export_run(run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     ema = getattr(model.spec, "ema_decay", None)
     data = data_info(loaded.cfg.data if loaded.cfg is not None else None, model)
     hparams, autoencoder = model.spec.hparams(), None
-    if model.kind == "latent_ddpm":  # its autoencoder travels with it: no path is recorded
+    if model.spec_class.has_autoencoder:  # it travels with the model: no path is recorded
         ae = model.autoencoder
         weights[AE_WEIGHTS] = _tensors(ae.state_dict(), model.spec.autoencoder)
         hparams["autoencoder"] = AE_WEIGHTS
@@ -299,17 +299,18 @@ def _check_files(folder: Path, config: dict[str, Any]) -> None:
 def _build(kind_key: str, hparams: Any, config_path: Path, kinds=None):
     """The model `hparams` (an export's config.json section) describes, weights not loaded:
     its type from genlab's registry, every key checked against its spec."""
-    from genlab.models import MODEL_CLASSES
+    from genlab.models import model_class
+    from genlab.models.catalog import MODEL_SPECS, REGISTER_HINT
     from genlab.specs import build_spec, user_keys
 
     name = hparams.get("name") if isinstance(hparams, dict) else None
-    known = kinds or tuple(MODEL_CLASSES)
+    known = kinds or tuple(MODEL_SPECS)
     if name not in known:
         raise GenlabError(
             f"{config_path} describes a {kind_key} of type {name!r}; this genlab reads "
-            f"{', '.join(known)} there."
+            f"{', '.join(known)} there." + (f" {REGISTER_HINT}" if name not in MODEL_SPECS else "")
         )
-    cls = MODEL_CLASSES[name]
+    cls = model_class(name)
     extra = sorted(set(hparams) - set(user_keys(cls.spec_class)))
     if extra:  # `_target_` among them: an export names no class
         raise GenlabError(
@@ -337,7 +338,7 @@ def _fill(model, weights_path: Path, config_path: Path):
 def load_export(path: str | os.PathLike, device="cpu"):
     """The Pipeline of an export folder (or of one of its files), in eval mode on `device`."""
     from genlab.api import DataInfo, Pipeline
-    from genlab.models.latent_ddpm import AUTOENCODERS
+    from genlab.models.catalog import autoencoders
     from genlab.sample.options import pick_device
 
     path = Path(path).expanduser()
@@ -351,7 +352,7 @@ def load_export(path: str | os.PathLike, device="cpu"):
     config = _read_config(config_path)
     _check_files(folder, config)
     cls, spec = _build("model", config["model"], config_path)
-    has_ae = cls.kind == "latent_ddpm"
+    has_ae = cls.spec_class.has_autoencoder
     if has_ae != (config["autoencoder"] is not None):
         raise GenlabError(
             f"{config_path}: autoencoder is {'missing' if has_ae else 'there'} for a {cls.kind}: "
@@ -361,7 +362,7 @@ def load_export(path: str | os.PathLike, device="cpu"):
         data = DataInfo.from_dict(config["data"])
         if has_ae:  # the autoencoder from the folder, never from the path it came from
             ae_cls, ae_spec = _build(
-                "autoencoder.model", config["autoencoder"].get("model"), config_path, AUTOENCODERS
+                "autoencoder.model", config["autoencoder"].get("model"), config_path, autoencoders()
             )
             ae = _fill(ae_cls(ae_spec), folder / AE_WEIGHTS, config_path)
             model = cls.with_autoencoder(spec, ae)

@@ -214,12 +214,14 @@ def check_split(path: Any, n: int, test_fraction: float, val_fraction: float) ->
 
 
 def _conditional(cfg) -> str | None:
+    """The settings that make this config's model train on labels (its spec's `uses_labels`)."""
+    from genlab.models.catalog import MODEL_SPECS
+
     name = _get(cfg, "model.name", None)
-    if name == "cvae":
-        return "model=cvae"
-    if name == "ddpm" and _get(cfg, "model.conditional", False) is True:
-        return "model=ddpm model.conditional=true"
-    return None
+    model = _get(cfg, "model", None) or {}
+    if name not in MODEL_SPECS or not MODEL_SPECS[name].uses_labels(model):
+        return None
+    return f"model={name}" + (" model.conditional=true" if "conditional" in model else "")
 
 
 def check_config(cfg, starting: bool = True) -> None:

@@ -133,13 +133,18 @@ def scheduler_partial(spec: Mapping[str, Any], key: str = "scheduler") -> Callab
 
 # -- models ----------------------------------------------------------------------------------------
 def check_model_target(spec: Mapping[str, Any], key: str = "model") -> None:
-    """A model config node's `name` is a model genlab has (genlab.specs.MODEL_SPECS) and its
+    """A model config node's `name` is a model genlab knows (genlab.models.catalog) and its
     `_target_`, where it has one, that model's class. Torch-free (genlab.config uses it)."""
-    from genlab.specs import MODEL_SPECS
+    from genlab.models.catalog import MODEL_SPECS, REGISTER_HINT
 
     name = spec.get("name")
     if not isinstance(name, str) or name not in MODEL_SPECS:
-        raise _refuse(f"{key}.name", name, f"one of {', '.join(MODEL_SPECS)}", "Use model=NAME.")
+        raise _refuse(
+            f"{key}.name",
+            name,
+            f"one of {', '.join(MODEL_SPECS)}",
+            f"Use model=NAME. {REGISTER_HINT}",
+        )
     own = MODEL_SPECS[name].__dataclass_fields__["_target_"].default
     if spec.get("_target_", own) != own:
         raise _refuse(
@@ -151,12 +156,12 @@ def check_model_target(spec: Mapping[str, Any], key: str = "model") -> None:
 
 
 def model_class(spec: Mapping[str, Any], key: str = "model") -> type:
-    """The model class of a model config node (genlab.models.MODEL_CLASSES), its `name` and
+    """The model class of a model config node (genlab.models.model_class), its `name` and
     `_target_` checked by check_model_target."""
-    from genlab.models import MODEL_CLASSES
+    from genlab.models import model_class as class_of
 
     check_model_target(spec, key)
-    return MODEL_CLASSES[spec["name"]]
+    return class_of(spec["name"])
 
 
 # -- data ------------------------------------------------------------------------------------------

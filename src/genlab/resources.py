@@ -2,10 +2,8 @@
 
 - `physical_memory()` and `refuse_if_too_big()`: a size estimate against this machine's memory,
   so `model.latent_dim=10**9` or `sample.py n=10**12` fail with a message instead of an
-  out-of-memory kill (or a swap storm) minutes later
-- `model_parameters(model, image_shape)`: a lower bound on a model's parameter count from its
-  config alone (the largest layers of genlab.nets), never above the real count, so a model that
-  fits is never refused
+  out-of-memory kill (or a swap storm) minutes later (a model's size: its spec's
+  `parameters_lower_bound`)
 - `checkpoint_problem(path)`: whether a file can be a torch checkpoint at all (torch's zip
   layout, or the legacy pickle), read from its first bytes, so a sweep precheck refuses a wrong
   `ckpt_path` before any job starts; what it holds is checked by genlab.checkpoints when loaded
@@ -18,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from genlab import GenlabError
 
@@ -49,69 +45,6 @@ def refuse_if_too_big(needed: float, what: str, key: str, fix: str) -> None:
         f"{key}: {what} needs at least {_gib(needed)} of memory, more than this machine has "
         f"({_gib(memory)}); nothing was allocated. {fix}"
     )
-
-
-def _ints(v: Any) -> list[int]:
-    try:
-        return [int(i) for i in v]
-    except (TypeError, ValueError):
-        return []
-
-
-def model_parameters(model: Mapping[str, Any], image_shape) -> tuple[int, str]:
-    """(a lower bound on the parameter count, the key that makes most of it). Only the layers
-    every variant has are counted (the input and latent layers, the U-Net's 3x3 convolutions)."""
-    shape = _ints(image_shape)
-    pixels = shape[0] * shape[1] * shape[2] if len(shape) == 3 else 0
-    terms: list[tuple[int, str]] = []
-    if model.get("name") == "latent_ddpm":
-        # Its denoiser (an MLP or a U-Net) is sized by the autoencoder's latent, which is known
-        # only once that run is loaded: no lower bound above 0 holds for every autoencoder.
-        return 0, "model"
-    if model.get("name") == "vqvae":
-        channels = _ints(model.get("channels"))
-        code_dim = int(model.get("code_dim") or 0)
-        widest = max(channels, default=0)
-        codebook_share = 2 if model.get("codebook_update", "ema") == "ema" else 1
-        # The stride-2 3x3 convs of the encoder and their transposed mirror in the decoder, the
-        # 3x3 conv from the code grid back to the last width, the residual blocks' 3x3 convs,
-        # and the codebook: a parameter when it learns by gradient; with EMA updates two
-        # buffers (codes and moving sums, 8 bytes an entry), counted as half a parameter.
-        ins = [int(shape[0]) if shape else 1, *channels[:-1]]
-        convs = sum(2 * 9 * a * b for a, b in zip(ins, channels, strict=False))
-        terms += [
-            (convs, "model.channels"),
-            (9 * code_dim * channels[-1] if channels else 0, "model.code_dim"),
-            (int(model.get("num_codes") or 0) * code_dim // codebook_share, "model.num_codes"),
-            (2 * int(model.get("res_blocks") or 0) * 9 * widest * widest, "model.res_blocks"),
-        ]
-    elif model.get("name") == "ddpm":
-        unet = model.get("unet") or {}
-        base = int(unet.get("base_channels") or 0)
-        blocks = int(unet.get("num_res_blocks") or 0)
-        # Each residual block has two 3x3 convolutions of width base * mult.
-        convs = sum(2 * 9 * (base * m) ** 2 * blocks for m in _ints(unet.get("channel_mults")))
-        terms.append((convs, "model.unet.base_channels"))
-    else:
-        k = int(model.get("latent_dim") or 0)
-        if model.get("arch") == "conv":
-            conv = model.get("conv") or {}
-            channels = _ints(conv.get("channels"))
-            fc = int(conv.get("fc_dim") or 0)
-            side = shape[1] // 2 ** len(channels) if len(shape) == 3 and channels else 0
-            features = channels[-1] * side * side if channels else 0
-            terms += [(2 * features * fc, "model.conv.fc_dim"), (2 * fc * k, "model.latent_dim")]
-        else:
-            hidden = _ints((model.get("mlp") or {}).get("hidden"))
-            first, last = (hidden[0], hidden[-1]) if hidden else (pixels, pixels)
-            inner = sum(a * b for a, b in zip(hidden, hidden[1:], strict=False))
-            terms += [
-                (2 * pixels * first, "model.mlp.hidden"),
-                (2 * inner, "model.mlp.hidden"),
-                (2 * last * k, "model.latent_dim"),
-            ]
-    total = sum(n for n, _ in terms)
-    return total, max(terms)[1] if terms else "model"
 
 
 def checkpoint_problem(path: Path) -> str | None:

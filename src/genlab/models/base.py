@@ -109,16 +109,21 @@ class Capabilities:
 
 
 class GenerativeModule(pl.LightningModule):
-    """Subclasses set `kind`, `metric_names`, `capabilities`, and implement `compute_terms`,
-    `preview_images` and the methods their capabilities promise (the defaults below refuse)."""
+    """Subclasses set `spec_class`, `metric_names`, `capabilities`, and implement
+    `compute_terms`, `preview_images` and the methods their capabilities promise (the defaults
+    below refuse)."""
 
-    kind = ""  # the model's config name (ae, vae, cvae, ddpm): for messages, never to branch on
+    kind = ""  # its spec's name (model=<kind>), set below: for messages, never to branch on
     metric_names: tuple[str, ...] = ("loss",)
     preview_count = 32  # images per preview grid
     # The submodules that do the heavy lifting: what `speed.compile` compiles.
     networks: tuple[str, ...] = ()
 
     spec_class: type[ModelSpec] = ModelSpec  # the typed spec that holds this model's defaults
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.kind = cls.spec_class.name
 
     def __init__(self, spec: ModelSpec | None = None, **fields):
         """Build from a spec, or from its keys (Hydra's instantiate of conf/model/ and

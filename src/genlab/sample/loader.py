@@ -79,7 +79,8 @@ def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
     weights; the raw ones under `current_model_state` are only for resuming training.
     """
     from genlab.checkpoints import load_checkpoint
-    from genlab.models import MODEL_CLASSES
+    from genlab.models import model_class
+    from genlab.models.catalog import MODEL_SPECS, unknown_model
 
     try:
         state = load_checkpoint(ckpt)
@@ -92,16 +93,13 @@ def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
             "`python train.py`."
         )
     name = hparams.get("name")
-    if name not in MODEL_CLASSES:
-        raise GenlabError(
-            f"{ckpt} holds a model of type {name!r}, which genlab cannot load: known types are "
-            f"{', '.join(MODEL_CLASSES)}."
-        )
+    if name not in MODEL_SPECS:
+        raise GenlabError(f"{ckpt} holds a model of type {name!r}: {unknown_model(name)}")
     if kinds is not None and name not in kinds:
         raise GenlabError(f"{ckpt} holds a {name}, where one of {', '.join(kinds)} is needed.")
-    from genlab.models.latent_ddpm import AutoencoderUnavailable
+    from genlab.models.latent_ddpm.model import AutoencoderUnavailable
 
-    cls = MODEL_CLASSES[name]
+    cls = model_class(name)
     try:
         model = cls.from_hparams(hparams)
         model.load_state_dict(state["state_dict"])

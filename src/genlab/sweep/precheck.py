@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from itertools import product
 from typing import Any
 
@@ -283,10 +282,9 @@ def logged_metrics(cfg: DictConfig) -> set[str] | None:
         metrics |= evaluated("val")
     if cfg.get("test", True) and _runs_stage(cfg, "limit_test_batches"):
         metrics |= evaluated("test")
-        module = sys.modules.get(cls.__module__)
         bpd_images = cfg.model.get("test_bpd_images", None)
         if bpd_images is None or bpd_images > 0:  # a DDPM's variational bound, in bits/dim
-            metrics |= {f"test/{n}" for n in getattr(module, "BPD_PARTS", ())}
+            metrics |= {f"test/{n}" for n in cls.spec_class.test_metric_names}
         quality = cfg.get("eval") or {}
         if quality.get("sample_quality") and model.capabilities.generative:
             spaces = []

@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.models.vae import VAE
-from genlab.specs import CVAESpec
+from genlab.models.cvae.spec import CVAESpec
+from genlab.models.vae.model import VAE
 
 
 class CVAE(VAE):
-    kind = "cvae"
     spec_class = CVAESpec
 
     def __init__(self, spec: CVAESpec | None = None, **fields):

@@ -34,14 +34,12 @@ from pathlib import Path
 import torch
 
 from genlab import GenlabError
-from genlab.models.ddpm import DDPM
+from genlab.models.catalog import autoencoders
+from genlab.models.ddpm.model import DDPM
+from genlab.models.latent_ddpm.spec import LatentDDPMSpec
 from genlab.nets.denoiser import MLPDenoiser
 from genlab.nets.unet import UNet
 from genlab.resources import file_sha256
-from genlab.specs import LatentDDPMSpec
-
-# The model types a latent DDPM can be trained on.
-AUTOENCODERS = ("ae", "vae", "vqvae")
 
 
 class AutoencoderUnavailable(GenlabError):
@@ -49,7 +47,6 @@ class AutoencoderUnavailable(GenlabError):
 
 
 class LatentDDPM(DDPM):
-    kind = "latent_ddpm"
     spec_class = LatentDDPMSpec
 
     # -- the autoencoder and the denoiser --------------------------------------------------------
@@ -100,7 +97,8 @@ class LatentDDPM(DDPM):
         if not caps.encoder or caps.conditional or caps.diffusion:
             raise GenlabError(
                 f"model.autoencoder={spec.autoencoder} is a {kind} run: the latent prior needs "
-                "an unconditional autoencoder with an encoder and a decoder (ae, vae or vqvae)."
+                "an unconditional autoencoder with an encoder and a decoder "
+                f"({', '.join(autoencoders())})."
             )
         if tuple(ae.image_shape) != self.image_shape:
             raise GenlabError(
@@ -127,7 +125,7 @@ class LatentDDPM(DDPM):
         path = Path(spec.autoencoder).expanduser().resolve()
         recorded = spec.autoencoder_sha256
         try:  # never another latent_ddpm: a run naming itself would load without end
-            run = load_run(path, kinds=AUTOENCODERS)
+            run = load_run(path, kinds=autoencoders())
         except GenlabError as err:
             if recorded:  # a trained model whose autoencoder is gone
                 raise AutoencoderUnavailable(

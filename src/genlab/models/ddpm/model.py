@@ -31,17 +31,16 @@ from genlab.diffusion import (
     vlb_terms,
 )
 from genlab.models.base import Capabilities, GenerativeModule, eval_mean
+from genlab.models.ddpm.spec import DDPMSpec
 from genlab.nets.unet import UNet
-from genlab.specs import DDPMSpec
 
 log = logging.getLogger("genlab")
 
 # Test-set variational bound in bits/dim, and its parts: L_T, sum of L_{t-1}, L_0.
-BPD_PARTS = ("bpd", "bpd_prior", "bpd_diffusion", "bpd_decoder")
+BPD_PARTS = DDPMSpec.test_metric_names
 
 
 class DDPM(GenerativeModule):
-    kind = "ddpm"
     metric_names = ("loss",)
     networks = ("net",)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from genlab.models.ae.spec import AESpec
 from genlab.models.latent import LatentModel
 from genlab.objectives import training_objective
-from genlab.specs import AESpec
 from genlab.viz.grids import originals_above_reconstructions
 
 
 class AE(LatentModel):
-    kind = "ae"
     metric_names = ("loss", "recon", "mse")
 
     spec_class = AESpec

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from genlab.models.base import Capabilities, GenerativeModule
+from genlab.models.vqvae.spec import VQVAESpec
 from genlab.nets.conv import stage_sizes
 from genlab.objectives import reconstruction_nll
-from genlab.specs import VQVAESpec
 from genlab.viz.grids import originals_above_reconstructions
 
 
@@ -190,7 +190,6 @@ class VectorQuantizer(nn.Module):
 
 
 class VQVAE(GenerativeModule):
-    kind = "vqvae"
     metric_names = ("loss", "recon", "commitment", "codebook", "mse", "perplexity", "codes_used")
     networks = ("encoder", "decoder")
     spec_class = VQVAESpec

@@ -20,18 +20,17 @@ from torch.distributions import Normal
 from genlab import GenlabError
 from genlab.metrics.likelihood import iwae_log_likelihood, nats_to_bits_per_dim
 from genlab.models.latent import LatentModel
+from genlab.models.vae.spec import VAESpec
 from genlab.objectives import (
     gaussian_kl,
     gaussian_kl_between,
     normalised_beta,
     training_objective,
 )
-from genlab.specs import VAESpec
 from genlab.viz.grids import originals_above_reconstructions
 
 
 class VAE(LatentModel):
-    kind = "vae"
     metric_names = ("loss", "recon", "kl", "elbo", "mse", "nll", "bpd", "iwae_bound")
     head_factor = 2
 

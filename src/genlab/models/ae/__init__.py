@@ -1,0 +1,1 @@
+"""model=ae: `spec` (torch-free: keys, defaults, rules) and `model` (the LightningModule)."""

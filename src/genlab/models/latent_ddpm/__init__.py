@@ -1,0 +1,2 @@
+"""model=latent_ddpm: `spec` (torch-free: keys, defaults, rules) and `model` (the
+LightningModule)."""

@@ -1,0 +1,1 @@
+"""model=vae: `spec` (torch-free: keys, defaults, rules) and `model` (the LightningModule)."""

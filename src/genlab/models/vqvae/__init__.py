@@ -1,0 +1,1 @@
+"""model=vqvae: `spec` (torch-free: keys, defaults, rules) and `model` (the LightningModule)."""
