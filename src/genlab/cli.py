@@ -60,9 +60,11 @@ def precheck(argv: list[str], config_name: str) -> None:
 
     A multirun (`-m`) is expanded and each job's config checked (genlab.sweep.precheck)."""
     from genlab.extras import check_argv
+    from genlab.models.catalog import load_plugins, plugins_in
     from genlab.sweep.precheck import check_multirun, is_multirun
 
     check_argv(argv)
+    load_plugins(plugins_in(argv))  # before composing: model=<a plugin's> needs its schema node
     if is_multirun(argv):
         check_multirun(argv, config_name)
         return

@@ -35,8 +35,11 @@ register_resolvers()  # before Hydra composes: conf/train.yaml interpolates ${ge
 
 
 def _train(cfg: DictConfig) -> dict:
+    from genlab.models.catalog import load_plugins
     from genlab.train import run
 
+    # The command line's (a Slurm job runs this without the command line's precheck).
+    load_plugins(cfg.get("plugins") or ())
     return run(cfg)
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from genlab import GenlabError
 from genlab.composition import retired_key_message
 from genlab.image_files import check_config as check_image_folder
-from genlab.models.catalog import MODEL_SPECS, unknown_model
+from genlab.models.catalog import MODEL_SPECS, PLUGINS, unknown_model
 from genlab.registry import check_model_target
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
 from genlab.rundir import check_run_name
@@ -61,6 +61,13 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
         "seed",
         lambda v: v is None or (is_int(v) and 0 <= v < 2**32),
         "an integer in [0, 2**32) or null",
+    )
+    _check(
+        cfg,
+        "plugins",
+        lambda v: PLUGINS.ok(list(v) if isinstance(v, ListConfig) else v),
+        PLUGINS.accepted,
+        PLUGINS.fix,
     )
     _check_data_dir(cfg)
     # data=image_folder's keys and folder, before data.image_shape, which is derived from them.

@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable
 
 from genlab import GenlabError
-from genlab.specs import ModelSpec, schema_node
+from genlab.specs import ModelSpec, Rule, schema_node
 
 BUILTIN = (
     "genlab.models.ae.spec",
@@ -50,6 +50,16 @@ MODEL_SPECS: dict[str, type[ModelSpec]] = {}
 _loaded: set[str] = set()  # modules whose models are registered
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# The `plugins` key of conf/train.yaml and conf/sample.yaml.
+PLUGINS = Rule(
+    lambda v: (
+        isinstance(v, list | tuple)
+        and all(isinstance(m, str) for m in v)
+        and all(MODULE_NAME.fullmatch(m) for m in v)
+    ),
+    "a list of Python module names",
+    "e.g. plugins=[my_pkg.my_model] (docs/extending.md).",
+)
 
 
 def register(spec_cls: type[ModelSpec]) -> None:
