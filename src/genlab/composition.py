@@ -183,6 +183,11 @@ def friendly_message(
         if retired:
             return retired
         return _unknown_key(missing_key.group(1), overrides, config_name, new_keys_ok)
+    spec = re.search(r"Could not load '_(\w+)_spec_'", text)
+    if spec:  # a conf/model/<name>.yaml of the user's, for a model not registered
+        from genlab.models.catalog import REGISTER_HINT
+
+        return f"model={spec.group(1)}: genlab knows no model {spec.group(1)!r}. {REGISTER_HINT}"
     # `model=vea` (find), an entry of a list `logger=[csv,bogus]` (load), `hydra/launcher=x`
     group = re.search(r"Could not (?:find|load) '([\w/]+)/([\w.-]+)'", text)
     if group:

@@ -80,7 +80,7 @@ def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
     """
     from genlab.checkpoints import load_checkpoint
     from genlab.models import model_class
-    from genlab.models.catalog import MODEL_SPECS, unknown_model
+    from genlab.models.catalog import MODEL_SPECS, REGISTER_HINT
 
     try:
         state = load_checkpoint(ckpt)
@@ -94,7 +94,10 @@ def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
         )
     name = hparams.get("name")
     if name not in MODEL_SPECS:
-        raise GenlabError(f"{ckpt} holds a model of type {name!r}: {unknown_model(name)}")
+        raise GenlabError(
+            f"{ckpt} holds a model of type {name!r}, which genlab cannot load: known types are "
+            f"{', '.join(MODEL_SPECS)}. {REGISTER_HINT}"
+        )
     if kinds is not None and name not in kinds:
         raise GenlabError(f"{ckpt} holds a {name}, where one of {', '.join(kinds)} is needed.")
     from genlab.models.latent_ddpm.model import AutoencoderUnavailable

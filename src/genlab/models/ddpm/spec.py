@@ -48,7 +48,7 @@ class DDPMSpec(ModelSpec):
     variance: str = _key("beta", _one_of("beta", "beta_tilde"))
     clip_x0: bool = _key(True, BOOL)  # clip the predicted x0 to [-1, 1] while sampling
     # Sampler steps: timesteps -> ancestral sampling (Algorithm 2, T network calls); fewer ->
-    # DDIM with that many steps (Song et al. 2021); null = timesteps. Range: genlab.config.
+    # DDIM with that many steps (Song et al. 2021); null = timesteps. Range: check, below.
     sample_steps: int | None = 100
     eta: float = _key(0.0, UNIT_INTERVAL)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     unet: UNetSpec = field(default_factory=UNetSpec)

@@ -31,7 +31,7 @@ class VAESpec(LatentSpec):
     iwae_k_val: int = _key(5, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
     iwae_k_test: int = _key(1000, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
     # Samples per image of the training objective: 1 = the ELBO; K > 1 = the IWAE bound (Burda
-    # et al. 2016), logged as */iwae_bound; needs beta=1 and reduction=sum (genlab.config).
+    # et al. 2016), logged as */iwae_bound; needs beta=1 and reduction=sum (check, below).
     iwae_k_train: int = _key(1, POSITIVE_INT)
 
     is_autoencoder = True
