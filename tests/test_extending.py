@@ -76,6 +76,23 @@ def test_train_py_trains_the_example_with_its_own_metrics(run_dir):
     assert "alpha: 1.0" in saved and "gamma: 1.0" in saved  # its spec's own keys and defaults
 
 
+def test_evaluate_scores_the_examples_checkpoint(run_dir, data_root, tmp_path):
+    out = tmp_path / "evaluated"
+    result = python(
+        "train.py",
+        *tiny(data_root),
+        f"evaluate={run_dir}",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+        environ=env(EXAMPLES),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    scored = json.loads((out / "metrics.json").read_text())
+    assert {"test/tc", "test/mi", "test/dim_kl"} <= set(scored)
+    assert scored["test/recon"] == pytest.approx(trained["test/recon"], rel=0.05)
+
+
 def test_sample_py_draws_from_the_example_once_named(run_dir, tmp_path):
     out = tmp_path / "pictures"
     args = (f"run={run_dir}", "task=samples", "n=4", f"out_dir={out}", "device=cpu")

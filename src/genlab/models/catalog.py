@@ -93,7 +93,7 @@ def register(spec_cls: type[ModelSpec]) -> None:
 
 def load_plugins(modules: Iterable[str]) -> None:
     """Import each module (a name the user gave: trusted) and register its `GENLAB_MODELS`."""
-    for module in modules:
+    for module in [modules] if isinstance(modules, str) else modules:
         if module in _loaded:
             continue
         if not isinstance(module, str) or not MODULE_NAME.fullmatch(module):
