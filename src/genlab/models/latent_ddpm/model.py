@@ -19,7 +19,7 @@ grids; this learns one.
   checkpoint. An AE's code is neither centred nor of unit scale, so the mean is removed too
   (Rombach et al.'s single scale factor assumes a KL-regularised, centred latent).
 - Training, loss, EMA, warm-up and sampling are the pixel DDPM's (genlab.models.ddpm; the default
-  prediction is v, genlab.specs.LatentDDPMSpec says why): only
+  prediction is v, its spec says why): only
   the denoiser (an MLP for flat codes, genlab.nets.denoiser; the U-Net for grids), what x0 is
   (normalised latents instead of images in [-1, 1]) and how samples become images differ.
 - Sampled VQ-VAE grids are snapped to their nearest codes before decoding
