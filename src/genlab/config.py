@@ -24,6 +24,7 @@ from genlab.image_files import check_config as check_image_folder
 from genlab.registry import check_model_target
 from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
 from genlab.rundir import check_run_name
+from genlab.sampler_rules import check_model_sampler
 from genlab.secrets import check_wandb_online
 from genlab.specs import (
     MODEL_SPECS,
@@ -264,6 +265,7 @@ def _validate_ddpm(cfg: DictConfig, pixels: bool = True) -> None:
         f"an integer between 1 and model.timesteps={timesteps}",
         f"Use {timesteps} for ancestral sampling or fewer (e.g. 50) for DDIM.",
     )
+    check_model_sampler(_get(cfg, "model.sampler", None), _get(cfg, "model.eta", 0))
     if _get(cfg, "model.guidance_scale", 0) and not _get(cfg, "model.conditional", False):
         raise GenlabError(
             f"Invalid config: model.guidance_scale={cfg.model.guidance_scale} needs a "
