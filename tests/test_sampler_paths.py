@@ -150,6 +150,17 @@ def test_a_bad_model_sampler_is_refused_by_its_key(compose, data_root, tmp_path)
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
+def test_a_checkpoint_naming_no_sampler_is_refused(trained, tmp_path):
+    # A checkpoint's hyperparameters are data: model.sampler must be a name of the table.
+    (best,) = (trained["run_dir"] / "checkpoints").glob("epoch=*.ckpt")
+    state = torch.load(best, weights_only=True)
+    state["hyper_parameters"]["sampler"] = "os.system"
+    forged = tmp_path / "forged.ckpt"
+    torch.save(state, forged)
+    with pytest.raises(GenlabError, match=r"sampler='os\.system'.*one of ddpm, ddim, dpmpp_2m"):
+        genlab.load(forged)
+
+
 # -- sample.py and genlab.load -------------------------------------------------------------------
 def _tiles(path, count: int) -> torch.Tensor:
     """The first `count` images (row by row) of a one-row-high-or-more grid PNG, in [0, 1]."""

@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from genlab import GenlabError
 from genlab.diffusion import (
     DiffusionSchedule,
     check_steps,
@@ -34,7 +35,13 @@ from genlab.diffusion import (
 )
 from genlab.models.base import Capabilities, GenerativeModule, eval_mean
 from genlab.nets.unet import UNet
-from genlab.sampler_rules import SAMPLER_RULES, ModelSampling, SamplerPlan, plan_sampling
+from genlab.sampler_rules import (
+    MODEL_SAMPLER,
+    SAMPLER_RULES,
+    ModelSampling,
+    SamplerPlan,
+    plan_sampling,
+)
 from genlab.specs import DDPMSpec
 
 log = logging.getLogger("genlab")
@@ -60,6 +67,11 @@ class DDPM(GenerativeModule):
         self.preview_every_n_epochs = spec.preview_every_n_epochs
         self.schedule = DiffusionSchedule.from_name(spec.schedule, spec.timesteps)
         self.net = self.build_net()
+        if not MODEL_SAMPLER.ok(spec.sampler):  # a checkpoint's hyperparameters are data
+            raise GenlabError(
+                f"Invalid model spec: sampler={spec.sampler!r}. sampler must be "
+                f"{MODEL_SAMPLER.accepted}."
+            )
         self._check_sampling(self.sample_steps, spec.guidance_scale)
         for part in BPD_PARTS:
             self.eval_metrics[f"test_{part}"] = eval_mean()
