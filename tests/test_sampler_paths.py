@@ -33,10 +33,10 @@ RUN = [*TINY_DDPM, "model.prediction=v", "data=mnist", "model.ema_decay=0.9", *E
 OWN = "dpmpp_2m"  # the trained run's model.sampler
 
 
-def direct(model, name: str, n: int, generator, x_T=None) -> torch.Tensor:
+def direct(model, name: str, n: int, generator, x_T=None, steps=STEPS) -> torch.Tensor:
     """Images in [0, 1]: the sampler `name` of the registry in the one loop, on the model's
-    network, with the model's steps (all T for a sampler that visits every step)."""
-    steps = T if SAMPLER_RULES[name].all_steps else STEPS
+    network, with `steps` steps (all T for a sampler that visits every step)."""
+    steps = T if SAMPLER_RULES[name].all_steps else steps
     sampler = make_sampler(
         name,
         model.schedule,
@@ -212,6 +212,19 @@ def test_the_api_draws_with_the_sampler_asked(trained, asked, name):
     drawn = pipe.sample(3, seed=7, sampler=asked)
     expected = direct(pipe.model, name, 3, torch.Generator().manual_seed(7))
     torch.testing.assert_close(drawn, expected, rtol=0, atol=1e-6)
+
+
+def test_an_export_and_the_previews_draw_with_model_sampler(trained, model, tmp_path):
+    from genlab.export import export_run
+
+    pipe = genlab.load(export_run(trained["run_dir"], tmp_path / "export"))
+    expected = direct(pipe.model, OWN, 3, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(pipe.sample(3, seed=7), expected, rtol=0, atol=1e-6)
+    # previews: model.sampler over preview_steps, from seed 0
+    steps = min(model.spec.preview_steps, T)
+    preview = model.preview_images(torch.zeros(3, 1, SIDE, SIDE), None)["samples"]
+    expected = direct(model, OWN, 3, torch.Generator().manual_seed(0), steps=steps)
+    torch.testing.assert_close(preview, expected, rtol=0, atol=1e-6)
 
 
 REFUSED = [
