@@ -19,7 +19,7 @@ MAX_TRAVERSE = 100
 
 
 def _sampler_check(key: str) -> tuple[str, Callable[[Any], bool], str]:
-    # sampler, steps, eta, guidance_scale: the rules the Python API and the test stage apply
+    # sampler, steps, eta, guidance_scale: the values plan_sampling accepts (the API's too)
     return key, OPTION_RULES[key].ok, OPTION_RULES[key].accepted
 
 
