@@ -175,8 +175,8 @@ def test_ddpm_sampler_choice(runs):
     assert torch.equal(dpm, ddpm.sample(3, sampler="dpmpp_2m", steps=5, seed=0))
     assert not torch.equal(dpm, ddpm.sample(3, sampler="ddim", steps=5, seed=0))
     for bad, message in (
-        ({"sampler": "euler"}, "choose one of ddpm, ddim, dpmpp_2m"),
-        ({"steps": 51}, "1 to T=50"),
+        ({"sampler": "euler"}, "sampler='euler'. sampler must be one of ddpm, ddim, dpmpp_2m"),
+        ({"steps": 51}, "between 1 and this DDPM's T=50"),
         ({"guidance_scale": 2.0}, "class-conditional"),
     ):
         with pytest.raises(GenlabError, match=message):

@@ -109,7 +109,7 @@ def test_conditional_sampling_and_guidance(compose):
     assert plain.shape == (4, 1, 28, 28) and plain.min() >= 0 and plain.max() <= 1
     torch.testing.assert_close(plain, model.sample(4, labels, g()))  # seeded: repeatable
     unconditional = build_model(compose(*TINY, "data=mnist"))
-    with pytest.raises(ValueError, match="needs a class-conditional model"):
+    with pytest.raises(GenlabError, match="needs a class-conditional DDPM"):
         unconditional.sample(2, guidance_scale=1.0)
 
 
@@ -124,7 +124,7 @@ def test_samplers_chosen_by_steps(compose):
     c = model.sample(2, generator=torch.Generator().manual_seed(2), steps=50, x_T=x_T)
     d = model.sample(2, generator=torch.Generator().manual_seed(3), steps=50, x_T=x_T)
     assert not torch.allclose(c, d)
-    with pytest.raises(ValueError, match="sample_steps=51"):
+    with pytest.raises(GenlabError, match="steps=51.*T=50"):
         model.sample(1, steps=51)
 
 

@@ -579,7 +579,7 @@ BAD_DDPM = [
     ("guidance_unconditional", ("ddpm", "samples", {"guidance_scale": 2}), "class-conditional"),
     ("ancestral_steps", ("ddpm", "samples", {"sampler": "ddpm", "steps": 5}), "all T=50 steps"),
     ("ancestral_eta", ("ddpm", "denoise", {"sampler": "ddpm", "eta": 0.5}), "has no eta"),
-    ("interpolate_ddpm", ("ddpm", "interpolate", {"sampler": "ddpm"}), "deterministic DDIM"),
+    ("interpolate_ddpm", ("ddpm", "interpolate", {"sampler": "ddpm"}), "deterministic map"),
     ("interpolate_eta", ("cddpm", "interpolate", {"eta": 1}), "eta=1 fresh noise"),
     ("label_unconditional", ("ddpm", "samples", {"label": 1}), "label=1 picks a class.*uncond"),
     ("label_range", ("cddpm", "denoise", {"label": 10}), r"label=10.*class index in 0\.\.9"),

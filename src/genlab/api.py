@@ -110,11 +110,11 @@ class Pipeline:
     ):
         """n images drawn from the model. labels (conditional models): one class for all, one
         per image, or None to cycle over the classes. seed (or a torch.Generator on the
-        pipeline's device) makes the draw repeatable. Diffusion models: sampler (ddpm, ddim,
-        dpmpp_2m), steps, eta, guidance_scale; None is the model's own setting."""
+        pipeline's device) makes the draw repeatable. Diffusion models: sampler (a name of
+        genlab.diffusion.SAMPLERS), steps, eta, guidance_scale; None is the model's own setting.
+        They are checked and resolved as sample.py's (genlab.sampler_rules.plan_sampling)."""
         import torch
 
-        from genlab.sample.options import SAMPLER_NAMES, check_steering
         from genlab.specs import is_int
 
         if not self.capabilities.generative:
@@ -123,21 +123,14 @@ class Pipeline:
             raise GenlabError(f"sample(n={n!r}): n must be an integer >= 1.")
         steer = {"sampler": sampler, "steps": steps, "eta": eta, "guidance_scale": guidance_scale}
         steer = {k: v for k, v in steer.items() if v is not None}
-        check_steering(steer)
         if steer and not self.capabilities.diffusion:
             shown = ", ".join(f"{k}={v!r}" for k, v in steer.items())
             raise GenlabError(
                 f"{shown} steer a diffusion sampler, but this {self.kind} decodes latent codes "
                 "and has none: drop them."
             )
-        if sampler is not None and sampler not in SAMPLER_NAMES:
-            raise GenlabError(f"sampler={sampler!r}: choose one of {', '.join(SAMPLER_NAMES)}.")
-        if steps is not None:
-            T = self.model.schedule.timesteps
-            if not is_int(steps) or not 1 <= steps <= T:
-                raise GenlabError(
-                    f"steps={steps!r}: this {self.kind}'s sampler takes 1 to T={T} steps."
-                )
+        if steer:
+            self.model.sampler_plan(**steer)  # refused before any label or generator work
         labels = self._labels(labels, n, "labels", cycle=True)
         if generator is None and seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))

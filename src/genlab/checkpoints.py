@@ -214,6 +214,7 @@ FREE_ON_RESUME = (
     "model.iwae_k_val",
     "model.iwae_k_test",
     "model.sample_steps",
+    "model.sampler",
     "model.eta",
     "model.guidance_scale",
     "model.test_bpd_images",

@@ -43,7 +43,6 @@ from genlab.diffusion.samplers import (
     ddim_sigma,
     ddim_step,
     ddim_timesteps,
-    default_sampler,
     make_sampler,
     quadratic_timesteps,
 )
@@ -55,6 +54,7 @@ from genlab.diffusion.schedule import (
     cosine_alpha_bar,
     make_betas,
 )
+from genlab.sampler_rules import default_sampler
 
 __all__ = [
     "PREDICTIONS",

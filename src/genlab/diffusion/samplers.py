@@ -9,7 +9,9 @@ A sampler holds the schedule and its own options, and answers two questions:
 
 Everything else -- the starting noise, trajectories, classifier-free guidance, progress and stop
 requests -- belongs to the one loop in :mod:`genlab.diffusion.loop`, so a new sampler is one
-class here plus one entry in :data:`SAMPLERS`.
+class here, its entry in :data:`SAMPLERS`, and its rules (takes eta, visits all T steps,
+deterministic, one line of help) in the torch-free :data:`genlab.sampler_rules.SAMPLER_RULES`,
+which the class reads as ``rules`` and every option check and help text derives from.
 
 Randomness comes only from the ``generator`` passed to :meth:`Sampler.step`; a stochastic step
 draws its noise after the network call of that step, so a seeded generator that also drew
@@ -24,6 +26,7 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from genlab.diffusion.schedule import PREDICTIONS, DiffusionSchedule, _check_choice
+from genlab.sampler_rules import SAMPLER_RULES, SamplerRules
 
 
 class StepOutput(NamedTuple):
@@ -40,19 +43,16 @@ def check_steps(steps: int, timesteps: int) -> None:
         )
 
 
-def default_sampler(steps: int, timesteps: int) -> str:
-    """The model's rule when no sampler is named: ancestral over all T steps, DDIM for fewer."""
-    return "ddpm" if steps == timesteps else "ddim"
-
-
 class Sampler:
     """Base class: the schedule, the prediction type and ``clip_x0``, and the step count.
 
-    Subclasses set :attr:`name`, list in :attr:`options` the extra keyword settings their
-    ``__init__`` takes (so :func:`make_sampler` can hand a model's whole sampling setup to any
-    of them), and implement :meth:`timesteps` and :meth:`step`.
+    Subclasses set :attr:`rules` (their entry of ``SAMPLER_RULES``) and :attr:`name` (its
+    name), list in :attr:`options` the extra keyword settings their ``__init__`` takes (so
+    :func:`make_sampler` can hand a model's whole sampling setup to any of them; ``"eta"``
+    exactly when ``rules.takes_eta``), and implement :meth:`timesteps` and :meth:`step`.
     """
 
+    rules: ClassVar[SamplerRules]
     name: ClassVar[str]
     options: ClassVar[tuple[str, ...]] = ()
 
@@ -108,7 +108,8 @@ class AncestralSampler(Sampler):
     ``"beta_tilde"`` (see :meth:`DiffusionSchedule.p_mean_variance`).
     """
 
-    name = "ddpm"
+    rules = SAMPLER_RULES["ddpm"]
+    name = rules.name
     options = ("variance",)
 
     def __init__(self, schedule, steps, *, prediction="eps", clip_x0=True, variance="beta"):
@@ -225,7 +226,8 @@ class DDIMSampler(Sampler):
     ``clip_x0`` the result lies in ``[-1, 1]``.
     """
 
-    name = "ddim"
+    rules = SAMPLER_RULES["ddim"]
+    name = rules.name
     options = ("eta",)
 
     def __init__(self, schedule, steps, *, prediction="eps", clip_x0=True, eta=0.0):
@@ -298,7 +300,8 @@ class DPMSolverPlusPlusSampler(Sampler):
     instance drives one sampling run at a time (each run starts at ``T - 1``, which resets it).
     """
 
-    name = "dpmpp_2m"
+    rules = SAMPLER_RULES["dpmpp_2m"]
+    name = rules.name
 
     def __init__(self, schedule, steps, *, prediction="eps", clip_x0=True):
         super().__init__(schedule, steps, prediction=prediction, clip_x0=clip_x0)
@@ -342,10 +345,10 @@ class DPMSolverPlusPlusSampler(Sampler):
 # registry
 # --------------------------------------------------------------------------------------
 
+# The only list of samplers: make_sampler, DDPM.sample and (by name, through SAMPLER_RULES)
+# sample.py, the Python API, model.sampler and the help texts all go by it.
 SAMPLERS: dict[str, type[Sampler]] = {
-    "ddpm": AncestralSampler,
-    "ddim": DDIMSampler,
-    DPMSolverPlusPlusSampler.name: DPMSolverPlusPlusSampler,
+    cls.name: cls for cls in (AncestralSampler, DDIMSampler, DPMSolverPlusPlusSampler)
 }
 
 

@@ -8,79 +8,32 @@ noise in turn)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from genlab import GenlabError
 from genlab.sample.job import Job, slerp
-
-
-@dataclass(frozen=True)
-class SamplerPlan:
-    sampler: str  # ddpm (ancestral, all T steps) | ddim
-    steps: int
-    eta: float  # DDIM noise; 0 for ancestral, which has none to set
-    guidance_scale: float
-
-    def visited(self, schedule) -> list[int]:
-        """The code timesteps the sampler feeds the network, in sampling order (the sampler's
-        own answer, genlab.diffusion.samplers)."""
-        from genlab.diffusion import make_sampler
-
-        return list(make_sampler(self.sampler, schedule, self.steps).timesteps())
-
-    def describe(self) -> str:
-        if self.sampler == "ddpm":
-            what = f"ancestral sampling, {self.steps} steps"
-        else:
-            what = f"DDIM, {self.steps} steps, eta={self.eta:g}"
-        return what + (f", guidance {self.guidance_scale:g}" if self.guidance_scale else "")
+from genlab.sampler_rules import SamplerPlan
 
 
 def _sampler_plan(job: Job, deterministic: bool = False) -> SamplerPlan:
-    """Resolve sampler/steps/eta/guidance_scale against the model's own defaults and limits.
-    `deterministic`: the task needs the DDIM map x_T -> x_0 with eta = 0 (interpolation)."""
-    model, opts = job.model, job.opts
-    steps = opts.steps
-    T = model.schedule.timesteps  # steps <= T is checked before any task runs (tasks.py)
-    sampler = opts.sampler
-    if deterministic:
-        if sampler == "ddpm" or opts.eta:
-            what = "sampler=ddpm" if sampler == "ddpm" else f"eta={opts.eta}"
-            raise GenlabError(
-                f"task={opts.task} needs the deterministic DDIM map from x_T to an image (eta=0): "
-                f"with {what} fresh noise enters at every step, so nearby x_T would not give "
-                "nearby images. Drop that option."
-            )
-        return SamplerPlan("ddim", steps or model.sample_steps, 0.0, _guidance(job))
-    if sampler == "ddpm":
-        if steps not in (None, T):
-            raise GenlabError(
-                f"sampler=ddpm is ancestral sampling (Ho et al. Algorithm 2): it takes all T={T} "
-                f"steps, so steps={steps} does not apply. Use sampler=ddim steps={steps} for fewer "
-                "steps, or drop steps=."
-            )
-        steps = T
-    else:
-        steps = steps or model.sample_steps
-        from genlab.diffusion import default_sampler
-
-        sampler = sampler or default_sampler(steps, T)  # the model's own rule
-    if sampler == "ddpm":
-        if opts.eta is not None:
-            raise GenlabError(
-                f"eta={opts.eta} sets the noise of DDIM steps, but this is ancestral sampling "
-                f"(sampler=ddpm, or steps = T = {T}), which has no eta: use sampler=ddim, or drop "
-                "eta=."
-            )
-        return SamplerPlan("ddpm", T, 0.0, _guidance(job))
-    eta = float(model.eta if opts.eta is None else opts.eta)
-    return SamplerPlan("ddim", steps, eta, _guidance(job))
+    """sampler/steps/eta/guidance_scale resolved against the model's own settings and limits
+    (DDPM.sampler_plan: the rule genlab.load and the test stage follow too). `deterministic`:
+    the task needs the same x_T to give the same image (interpolate)."""
+    opts = job.opts
+    return job.model.sampler_plan(
+        opts.sampler,
+        opts.steps,
+        opts.eta,
+        opts.guidance_scale,
+        deterministic_for=opts.task if deterministic else None,
+    )
 
 
-def _guidance(job: Job) -> float:
-    value = job.opts.guidance_scale
-    return float(job.model.guidance_scale if value is None else value)
+def _visited(plan: SamplerPlan, schedule) -> list[int]:
+    """The code timesteps the plan's sampler feeds the network, in sampling order (the
+    sampler's own answer, genlab.diffusion.samplers)."""
+    from genlab.diffusion import make_sampler
+
+    return list(make_sampler(plan.sampler, schedule, plan.steps).timesteps())
 
 
 def _noise(job: Job, count: int, generator, shape=None):
@@ -105,10 +58,7 @@ def _diffuse(job: Job, x_T, labels, plan: SamplerPlan, generator, trajectory_at=
             len(x_T[a:b]),
             labels=None if labels is None else labels[a:b],
             generator=generator,
-            steps=plan.steps,
-            sampler=plan.sampler,
-            eta=plan.eta,
-            guidance_scale=plan.guidance_scale,
+            **plan.options(),
             x_T=x_T[a:b],
             return_trajectory_at=trajectory_at,
             progress=sys.stderr.isatty(),  # a step bar on a terminal, silence in logs and tests
@@ -154,8 +104,9 @@ def diffusion_class_rows(job: Job) -> list[Path]:
 def diffusion_interpolate(job: Job) -> list[Path]:
     """Rows: n pairs of independent x_T draws (the seeded draw of 2n noise images, split into
     even and odd); columns: `frames` points on the path between them (slerp unless
-    mode=linear), each mapped to an image by deterministic DDIM (eta=0, `steps` steps, else the
-    model's sample_steps), so the ends are exactly the DDIM samples of the two draws.
+    mode=linear), each mapped to an image by a deterministic sampler (DDIM with eta=0 unless
+    sampler= or model.sampler names another deterministic one; `steps` steps, else the model's
+    sample_steps), so the ends are exactly that sampler's samples of the two draws.
     Conditional: one class per row."""
     import torch
 
@@ -196,7 +147,7 @@ def denoise(job: Job) -> list[Path]:
     n, model, k = job.n, job.model, int(job.opts.strip_steps)
     T = model.schedule.timesteps
     plan = _sampler_plan(job)
-    shown = _evenly_spaced(plan.visited(model.schedule), k)
+    shown = _evenly_spaced(_visited(plan, model.schedule), k)
     noised = _evenly_spaced(list(range(T)), k)[::-1]  # ascending: the forward direction
     x0, _ = job.test_images(n)
     generator = job.generator()

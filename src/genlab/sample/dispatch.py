@@ -18,7 +18,7 @@ from genlab.rundir import check_inside
 from genlab.sample.job import Job
 from genlab.sample.latent import TRAVERSE_ROWS
 from genlab.sample.loader import LoadedRun, load_run
-from genlab.sample.options import check_label, check_options, invalid, options
+from genlab.sample.options import check_label, check_options, options
 from genlab.sample.tasks import TASKS
 
 # Options that only steer a diffusion sampler; refused for other models rather than ignored.
@@ -71,16 +71,8 @@ def check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
                 f"codes and has none: drop them (they apply to model=ddpm runs){frames}."
             )
         return
-    T = model.schedule.timesteps
-    if opts.steps is not None and opts.steps > T:
-        raise invalid("steps", opts.steps, f"an integer between 1 and this {kind.upper()}'s T={T}")
-    if opts.guidance_scale and not caps.conditional:
-        raise GenlabError(
-            f"guidance_scale={opts.guidance_scale} needs a class-conditional {kind.upper()} "
-            "(classifier-free guidance mixes its predictions with and without the label), but "
-            "this one is "
-            "unconditional: drop guidance_scale=, or train with model.conditional=true."
-        )
+    # A diffusion model's sampler options are checked against it by the task's first step,
+    # DDPM.sampler_plan (genlab.sampler_rules), before anything is drawn.
 
 
 # The option that sets the length of a task's rows, where the user chooses it.

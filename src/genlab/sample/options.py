@@ -10,41 +10,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
 from genlab.composition import CONF_DIR
-from genlab.specs import GUIDANCE, is_int, is_number
+from genlab.sampler_rules import OPTION_RULES, invalid
+from genlab.specs import is_int, is_number
 
-# genlab.diffusion.SAMPLERS' names, checked here before torch is imported (a test keeps the two
-# equal; the registry itself needs torch).
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")
-# Upper ends of ranges: guidance as the models' own (genlab.spec_rules.GUIDANCE); a latent
-# traversal far outside the prior decodes nothing the model learned, and a huge one overflows
-# float32 into NaN images.
+# Upper end of a range: a latent traversal far outside the prior decodes nothing the model
+# learned, and a huge one overflows float32 into NaN images.
 MAX_TRAVERSE = 100
 
 
-def invalid(key: str, value: Any, accepted: str) -> GenlabError:
-    shown = f"'{value}'" if isinstance(value, str) else repr(value)
-    return GenlabError(f"Invalid option: {key}={shown}. {key} must be {accepted}.")
-
-
-# The sampler's numbers, checked for sample.py and for genlab.load(...).sample alike.
-STEERING: list[tuple[str, Callable[[Any], bool], str]] = [
-    (
-        "eta",
-        lambda v: v is None or (is_number(v) and 0 <= v <= 1),
-        "a number in [0, 1] (0: deterministic DDIM, 1: DDPM's noise; or null)",
-    ),
-    (
-        "guidance_scale",
-        lambda v: v is None or GUIDANCE.ok(v),
-        f"{GUIDANCE.accepted} (or null)",
-    ),
-]
-
-
-def check_steering(values: Mapping[str, Any]) -> None:
-    for key, ok, accepted in STEERING:
-        if not ok(values.get(key)):
-            raise invalid(key, values.get(key), accepted)
+def _sampler_check(key: str) -> tuple[str, Callable[[Any], bool], str]:
+    # sampler, steps, eta, guidance_scale: the values plan_sampling accepts (the API's too)
+    return key, OPTION_RULES[key].ok, OPTION_RULES[key].accepted
 
 
 def check_label(label: int, num_classes: int) -> None:
@@ -68,19 +44,16 @@ def check_options(opts: DictConfig, tasks) -> None:
         ("n", lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1 (or null)"),
         ("seed", lambda v: is_int(v) and 0 <= v < 2**63, "an integer >= 0"),
         ("batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-        ("steps", lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1 (or null)"),
+        _sampler_check("steps"),
         (
             "frames",
             lambda v: is_int(v) and v >= 2,
             "an integer >= 2 for task=interpolate (both ends are shown)",
         ),
         ("mode", lambda v: v is None or v in ("linear", "slerp"), "one of linear, slerp (or null)"),
-        (
-            "sampler",
-            lambda v: v is None or v in SAMPLER_NAMES,
-            f"one of {', '.join(SAMPLER_NAMES)} (or null: the model's own choice)",
-        ),
-        *STEERING,
+        _sampler_check("sampler"),
+        _sampler_check("eta"),
+        _sampler_check("guidance_scale"),
         ("strip_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("overwrite", lambda v: isinstance(v, bool), "true or false"),
         (

@@ -197,8 +197,8 @@ TASKS: dict[str, Task] = {
         "n pairs of test images, `frames` decodes (default 10) along `mode=linear\\|slerp` "
         "(slerp: Gaussian latents, vae and cvae); CVAE rows stay in the first image's class. "
         "DDPM: n pairs of independent x_T draws, `frames` points on the slerp (default) or line "
-        "between them, each mapped to an image by deterministic DDIM (eta 0, `steps=` steps, "
-        "default the model's `sample_steps`)",
+        "between them, each mapped to an image by a deterministic sampler (DDIM with eta 0 unless "
+        "`sampler=dpmpp_2m`; `steps=` steps, default the model's `sample_steps`)",
         latent=interpolate,
         diffusion=diffusion_interpolate,
         default_n=8,

@@ -1,11 +1,13 @@
 """Denoising diffusion probabilistic model (Ho et al. 2020), as seed 003 walks through it.
 
 Training is Algorithm 1 (the "simple" loss: MSE between the network output and its target at a
-uniformly drawn timestep); sampling is Algorithm 2 (ancestral, T steps) or DDIM (Song et al.
-2021) with `sample_steps` < T. The schedule, samplers and bound are plain tensor math in
-genlab.diffusion; this file wires them to a U-Net and to Lightning. Images are mapped from the
-data's [0, 1] to [-1, 1]. EMA of the weights (Lightning's EMAWeightAveraging, added by
-genlab.train when `ema_decay` is set) is what validation, test, sampling and checkpoints use.
+uniformly drawn timestep); sampling is any sampler of genlab.diffusion.SAMPLERS (`sampler`, else
+Algorithm 2's ancestral T steps, or DDIM (Song et al. 2021) with `sample_steps` < T), its
+options resolved by genlab.sampler_rules.plan_sampling. The schedule, samplers and bound are
+plain tensor math in genlab.diffusion; this file wires them to a U-Net and to Lightning. Images
+are mapped from the data's [0, 1] to [-1, 1]. EMA of the weights (Lightning's
+EMAWeightAveraging, added by genlab.train when `ema_decay` is set) is what validation, test,
+sampling and checkpoints use.
 
 Optional class conditioning: a label embedding added to the time embedding, trained with labels
 dropped to a "null" label with probability `cond_drop_prob`, so that sampling can apply
@@ -21,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from genlab import GenlabError
 from genlab.diffusion import (
     DiffusionSchedule,
     check_steps,
@@ -33,6 +36,13 @@ from genlab.diffusion import (
 from genlab.models.base import Capabilities, GenerativeModule, eval_mean
 from genlab.models.ddpm.spec import DDPMSpec
 from genlab.nets.unet import UNet
+from genlab.sampler_rules import (
+    MODEL_SAMPLER,
+    SAMPLER_RULES,
+    ModelSampling,
+    SamplerPlan,
+    plan_sampling,
+)
 
 log = logging.getLogger("genlab")
 
@@ -56,6 +66,11 @@ class DDPM(GenerativeModule):
         self.preview_every_n_epochs = spec.preview_every_n_epochs
         self.schedule = DiffusionSchedule.from_name(spec.schedule, spec.timesteps)
         self.net = self.build_net()
+        if not MODEL_SAMPLER.ok(spec.sampler):  # a checkpoint's hyperparameters are data
+            raise GenlabError(
+                f"Invalid model spec: sampler={spec.sampler!r}. sampler must be "
+                f"{MODEL_SAMPLER.accepted}."
+            )
         self._check_sampling(self.sample_steps, spec.guidance_scale)
         for part in BPD_PARTS:
             self.eval_metrics[f"test_{part}"] = eval_mean()
@@ -189,6 +204,28 @@ class DDPM(GenerativeModule):
         labels = labels if self.conditional else None
         return guided(self.net, labels, self.num_classes, guidance_scale)
 
+    @property
+    def sampling(self) -> ModelSampling:
+        """What this model brings to a sampler plan (genlab.sampler_rules)."""
+        return ModelSampling(
+            kind=self.kind,
+            timesteps=self.schedule.timesteps,
+            sample_steps=self.sample_steps,
+            sampler=self.spec.sampler,
+            eta=self.eta,
+            guidance_scale=self.guidance_scale,
+            conditional=self.conditional,
+        )
+
+    def sampler_plan(
+        self, sampler=None, steps=None, eta=None, guidance_scale=None, *, deterministic_for=None
+    ) -> SamplerPlan:
+        """The options (None: this model's own setting) checked and resolved, or a GenlabError:
+        the one rule of sample.py, genlab.load(...).sample and the test stage."""
+        return plan_sampling(
+            self.sampling, sampler, steps, eta, guidance_scale, deterministic_for=deterministic_for
+        )
+
     @torch.no_grad()
     def sample(
         self,
@@ -203,20 +240,18 @@ class DDPM(GenerativeModule):
         return_trajectory_at=None,
         progress: bool = False,
     ):
-        """n images in [0, 1]. `sampler`: a name in genlab.diffusion.SAMPLERS, "ddpm" (ancestral,
-        T steps), "ddim" or "dpmpp_2m" (`steps` steps); by default ancestral when steps == T,
-        else DDIM."""
-        steps = steps or self.sample_steps
-        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        self._check_sampling(steps, guidance_scale)
+        """n images in [0, 1], drawn as `sampler_plan` resolves the options: `sampler` a name of
+        genlab.diffusion.SAMPLERS; left out, `model.sampler`, else ancestral when steps == T and
+        DDIM for fewer."""
+        plan = self.sampler_plan(sampler, steps, eta, guidance_scale)
         chosen = make_sampler(
-            sampler or default_sampler(steps, self.schedule.timesteps),
+            plan.sampler,
             self.schedule,
-            steps,
+            plan.steps,
             prediction=self.prediction,
             clip_x0=self.clip_x0,
             variance=self.variance,
-            eta=self.eta if eta is None else eta,
+            **({} if plan.eta is None else {"eta": plan.eta}),
         )
         was_training = self.training
         self.eval()
@@ -227,7 +262,7 @@ class DDPM(GenerativeModule):
                 (n, *self.noise_shape),
                 labels=labels if self.conditional else None,
                 null_label=self.num_classes,
-                guidance_scale=guidance_scale,
+                guidance_scale=plan.guidance_scale,
                 generator=generator,
                 device=self.device,
                 x_T=x_T,
@@ -250,5 +285,10 @@ class DDPM(GenerativeModule):
 
     def preview_images(self, x, y):
         generator = torch.Generator(device=self.device).manual_seed(0)
-        steps = min(self.spec.preview_steps, self.schedule.timesteps)
-        return {"samples": self.sample(len(x), self.preview_labels(len(x)), generator, steps=steps)}
+        T = self.schedule.timesteps
+        steps = min(self.spec.preview_steps, T)
+        sampler = self.spec.sampler  # an all-steps one would ignore preview_steps: the rule's
+        if sampler is None or SAMPLER_RULES[sampler].all_steps:
+            sampler = default_sampler(steps, T)
+        labels = self.preview_labels(len(x))
+        return {"samples": self.sample(len(x), labels, generator, steps=steps, sampler=sampler)}

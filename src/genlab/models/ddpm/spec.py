@@ -12,6 +12,7 @@ from omegaconf import ListConfig
 
 from genlab import GenlabError
 from genlab.run_rules import _check, _get
+from genlab.sampler_rules import MODEL_SAMPLER, check_model_sampler
 from genlab.specs import (
     BOOL,
     DEFAULT_OPTIMIZER,
@@ -50,6 +51,10 @@ class DDPMSpec(ModelSpec):
     # Sampler steps: timesteps -> ancestral sampling (Algorithm 2, T network calls); fewer ->
     # DDIM with that many steps (Song et al. 2021); null = timesteps. Range: check, below.
     sample_steps: int | None = 100
+    # Sampler of the model's own draws (the test stage's and evaluate='s FID samples, the
+    # previews, sample.py's and genlab.load's default): a name of genlab.diffusion.SAMPLERS;
+    # null = the rule above. An all-steps sampler (ddpm) ignores sample_steps.
+    sampler: str | None = _key(None, MODEL_SAMPLER)
     eta: float = _key(0.0, UNIT_INTERVAL)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     unet: UNetSpec = field(default_factory=UNetSpec)
     # Class-conditional: a label embedding added to the time embedding.
@@ -87,7 +92,8 @@ class DDPMSpec(ModelSpec):
         256, Rule(lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0, or null: all")
     )
     bpd_t_chunk: int = _key(10, POSITIVE_INT)  # timesteps per network call in the bound
-    preview_steps: int = _key(50, POSITIVE_INT)  # DDIM steps of the grids logged after validation
+    # Steps of the grids logged after validation: model.sampler's, or DDIM's when that has none.
+    preview_steps: int = _key(50, POSITIVE_INT)
     # How often to log those grids (0: never).
     preview_every_n_epochs: int = _key(1, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
     optimizer: dict[str, Any] = _key({**DEFAULT_OPTIMIZER, "lr": 2e-4})  # paper: Adam 2e-4
@@ -115,6 +121,7 @@ class DDPMSpec(ModelSpec):
             f"an integer between 1 and model.timesteps={timesteps}",
             f"Use {timesteps} for ancestral sampling or fewer (e.g. 50) for DDIM.",
         )
+        check_model_sampler(_get(cfg, "model.sampler", None), _get(cfg, "model.eta", 0))
         if _get(cfg, "model.guidance_scale", 0) and not _get(cfg, "model.conditional", False):
             raise GenlabError(
                 f"Invalid config: model.guidance_scale={cfg.model.guidance_scale} needs a "
