@@ -252,7 +252,7 @@ def test_plugin_modules_are_checked_before_use():
 
 # The ancestral sampler of Ho et al. is called ddpm too: the sampler registry and the code that
 # picks a sampler by name may write it (they name a sampler, not model=ddpm).
-SAMPLER_FILES = ("diffusion/", "sample/diffusion.py", "sample/options.py")
+SAMPLER_FILES = ("diffusion/", "sampler_rules.py", "sample/diffusion.py", "sample/options.py")
 
 
 def test_each_model_name_is_written_only_in_its_own_folder():
