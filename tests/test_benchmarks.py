@@ -83,7 +83,7 @@ def test_sample_quality_script_scores_a_conditional_run(compose, data_root, tmp_
     sys.path.insert(0, str(REPO / "benchmarks"))
     from sample_quality import evaluate
 
-    from genlab.train import run
+    from genlab.training import run
 
     cfg = compose(
         "model=cvae",

@@ -7,8 +7,8 @@ import torch
 from fixtures import TINY_DDPM, class_images
 from torch.distributions import Normal, kl_divergence
 
+from genlab.builders import build_model, run
 from genlab.objectives import gaussian_kl, gaussian_kl_between
-from genlab.train import build_model, run
 
 
 def test_kl_between_gaussians_matches_torch_distributions():

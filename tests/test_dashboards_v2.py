@@ -17,7 +17,7 @@ from test_sweep import job_dirs, sweep, tiny
 from wandb_offline import find_runs, read_run
 
 from genlab.dashboards import metric_summary, run_hparams
-from genlab.train import run
+from genlab.training import run
 
 TINY_AE = ["data=mnist", "model=ae", "model.mlp.hidden=[32]", "model.latent_dim=4"]
 TINY_AE += ["eval.sample_quality=false", "save_images=false"]

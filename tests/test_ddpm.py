@@ -6,9 +6,9 @@ import torch
 from fixtures import TINY_DDPM
 
 from genlab import GenlabError
+from genlab.builders import build_datamodule, build_model, run
 from genlab.config import validate
 from genlab.models import DDPM
-from genlab.train import build_datamodule, build_model, run
 
 TINY = [
     *TINY_DDPM,

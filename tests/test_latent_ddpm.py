@@ -16,11 +16,11 @@ from PIL import Image
 
 import genlab
 from genlab import GenlabError
+from genlab.builders import build_datamodule, run
 from genlab.models import LatentDDPM
 from genlab.models.latent_ddpm import AutoencoderUnavailable
 from genlab.sample import load_run
 from genlab.sample import run as sample
-from genlab.train import build_datamodule, run
 
 TINY_PRIOR = [
     "model=latent_ddpm",
@@ -107,7 +107,7 @@ def test_scale_is_the_training_split_latents_mean_and_std(prior, ae_dir):
 def test_autoencoder_is_frozen_and_not_in_the_optimizer(prior, ae_dir):
     import lightning.pytorch as pl
 
-    from genlab.train import build_model
+    from genlab.builders import build_model
 
     _, cfg, _ = prior
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ def px(cells: int) -> int:
 def _train(data_root, run_dir, *overrides, mlp=True):
     from fixtures import compose_run
 
-    from genlab.train import run as train
+    from genlab.training import run as train
 
     mlp_size = ["model.mlp.hidden=[64]"] if mlp else []  # a DDPM has no MLP
     train(compose_run(data_root, run_dir, *mlp_size, "test=false", "save_images=false", *overrides))

@@ -10,7 +10,7 @@ from genlab import GenlabError
 from genlab.config import validate
 from genlab.models import AE, DDPM, VAE
 from genlab.models.base import build_optimizer
-from genlab.train import run
+from genlab.training import run
 
 TINY_CONV = ["model.arch=conv", "model.conv.channels=[4,8]", "model.conv.fc_dim=16"]
 TINY_DDPM = [

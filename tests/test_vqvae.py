@@ -15,7 +15,7 @@ from genlab.models import VQVAE
 from genlab.models.vqvae import VectorQuantizer
 from genlab.sample import load_run
 from genlab.sample import run as sample
-from genlab.train import run
+from genlab.training import run
 
 SIDE, PAD = 28, 2
 

@@ -308,7 +308,7 @@ def train(overrides: Sequence[str] | Mapping[str, Any] = ()) -> Trained:
     done: dict[str, Any] = {}
 
     def task(cfg) -> dict:
-        from genlab.train import run
+        from genlab.training import run
 
         cli.redact_hydra_records(cfg)
         done["run_dir"] = Path(cfg.paths.output_dir)

@@ -35,7 +35,7 @@ register_resolvers()  # before Hydra composes: conf/train.yaml interpolates ${ge
 
 
 def _train(cfg: DictConfig) -> dict:
-    from genlab.train import run
+    from genlab.training import run
 
     return run(cfg)
 

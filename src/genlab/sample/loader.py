@@ -223,7 +223,7 @@ class LoadedRun:
 
     def test_split(self, data: str | None = None, data_dir: str | None = None):
         """(uint8 images [N, C, H, W], int64 labels [N]) of a test split, on the CPU."""
-        from genlab.train import build_datamodule
+        from genlab.builders import build_datamodule
 
         spec = self.data_config(data, data_dir)
         key = (spec.name, str(spec.root), str(spec.get("path")))  # path: data=image_folder's

@@ -259,7 +259,7 @@ def logged_metrics(cfg: DictConfig) -> set[str] | None:
     """The metric names `genlab.train.run(cfg)` returns (what train.py hands the sweeper and
     writes to metrics.json), None when the model cannot be built. Single-step curves
     (train/loss_step, train/lr) are not among them: run() leaves them out."""
-    from genlab.train import build_model
+    from genlab.builders import build_model
 
     try:
         # Built once per sweep (the last job's config): whether it samples is its capabilities'
