@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,17 @@ def build_datamodule(cfg: DictConfig):
     return data_module(OmegaConf.to_container(cfg.data, resolve=True), cfg.get("seed"))
 
 
-def build_model(cfg: DictConfig):
-    from genlab.registry import model_class
+def model_class(spec: Mapping[str, Any], key: str = "model") -> type:
+    """The model class of a model config node (genlab.models.MODEL_CLASSES), its `name` and
+    `_target_` checked by check_model_target."""
+    from genlab.models import MODEL_CLASSES
+    from genlab.registry import check_model_target
 
+    check_model_target(spec, key)
+    return MODEL_CLASSES[spec["name"]]
+
+
+def build_model(cfg: DictConfig):
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     cls = model_class(spec)
     spec.pop("_target_", None)

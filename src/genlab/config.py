@@ -22,7 +22,10 @@ from genlab import GenlabError
 from genlab.composition import retired_key_message
 from genlab.image_files import check_config as check_image_folder
 from genlab.registry import check_model_target
-from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
+from genlab.run_rules import KEY_RULES, validate_trainer
+from genlab.run_rules import check_value as _check
+from genlab.run_rules import config_value as _get
+from genlab.run_rules import refuse_value as _fail
 from genlab.rundir import check_run_name
 from genlab.secrets import check_wandb_online
 from genlab.specs import (

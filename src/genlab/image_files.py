@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from genlab import GenlabError
-from genlab.run_rules import _check, _get
+from genlab.run_rules import check_value as _check
+from genlab.run_rules import config_value as _get
 from genlab.specs import is_int, is_number
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -35,12 +35,12 @@ from genlab.spec_rules import (
     UNIT_INTERVAL,
     UNIT_INTERVAL_OPEN_RIGHT,
     Rule,
-    _key,
-    _one_of,
     is_int,
     is_int_list,
     is_number,
 )
+from genlab.spec_rules import one_of as _one_of
+from genlab.spec_rules import spec_key as _key
 
 
 # -- networks ------------------------------------------------------------------------------------

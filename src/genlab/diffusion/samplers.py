@@ -23,7 +23,8 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
-from genlab.diffusion.schedule import PREDICTIONS, DiffusionSchedule, _check_choice
+from genlab.diffusion.schedule import PREDICTIONS, DiffusionSchedule
+from genlab.diffusion.schedule import check_choice as _check_choice
 
 
 class StepOutput(NamedTuple):
