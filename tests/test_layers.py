@@ -246,3 +246,67 @@ def test_no_private_name_is_imported_from_another_module():
                     if a.name.startswith("_") and not a.name.startswith("__")
                 ]
     assert not crossing, "\n".join(crossing)
+
+
+# The floors whose table row says torch is imported only inside their functions (and the
+# configs and runs below them): importing them pulls in neither torch nor Lightning.
+TORCH_INSIDE = [
+    "genlab.registry",
+    "genlab.config",
+    "genlab.runs",
+    "genlab.builders",
+    "genlab.training",
+    "genlab.evaluate",
+    "genlab.sample",
+    "genlab.pipeline",
+    "genlab.export",
+    "genlab.cli",
+    "genlab.api",
+    "genlab.commands",
+]
+
+
+def test_flows_and_entry_points_import_no_torch_at_module_level():
+    code = (
+        "import importlib, sys\n"
+        f"for name in {TORCH_INSIDE!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+# -- genlab.train: the function, and the command ---------------------------------------------------
+def test_genlab_train_stays_the_function_and_the_module_is_only_the_command():
+    code = (
+        "import genlab, inspect\n"
+        "before = genlab.train\n"
+        "try:\n"
+        "    import genlab.train\n"
+        "except ImportError as err:\n"
+        "    print('refused:', err)\n"
+        "from genlab import train\n"
+        "print(inspect.isfunction(genlab.train), genlab.train is before is train)\n"
+        "print(list(inspect.signature(genlab.train).parameters))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    refused, same, params = result.stdout.strip().splitlines()
+    assert refused.startswith("refused: genlab.train is the command `python -m genlab.train`")
+    assert same == "True True" and params == "['overrides']"
+    command = subprocess.run(
+        [sys.executable, "-m", "genlab.train", "--version"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert command.returncode == 0 and command.stdout.startswith("genlab "), command.stderr

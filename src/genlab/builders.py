@@ -15,10 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.atomic import write_text_atomic
+from genlab.registry import check_model_target, data_module  # never a class a config names
+from genlab.rundir import write_hydra_records
+from genlab.secrets import redact
+
 
 def build_datamodule(cfg: DictConfig):
-    from genlab.registry import data_module  # never a class a config names (docs/security.md)
-
     return data_module(OmegaConf.to_container(cfg.data, resolve=True), cfg.get("seed"))
 
 
@@ -26,7 +29,6 @@ def model_class(spec: Mapping[str, Any], key: str = "model") -> type:
     """The model class of a model config node (genlab.models.MODEL_CLASSES), its `name` and
     `_target_` checked by check_model_target."""
     from genlab.models import MODEL_CLASSES
-    from genlab.registry import check_model_target
 
     check_model_target(spec, key)
     return MODEL_CLASSES[spec["name"]]
@@ -201,8 +203,6 @@ def signals_as_interruption(guard):
 
 def write_metrics(metrics: dict[str, float], output_dir: Path) -> Path:
     """metrics.json, replaced atomically (a reader never sees half of it)."""
-    from genlab.atomic import write_text_atomic
-
     return write_text_atomic(
         output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True)
     )
@@ -210,8 +210,6 @@ def write_metrics(metrics: dict[str, float], output_dir: Path) -> Path:
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config, secrets redacted: config.yaml, the loggers' and checkpoints' record."""
-    from genlab.secrets import redact
-
     return redact(OmegaConf.to_container(cfg, resolve=True))
 
 
@@ -222,10 +220,7 @@ def record_config(cfg: DictConfig, trainer, loggers: list, output_dir: Path) -> 
     Into a dir that holds a run already (a resume in place), config.yaml and Hydra's records
     held back by genlab.cli.RunDirGuard are written only when training starts, after Lightning
     restored the checkpoint (RunRecords): a resume that fails leaves them as they were."""
-    from genlab.atomic import write_text_atomic
     from genlab.callbacks import RunRecords
-    from genlab.rundir import write_hydra_records
-    from genlab.secrets import redact
 
     run_config = redact(OmegaConf.to_container(cfg, resolve=True))
     for logger in loggers:

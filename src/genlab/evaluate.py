@@ -33,6 +33,8 @@ from genlab.builders import (
     write_images,
     write_metrics,
 )
+from genlab.console import quiet_known_warnings, tidy_lightning_logging
+from genlab.untrusted import inside  # no checkpoint behind a link out of the run
 
 log = logging.getLogger("genlab")
 
@@ -41,7 +43,6 @@ def checkpoint_to_evaluate(value: str) -> str:
     """A .ckpt file as it is; a run dir -> its best checkpoint (what its test stage used:
     checkpoints/epoch=*.ckpt, the newest of them), else its newest."""
     from genlab.checkpoints import newest_checkpoint
-    from genlab.untrusted import inside  # no checkpoint behind a link out of the run
 
     folder = Path(value) / "checkpoints"
     best = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -64,7 +65,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     from genlab.callbacks import CheckpointOnInterrupt
     from genlab.checkpoints import load_checkpoint, trained_changes
-    from genlab.console import quiet_known_warnings, tidy_lightning_logging
     from genlab.dashboards import record_final
     from genlab.loggers import build_loggers, finish_loggers
 

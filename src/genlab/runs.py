@@ -16,7 +16,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
-from genlab.composition import CONF_DIR
+from genlab.composition import CONF_DIR, drop_retired_keys
+from genlab.config import validate
+from genlab.registry import data_module
+from genlab.specs import MODEL_SPECS, user_keys
+from genlab.untrusted import read_yaml, refuse_interpolations
 
 
 class RunUnavailable(GenlabError):
@@ -72,8 +76,6 @@ def locate(path: Path) -> tuple[Path, Path | None]:
 def init_kwargs(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The hyperparameters that are keys of `cls`'s spec. Checkpoints may hold others (a VAE's
     `beta_norm` ends up there when loggers record it; keys an older genlab had)."""
-    from genlab.specs import user_keys
-
     known = set(user_keys(cls.spec_class))
     return {k: v for k, v in hparams.items() if k in known}
 
@@ -100,10 +102,13 @@ def load_model(ckpt: Path, classes: Mapping[str, type], device="cpu"):
             "`python train.py`."
         )
     name = hparams.get("name")
-    if not isinstance(name, str) or name not in classes:
+    if name not in MODEL_SPECS:  # the names of genlab's models, without importing them
         raise GenlabError(
-            f"{ckpt} holds a model of type {name!r}, where one of {', '.join(classes)} is needed."
+            f"{ckpt} holds a model of type {name!r}, which genlab cannot load: known types are "
+            f"{', '.join(MODEL_SPECS)}."
         )
+    if name not in classes:
+        raise GenlabError(f"{ckpt} holds a {name}, where one of {', '.join(classes)} is needed.")
     cls = classes[name]
     try:
         model = cls.from_hparams(hparams)
@@ -132,11 +137,6 @@ def read_run_config(path: Path) -> DictConfig:
     """A run's config.yaml, as data (genlab.untrusted): plain YAML without interpolations,
     checked like a config, its data section checked against genlab.registry."""
     from omegaconf.errors import OmegaConfBaseException
-
-    from genlab.composition import drop_retired_keys
-    from genlab.config import validate
-    from genlab.registry import data_module
-    from genlab.untrusted import read_yaml, refuse_interpolations
 
     def broken(why: str) -> GenlabError:
         return GenlabError(
@@ -226,8 +226,6 @@ class LoadedRun:
 
     def test_split(self, data: str | None = None, data_dir: str | None = None):
         """(uint8 images [N, C, H, W], int64 labels [N]) of a test split, on the CPU."""
-        from genlab.registry import data_module
-
         spec = self.data_config(data, data_dir)
         key = (spec.name, str(spec.root), str(spec.get("path")))  # path: data=image_folder's
         if key not in self._splits:

@@ -30,6 +30,8 @@ from genlab.builders import (
     write_metrics,
 )
 from genlab.config import validate
+from genlab.console import quiet_known_warnings, tidy_lightning_logging
+from genlab.rundir import check_run_dir, holding, is_rank_zero, recorded_metrics, resumes_in_place
 
 log = logging.getLogger("genlab")
 
@@ -41,8 +43,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     the same run dir: genlab.rundir), TrainingInterrupted after SIGTERM/SIGINT (a checkpoint
     has been written), TrainingDiverged on a non-finite loss or validation/test metric.
     """
-    from genlab.rundir import check_run_dir, holding, is_rank_zero, resumes_in_place
-
     validate(cfg)
     if is_rank_zero():  # train.py's RunDirGuard checked already; the library's run(cfg) not
         in_place = resumes_in_place(cfg.get("ckpt_path"), cfg.paths.output_dir)
@@ -59,14 +59,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _run(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
-    from genlab.console import quiet_known_warnings, tidy_lightning_logging
-
     tidy_lightning_logging()
     quiet_known_warnings()
 
     from genlab.dashboards import record_final
     from genlab.loggers import build_loggers, finish_loggers
-    from genlab.rundir import recorded_metrics
 
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path, resume = resume_point(cfg, output_dir)
@@ -110,7 +107,6 @@ def resume_point(cfg: DictConfig, output_dir: Path) -> tuple[str | None, dict[st
     run id it holds; for a resume in place, its path and step, where the CSV curve goes on)."""
     from genlab.callbacks import wandb_run_id_in
     from genlab.checkpoints import check_compatible, load_checkpoint, resolve_ckpt_path
-    from genlab.rundir import resumes_in_place
 
     path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if not path:
