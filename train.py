@@ -1,7 +1,7 @@
 """Train a genlab model: `python train.py model=vae data=fashion_mnist trainer.max_epochs=20`.
 
 The same Hydra app as the installed `genlab-train` (genlab.commands.train): configs in conf/,
-the work in genlab.train.run, the failure policy in genlab.cli.task_wrapper, the exit codes in
+the work in genlab.training.run, the failure policy in genlab.cli.task_wrapper, the exit codes in
 genlab.commands.
 """
 

@@ -39,9 +39,10 @@ def evaluate(
     from torchmetrics.image import FrechetInceptionDistance
 
     from genlab.metrics.classifier import FeatureView, ensure_classifier, load_classifier
-    from genlab.sample import load_run
+    from genlab.models import MODEL_CLASSES
+    from genlab.runs import load_run
 
-    run = load_run(path)
+    run = load_run(path, MODEL_CLASSES)
     model = run.model.eval()
     dataset = run.cfg.data.name if run.cfg is not None else dataset
     classifier, accuracy = load_classifier(

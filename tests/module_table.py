@@ -1,7 +1,10 @@
-"""The `lines` column of docs/architecture.md's module table, from the code.
+"""The `lines` and `imports` columns of docs/architecture.md's module table, from the code.
 
-    python tests/module_table.py           # rewrites the column in place
-    python tests/module_table.py --check   # exit 1 and the stale rows when it is out of date
+    python tests/module_table.py           # rewrites the columns in place
+    python tests/module_table.py --check   # exit 1 and the stale rows when they are out of date
+
+"imports": the genlab modules a module imports at module level, then those it imports only
+inside a function, marked (lazy); its own submodules left out; "-" for none.
 
 tests/test_layout.py runs the check, so the table cannot drift from the package; a module
 missing from the table, or a row naming no module, is reported too.
@@ -9,6 +12,7 @@ missing from the table, or a row naming no module, is reported too.
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from pathlib import Path
@@ -16,6 +20,72 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "architecture.md"
 ROW = re.compile(r"^\| `(?P<module>[\w.]+)` \| (?P<lines>\d+) \|")
+PLUGINS = "hydra_plugins"
+
+
+def _sources() -> dict[str, Path]:
+    paths = [*(REPO / "src" / "genlab").rglob("*.py"), *(REPO / "src" / PLUGINS).rglob("*.py")]
+    found = {}
+    for path in sorted(paths):
+        parts = path.relative_to(REPO / "src").with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _targets(package: str, node: ast.AST, known: set[str]) -> list[str]:
+    """The modules of `known` one import statement imports (`package`: where a relative import
+    starts from)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        module = node.module or ""
+        if node.level:
+            base = package.split(".")
+            base = base[: len(base) - (node.level - 1)]
+            module = ".".join(base + ([module] if module else []))
+        names = [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module
+                 for a in node.names]  # fmt: skip
+    owners = []
+    for target in names:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        if target:
+            owners.append(target)
+    return owners
+
+
+def module_imports() -> dict[str, str]:
+    """Each module's imports cell: module-level imports, then the lazy ones (only inside a
+    function), each group in order of name."""
+    sources = _sources()
+    known = set(sources)
+    cells = {}
+    for name, path in sources.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text())
+        anywhere, top = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                anywhere.update(_targets(package, node, known))
+
+        def visit(node: ast.AST, top=top, package=package) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                if isinstance(child, ast.Import | ast.ImportFrom):
+                    top.update(_targets(package, child, known))
+                visit(child)
+
+        visit(tree)
+        own = {m for m in anywhere if m == name or m.startswith(name + ".")}
+        cell = [_short(m) for m in sorted(top - own)]
+        cell += [f"{_short(m)} (lazy)" for m in sorted(anywhere - top - own)]
+        cells[name] = ", ".join(cell) or "-"
+    return cells
+
+
+def _short(module: str) -> str:
+    return module if module in ("genlab",) or module.startswith(PLUGINS) else module[7:]
 
 
 def module_lines() -> dict[str, int]:
@@ -27,14 +97,22 @@ def module_lines() -> dict[str, int]:
     return found
 
 
-def updated(text: str, lines: dict[str, int]) -> tuple[str, list[str]]:
-    """The page with every row's count replaced, and the problems that a count cannot fix."""
+def updated(
+    text: str, lines: dict[str, int], imports: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
+    """The page with every row's count (and imports cell) replaced, and the problems that the
+    code cannot fix."""
+    imports = module_imports() if imports is None else imports
     seen, out = set(), []
     for line in text.splitlines():
         match = ROW.match(line)
         if match and match["module"] in lines:
             seen.add(match["module"])
-            line = f"| `{match['module']}` | {lines[match['module']]} |" + line[match.end() :]
+            rest = line[match.end() :]
+            if match["module"] in imports and rest.count(" | ") >= 1:
+                owns = rest.rsplit(" | ", 1)[0]
+                rest = f"{owns} | {imports[match['module']]} |"
+            line = f"| `{match['module']}` | {lines[match['module']]} |" + rest
         elif match:
             out.append(line)
             seen.add(match["module"])

@@ -17,8 +17,9 @@ from fixtures import FAST, REPO, TINY_DDPM
 
 import genlab
 from genlab import GenlabError
-from genlab.api import DataInfo, Pipeline, override_list
+from genlab.api import override_list
 from genlab.export import CARD, CONFIG, WEIGHTS, export_run
+from genlab.pipeline import DataInfo, Pipeline
 
 DOC = REPO / "docs" / "python-api.md"
 QUIET = [*FAST, "test=false", "save_images=false"]

@@ -386,7 +386,7 @@ def files(tmp_path_factory) -> dict[str, str]:
 def _fake_run(run_dir: Path, *overrides: str) -> str:
     """A run dir as train.py leaves it (config.yaml, a checkpoint), with untrained weights: the
     rows only need a model to refuse options for."""
-    from genlab.train import build_model
+    from genlab.builders import build_model
 
     cfg = compose("train", [f"paths.output_dir={run_dir}", *overrides])
     model = build_model(cfg)
@@ -450,7 +450,7 @@ def _never_train(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started: the bad input was not refused")
 
-    monkeypatch.setattr("genlab.train.fit_and_test", refuse)
+    monkeypatch.setattr("genlab.training.fit_and_test", refuse)
 
 
 def _assert_refused(code, text: str, named: str, fix: str | None) -> None:

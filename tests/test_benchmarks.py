@@ -83,7 +83,7 @@ def test_sample_quality_script_scores_a_conditional_run(compose, data_root, tmp_
     sys.path.insert(0, str(REPO / "benchmarks"))
     from sample_quality import evaluate
 
-    from genlab.train import run
+    from genlab.training import run
 
     cfg = compose(
         "model=cvae",
@@ -102,10 +102,11 @@ def test_sample_quality_script_scores_a_conditional_run(compose, data_root, tmp_
     assert 0 <= row["requested_class_share"] <= 1 and 0 <= row["confident_share"] <= 1
     # Independent check of the share: classify the same samples again.
     from genlab.metrics.classifier import cache_path, load_classifier
-    from genlab.sample import load_run
+    from genlab.models import MODEL_CLASSES
+    from genlab.runs import load_run
 
     classifier, _ = load_classifier(cache_path(data_root, "mnist"), "mnist", [1, 28, 28])
-    model = load_run(cfg.paths.output_dir).model
+    model = load_run(cfg.paths.output_dir, MODEL_CLASSES).model
     wanted = torch.arange(40) % 10
     samples = torch.cat([model.sample(40, wanted, generator=torch.Generator().manual_seed(0))])
     share = float((classifier(samples).argmax(1) == wanted).float().mean())

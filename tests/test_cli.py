@@ -77,8 +77,8 @@ def test_ddp_two_cpu_processes_train_with_synced_metrics(data_root, tmp_path):
 
     from omegaconf import OmegaConf
 
+    from genlab.builders import build_datamodule
     from genlab.models import VAE
-    from genlab.train import build_datamodule
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     model = VAE.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")

@@ -4,7 +4,7 @@ import pytest
 
 from genlab import GenlabError
 from genlab.config import validate
-from genlab.train import run
+from genlab.training import run
 
 BAD = [
     ("model.beta=-1", r"model\.beta=-1.*a number >= 0"),

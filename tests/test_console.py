@@ -142,7 +142,7 @@ def test_the_rich_console_comes_from_a_declared_dependency(compose):
     from fixtures import REPO
     from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 
-    from genlab.train import build_trainer
+    from genlab.builders import build_trainer
 
     # A dependency line of pyproject.toml's [project] table (tomllib needs Python 3.11).
     assert re.search(r'^\s*"rich[<>=~ ]', (REPO / "pyproject.toml").read_text(), re.MULTILINE)

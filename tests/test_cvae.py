@@ -7,8 +7,9 @@ import torch
 from fixtures import TINY_DDPM, class_images
 from torch.distributions import Normal, kl_divergence
 
+from genlab.builders import build_model
 from genlab.objectives import gaussian_kl, gaussian_kl_between
-from genlab.train import build_model, run
+from genlab.training import run
 
 
 def test_kl_between_gaussians_matches_torch_distributions():
@@ -55,11 +56,12 @@ def nearest_template(images: torch.Tensor) -> torch.Tensor:
 
 def trained(compose, *overrides):
     """The model of a short training run (no test stage, no images) on the template data."""
-    from genlab.sample import load_run
+    from genlab.models import MODEL_CLASSES
+    from genlab.runs import load_run
 
     cfg = compose("data=mnist", "test=false", "save_images=false", *overrides)
     run(cfg)
-    return load_run(cfg.paths.output_dir).model
+    return load_run(cfg.paths.output_dir, MODEL_CLASSES).model
 
 
 def requested_share(samples: torch.Tensor, wanted: torch.Tensor) -> float:

@@ -16,7 +16,7 @@ from PIL import Image
 from wandb_offline import read_run
 
 from genlab.loggers import finish_loggers
-from genlab.train import run
+from genlab.training import run
 from genlab.viz.grids import log_images, make_grid
 
 SMALL = ["model.mlp.hidden=[64]", "model.latent_dim=4"]

@@ -17,7 +17,7 @@ from test_sweep import job_dirs, sweep, tiny
 from wandb_offline import find_runs, read_run
 
 from genlab.dashboards import metric_summary, run_hparams
-from genlab.train import run
+from genlab.training import run
 
 TINY_AE = ["data=mnist", "model=ae", "model.mlp.hidden=[32]", "model.latent_dim=4"]
 TINY_AE += ["eval.sample_quality=false", "save_images=false"]
@@ -310,8 +310,9 @@ def test_vqvae_traverse_shows_the_16_most_varied_code_dims(compose, tmp_path, ca
     PNG): the traverse shows the 16 the test codes vary most along and says which."""
     import torch
 
+    from genlab.models import MODEL_CLASSES
+    from genlab.runs import load_run
     from genlab.sample import run as sample_run
-    from genlab.sample.loader import load_run
 
     out = tmp_path / "run"
     run(compose("model=vqvae", "data=mnist", "trainer.max_epochs=1", "test=false",
@@ -320,7 +321,7 @@ def test_vqvae_traverse_shows_the_16_most_varied_code_dims(compose, tmp_path, ca
     (png,) = sample_run({"run": str(out), "task": "traverse", "out_dir": str(tmp_path / "t")})
     assert Image.open(png).size == (px(9), px(16))
     printed = capsys.readouterr().out
-    loaded = load_run(out)
+    loaded = load_run(out, MODEL_CLASSES)
     k = loaded.model.latent_dim
     assert k > 16
     images, labels = loaded.test_split()

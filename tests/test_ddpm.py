@@ -6,9 +6,10 @@ import torch
 from fixtures import TINY_DDPM
 
 from genlab import GenlabError
+from genlab.builders import build_datamodule, build_model
 from genlab.config import validate
 from genlab.models import DDPM
-from genlab.train import build_datamodule, build_model, run
+from genlab.training import run
 
 TINY = [
     *TINY_DDPM,

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from genlab.train import run
+from genlab.training import run
 
 SMALL = ["model.mlp.hidden=[32]", "model.latent_dim=2", "model.iwae_k_val=0", "model.iwae_k_test=0"]
 
@@ -48,7 +48,7 @@ def test_early_stopping_preset_stops_the_run(compose, tmp_path):
     assert cfg.callbacks.model_checkpoint.monitor == cfg.callbacks.early_stopping.monitor
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from genlab.train import build_callbacks, build_model, callback_plan
+    from genlab.builders import build_callbacks, build_model, callback_plan
 
     assert any(
         isinstance(c, EarlyStopping)

@@ -9,7 +9,7 @@ from omegaconf import open_dict
 from test_robustness import SMALL, STEPS_PER_EPOCH, _ckpt, _train_cli
 
 from genlab.callbacks import TrainingDiverged
-from genlab.train import run
+from genlab.training import run
 
 POISON = ["+callbacks.poison._target_=helpers.PoisonValidation", "+callbacks.poison.epoch=1"]
 

@@ -9,7 +9,7 @@ import torch
 from fixtures import TINY_DDPM
 
 from genlab.callbacks import EMA, ema_warmup_weight
-from genlab.train import run
+from genlab.training import run
 
 TINY_DDPM_RUN = [
     *TINY_DDPM,
@@ -50,7 +50,7 @@ class RecordRawWeights(pl.Callback):
 
 def test_ema_of_a_real_run_equals_the_hand_computed_average(compose, monkeypatch):
     recorder = RecordRawWeights()
-    import genlab.train as train_module
+    import genlab.training as train_module
 
     original = train_module.build_callbacks
     # The recorder runs after genlab's EMA update in the same hook order, so each recorded

@@ -19,7 +19,7 @@ from genlab.metrics.classifier import (
 )
 from genlab.metrics.likelihood import iwae_log_likelihood
 from genlab.metrics.quality import SampleQuality
-from genlab.train import run
+from genlab.training import run
 
 
 class LinearGaussian(nn.Module):

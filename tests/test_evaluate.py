@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from genlab import GenlabError
-from genlab.train import run
+from genlab.training import run
 
 # An AE: its test metrics are deterministic (a VAE's draw z, so two evaluations of one
 # checkpoint agree only in distribution), so the two numbers must be equal.

@@ -25,7 +25,7 @@ import genlab
 from genlab import GenlabError
 from genlab.checkpoints import RUN_CONFIG
 from genlab.export import AE_WEIGHTS, CARD, CONFIG, WEIGHTS, export_run
-from genlab.train import run
+from genlab.training import run
 
 # A tiny VAE (an autoencoder a latent DDPM can model), its test stage and images off.
 BASE = ["data=mnist", "model=vae", "model.mlp.hidden=[32]", "model.latent_dim=4"]

@@ -274,7 +274,7 @@ def test_evaluate_into_a_finished_run_is_refused(data_root, finished, run_copy, 
 
 def test_the_library_refuses_a_new_run_into_a_finished_run(data_root, run_copy, compose):
     import genlab
-    from genlab.train import run
+    from genlab.training import run
 
     before = snapshot(run_copy)
     overrides = [f"paths.data_dir={data_root}", *TINY, f"hydra.run.dir={run_copy}"]

@@ -193,7 +193,7 @@ TINY_DDPM = [
 
 
 def _train(folder, data_dir, run_dir, *overrides):
-    from genlab.train import run
+    from genlab.training import run
 
     cfg = compose(
         "train",

@@ -10,7 +10,7 @@ from torch.distributions import Bernoulli, Normal
 from genlab import GenlabError
 from genlab.config import validate
 from genlab.models import CVAE, VAE
-from genlab.train import run
+from genlab.training import run
 
 TINY = {"image_shape": [1, 4, 4], "latent_dim": 2, "mlp": {"hidden": [8]}}
 

@@ -16,11 +16,12 @@ from PIL import Image
 
 import genlab
 from genlab import GenlabError
-from genlab.models import LatentDDPM
+from genlab.builders import build_datamodule
+from genlab.models import MODEL_CLASSES, LatentDDPM
 from genlab.models.latent_ddpm.model import AutoencoderUnavailable
-from genlab.sample import load_run
+from genlab.runs import load_run
 from genlab.sample import run as sample
-from genlab.train import build_datamodule, run
+from genlab.training import run
 
 TINY_PRIOR = [
     "model=latent_ddpm",
@@ -66,14 +67,14 @@ def test_trained_prior_reloads_and_decodes_samples(prior, ae_dir):
         assert math.isfinite(metrics[key]), key
     assert (out / "samples.png").is_file() and not (out / "reconstructions.png").exists()
 
-    loaded = load_run(out)
+    loaded = load_run(out, MODEL_CLASSES)
     model = loaded.model
     assert loaded.name == "latent_ddpm" and model.capabilities.generative
     assert model.capabilities.diffusion and not model.capabilities.encoder
     assert model.noise_shape == (9,)  # seed 001's bottleneck
     # The checkpoint records the autoencoder (path + hash) and holds none of its weights.
     ckpt = torch.load(loaded.checkpoint, weights_only=True)
-    ae_ckpt = load_run(ae_dir).checkpoint
+    ae_ckpt = load_run(ae_dir, MODEL_CLASSES).checkpoint
     assert ckpt["hyper_parameters"]["autoencoder"] == str(ae_dir.resolve())
     assert ckpt["hyper_parameters"]["autoencoder_sha256"] == _sha256(ae_ckpt)
     assert {k.split(".")[0] for k in ckpt["state_dict"]} <= {"net", "latent_mean", "latent_std"}
@@ -95,10 +96,10 @@ def test_scale_is_the_training_split_latents_mean_and_std(prior, ae_dir):
     datamodule.prepare_data()
     datamodule.setup("fit")
     images, _ = datamodule.splits["train"]
-    ae = load_run(ae_dir).model  # loaded on its own, not the prior's copy
+    ae = load_run(ae_dir, MODEL_CLASSES).model  # loaded on its own, not the prior's copy
     with torch.no_grad():
         z = ae.encode_mean(images.float() / 255).double()
-    model = load_run(out).model
+    model = load_run(out, MODEL_CLASSES).model
     torch.testing.assert_close(model.latent_mean.double(), z.mean(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.latent_std.double(), z.std(0), rtol=1e-5, atol=1e-6)
     assert z.std(0).max() / z.std(0).min() > 1.5  # the scales differ per dimension
@@ -107,14 +108,16 @@ def test_scale_is_the_training_split_latents_mean_and_std(prior, ae_dir):
 def test_autoencoder_is_frozen_and_not_in_the_optimizer(prior, ae_dir):
     import lightning.pytorch as pl
 
-    from genlab.train import build_model
+    from genlab.builders import build_model
 
     _, cfg, _ = prior
     torch.manual_seed(0)
     model = build_model(cfg)
     ae = model.autoencoder
     before = {k: v.clone() for k, v in ae.state_dict().items()}
-    on_disk = torch.load(load_run(ae_dir).checkpoint, weights_only=True)["state_dict"]
+    on_disk = torch.load(load_run(ae_dir, MODEL_CLASSES).checkpoint, weights_only=True)[
+        "state_dict"
+    ]
     net_before = {k: v.clone() for k, v in model.net.state_dict().items()}
     datamodule = build_datamodule(cfg)
     trainer = pl.Trainer(
@@ -140,13 +143,13 @@ def test_autoencoder_is_frozen_and_not_in_the_optimizer(prior, ae_dir):
 
 def test_loss_is_the_v_loss_on_the_normalised_latents(prior, ae_dir):
     out, _, _ = prior
-    model = load_run(out).model
-    x = load_run(ae_dir).test_split()[0][:16].float() / 255
+    model = load_run(out, MODEL_CLASSES).model
+    x = load_run(ae_dir, MODEL_CLASSES).test_split()[0][:16].float() / 255
     loss, _ = model.compute_terms(x, None, generator=torch.Generator().manual_seed(7))
     # Independently: the same draws of t and eps, the forward process and the target by hand:
     # v = sqrt(ab) eps - sqrt(1 - ab) z (Salimans & Ho 2022), the latent DDPM's default.
     assert model.prediction == "v"
-    ae = load_run(ae_dir).model
+    ae = load_run(ae_dir, MODEL_CLASSES).model
     with torch.no_grad():
         z = (ae.encode_mean(x) - model.latent_mean) / model.latent_std
         g = torch.Generator().manual_seed(7)
@@ -165,12 +168,12 @@ def test_moved_or_changed_autoencoder_is_a_clear_error(prior, ae_dir, tmp_path):
     shutil.move(ae_dir, moved)
     try:
         with pytest.raises(AutoencoderUnavailable, match="no longer loads.*moved or deleted"):
-            load_run(out)
+            load_run(out, MODEL_CLASSES)
         with pytest.raises(GenlabError, match=str(ae_dir.resolve())):
             genlab.load(out)
     finally:
         shutil.move(moved, ae_dir)
-    ckpt_path = load_run(ae_dir).checkpoint
+    ckpt_path = load_run(ae_dir, MODEL_CLASSES).checkpoint
     original = ckpt_path.read_bytes()
     try:
         state = torch.load(ckpt_path, weights_only=True)
@@ -178,10 +181,10 @@ def test_moved_or_changed_autoencoder_is_a_clear_error(prior, ae_dir, tmp_path):
         state["state_dict"][first] = state["state_dict"][first] + 1e-3
         torch.save(state, ckpt_path)
         with pytest.raises(AutoencoderUnavailable, match="has changed since.*sha256"):
-            load_run(out)
+            load_run(out, MODEL_CLASSES)
     finally:
         ckpt_path.write_bytes(original)
-    assert load_run(out).name == "latent_ddpm"  # back in place: loads again
+    assert load_run(out, MODEL_CLASSES).name == "latent_ddpm"  # back in place: loads again
 
 
 def test_sample_py_draws_decoded_samples(prior, tmp_path):
@@ -220,7 +223,7 @@ def test_a_vqvae_code_grid_gets_a_unet_prior_decoded_through_nearest_codes(
     )
     assert model.noise_shape == (4, 7, 7) and type(model.net).__name__ == "UNet"
     ae = model.autoencoder
-    images = load_run(out).test_split()[0][:32]
+    images = load_run(out, MODEL_CLASSES).test_split()[0][:32]
     model.measure_scale(images, batch_size=10)
     with torch.no_grad():
         grid = ae.quantizer.lookup(ae.encode(images.float() / 255)).double()
@@ -252,7 +255,7 @@ def test_conditional_prior_samples_a_chosen_class_with_guidance(ae_dir):
         mlp={"hidden": [32]},
     )
     assert model.capabilities.conditional
-    x, y = load_run(ae_dir).test_split()
+    x, y = load_run(ae_dir, MODEL_CLASSES).test_split()
     model.measure_scale(x[:64])
     loss, _ = model.compute_terms(x[:8].float() / 255, y[:8])
     assert torch.isfinite(loss)

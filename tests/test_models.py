@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from genlab.builders import build_datamodule, build_model
 from genlab.models import AE, CVAE, VAE
-from genlab.train import build_datamodule, build_model
 
 SMALL_CONV = ["model.conv.channels=[8,16]", "model.conv.fc_dim=32"]
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import genlab.models.base as base
-from genlab.train import run
+from genlab.training import run
 
 SMALL = ["model.mlp.hidden=[32]", "model.latent_dim=2", "model.iwae_k_val=0", "test=false"]
 SMALL += ["save_images=false", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import genlab.progress as progress
-from genlab.train import run
+from genlab.training import run
 
 PROGRESS = re.compile(r"^test: (\d+)/(\d+) batches \((\d+)%\), [\d.]+ (s|min).* elapsed, ~.+ left$")
 

@@ -13,7 +13,7 @@ import yaml
 from fixtures import FAST, REPO
 
 from genlab import GenlabError
-from genlab.train import run
+from genlab.training import run
 
 SMALL = ["model.mlp.hidden=[64]", "model.latent_dim=4", "test=false", "save_images=false"]
 CHANGED = [

@@ -13,7 +13,7 @@ from fixtures import FAST, REPO
 from genlab import GenlabError
 from genlab.callbacks import TrainingDiverged
 from genlab.models.base import STEP_METRICS
-from genlab.train import run
+from genlab.training import run
 
 SMALL = ["model.mlp.hidden=[64]", "model.latent_dim=4", "test=false", "save_images=false"]
 STEPS_PER_EPOCH = 9  # 288 training images, batch 32

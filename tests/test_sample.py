@@ -15,7 +15,9 @@ from fixtures import CONF_DIR, REPO, write_inverted_mnist_family
 from PIL import Image
 
 from genlab import GenlabError
-from genlab.sample import load_run, rank_auroc, run
+from genlab.models import MODEL_CLASSES
+from genlab.runs import load_run
+from genlab.sample import rank_auroc, run
 
 PAD, SIDE = 2, 28  # make_grid padding, image side: a grid of c columns is c * 30 + 2 wide
 CVAE_K = 4
@@ -28,7 +30,7 @@ def px(cells: int) -> int:
 def _train(data_root, run_dir, *overrides, mlp=True):
     from fixtures import compose_run
 
-    from genlab.train import run as train
+    from genlab.training import run as train
 
     mlp_size = ["model.mlp.hidden=[64]"] if mlp else []  # a DDPM has no MLP
     train(compose_run(data_root, run_dir, *mlp_size, "test=false", "save_images=false", *overrides))
@@ -117,7 +119,7 @@ def test_pca_axes_for_a_latent_above_2d(runs, tmp_path):
 
 def test_manifold_puts_the_smallest_codes_bottom_left(runs, tmp_path):
     [path] = sample(runs["vae"], "manifold", tmp_path, n=4)
-    loaded = load_run(runs["vae"], "cpu")
+    loaded = load_run(runs["vae"], MODEL_CLASSES, "cpu")
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor([0.05, 0.95]))
     grid = pixels(path)[..., 0].float() / 255
     corners = {"bottom_left": (q[0], q[0], 3, 0), "top_right": (q[1], q[1], 0, 3)}
@@ -427,7 +429,7 @@ def test_ddpm_seeds_and_samplers(ddpm_runs, tmp_path):
 def test_ddim_interpolation_ends_are_the_ddim_samples_of_the_draws(ddpm_runs, tmp_path):
     n, cols, seed = 2, 4, 3
     [path] = sample(ddpm_runs["ddpm"], "interpolate", tmp_path, n=n, frames=cols, seed=seed)
-    model = load_run(ddpm_runs["ddpm"], "cpu").model
+    model = load_run(ddpm_runs["ddpm"], MODEL_CLASSES, "cpu").model
     draws = torch.randn(2 * n, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
     grid = tiles(path, n, cols)
     for column, x_T in ((0, draws[0::2]), (cols - 1, draws[1::2])):
@@ -444,7 +446,7 @@ def test_denoise_strips_go_from_noise_to_image_and_from_data_to_noise(ddpm_runs,
     x_T = torch.randn(n, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
     assert (rev[:, 0] - ((x_T + 1) / 2).clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
     # forward: the first column is test images exactly
-    loaded = load_run(ddpm_runs["ddpm"], "cpu")
+    loaded = load_run(ddpm_runs["ddpm"], MODEL_CLASSES, "cpu")
     test_images = loaded.test_split()[0][:, 0].float() / 255
     for image in fwd[:, 0]:
         assert ((test_images - image).abs().amax((1, 2)) < 1e-6).any()
@@ -465,7 +467,7 @@ def test_denoise_strips_go_from_noise_to_image_and_from_data_to_noise(ddpm_runs,
 def test_loaded_ddpm_has_the_ema_weights(ddpm_runs):
     from genlab.checkpoints import load_checkpoint
 
-    loaded = load_run(ddpm_runs["ddpm"], "cpu")
+    loaded = load_run(ddpm_runs["ddpm"], MODEL_CLASSES, "cpu")
     ckpt = load_checkpoint(loaded.checkpoint)
     ema, raw = ckpt["state_dict"], ckpt["current_model_state"]
     weights = loaded.model.state_dict()
@@ -704,7 +706,7 @@ def test_the_defaults_cover_every_task_of_every_model(runs, ddpm_runs):
     from genlab.sample import tasks_for
 
     for model, path in {**runs, **ddpm_runs}.items():
-        loaded = load_run(path, "cpu")
+        loaded = load_run(path, MODEL_CLASSES, "cpu")
         covered = {task for m, task, _ in DEFAULTS if m == model}
         can = {task for task in tasks_for(loaded.model) if (model, task) not in CANNOT}
         assert covered == can, model
@@ -716,7 +718,7 @@ def test_manifold_refusal_for_a_vae_above_2d(runs, tmp_path):
     # of that size: no training needed to ask for its manifold.
     from genlab.checkpoints import load_checkpoint
     from genlab.models import VAE
-    from genlab.sample import _init_kwargs
+    from genlab.runs import init_kwargs
 
     readme = (REPO / "README.md").read_text()
     documented = readme.split("$ python sample.py run=$RUN task=manifold\n", 1)[1].splitlines()[0]
@@ -725,7 +727,7 @@ def test_manifold_refusal_for_a_vae_above_2d(runs, tmp_path):
     for ckpt in (wide / "checkpoints").glob("*.ckpt"):
         state = load_checkpoint(ckpt)
         state["hyper_parameters"]["latent_dim"] = 16
-        model = VAE(**_init_kwargs(VAE, state["hyper_parameters"]))
+        model = VAE(**init_kwargs(VAE, state["hyper_parameters"]))
         state["state_dict"] = model.state_dict()
         torch.save(state, ckpt)
     with pytest.raises(GenlabError) as err:

@@ -18,10 +18,11 @@ from PIL import Image
 import genlab
 from genlab import GenlabError
 from genlab.diffusion import SAMPLERS, DiffusionSchedule, make_sampler, sample_loop
-from genlab.sample import load_run
+from genlab.models import MODEL_CLASSES
+from genlab.runs import load_run
 from genlab.sample import run as sample_run
 from genlab.sampler_rules import MODEL_SAMPLER, SAMPLER_RULES
-from genlab.train import run as train
+from genlab.training import run as train
 
 T, STEPS, SIDE, PAD = 50, 10, 28, 2  # TINY_DDPM's T and sample_steps; the PNG grid's geometry
 # A test stage that scores 12 samples in batches of 5 (5, 5, 2) and skips the T-call bound.
@@ -105,7 +106,7 @@ def trained(data_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(trained):
-    return load_run(trained["run_dir"], "cpu").model
+    return load_run(trained["run_dir"], MODEL_CLASSES, "cpu").model
 
 
 # -- the test stage and evaluate= ----------------------------------------------------------------

@@ -13,7 +13,7 @@ from fixtures import TINY_DDPM
 from genlab import GenlabError
 from genlab.callbacks import TrainingInterrupted
 from genlab.models.base import build_scheduler
-from genlab.train import run
+from genlab.training import run
 
 LR = 1e-3
 STEPS = 18  # 2 epochs of 9 batches: 288 training images (N_TRAIN minus validation) / 32

@@ -169,8 +169,8 @@ def _one_process_kl(job_dir: Path, ckpt: Path, split: str) -> float:
     """The mean KL over the whole `split`, from one process (exact given the encoder)."""
     from omegaconf import OmegaConf
 
+    from genlab.builders import build_datamodule
     from genlab.models import VAE
-    from genlab.train import build_datamodule
 
     cfg = OmegaConf.load(job_dir / "config.yaml")
     model = VAE.load_from_checkpoint(ckpt, map_location="cpu").eval()

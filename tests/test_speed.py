@@ -10,7 +10,7 @@ from genlab import GenlabError
 from genlab.config import validate
 from genlab.models import AE, DDPM, VAE
 from genlab.models.base import build_optimizer
-from genlab.train import run
+from genlab.training import run
 
 TINY_CONV = ["model.arch=conv", "model.conv.channels=[4,8]", "model.conv.fc_dim=16"]
 TINY_DDPM = [
@@ -182,10 +182,11 @@ def test_channels_last_run_trains_and_its_checkpoint_loads_plainly(compose, tmp_
         )
     )
     assert applied == [({"compile": False, "channels_last": True}, True)]  # train.py applied it
-    from genlab.sample import load_model
+    from genlab.models import MODEL_CLASSES
+    from genlab.runs import load_model
 
     # sample.py builds a model without the switch from the checkpoint and loads its weights
-    model, kind = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    model, kind = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt", MODEL_CLASSES)
     assert kind == "vae"
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous()

@@ -255,7 +255,7 @@ TINY_DDPM_RUN = [
 def test_precheck_knows_exactly_what_run_returns(compose, overrides):
     """What the precheck accepts as optimize_metric is what train.py hands the sweeper."""
     from genlab.sweep.precheck import logged_metrics
-    from genlab.train import run
+    from genlab.training import run
 
     cfg = compose(*overrides, "save_images=false")
     assert logged_metrics(cfg) == set(run(cfg))

@@ -1,4 +1,4 @@
-"""End to end through genlab.train.run with the real configs: outputs, metrics, seeds, resume,
+"""End to end through genlab.training.run with the real configs: outputs, metrics, seeds, resume,
 loggers and precision."""
 
 import json
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genlab.train import run
+from genlab.training import run
 
 SMALL = ["model.mlp.hidden=[64]", "model.latent_dim=4"]
 

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from genlab import GenlabError
-from genlab.models import VQVAE
+from genlab.models import MODEL_CLASSES, VQVAE
 from genlab.models.vqvae.model import VectorQuantizer
-from genlab.sample import load_run
+from genlab.runs import load_run
 from genlab.sample import run as sample
-from genlab.train import run
+from genlab.training import run
 
 SIDE, PAD = 28, 2
 
@@ -167,7 +167,7 @@ def test_tiny_run_reconstructs_and_reloads_through_the_sample_loader(trained):
     constant = ((originals - originals.mean()) ** 2).mean()  # the best single grey level
     assert mse < 0.5 * constant, (mse, constant)
 
-    loaded = load_run(out)
+    loaded = load_run(out, MODEL_CLASSES)
     assert loaded.name == "vqvae" and not loaded.model.capabilities.generative
     images, _ = loaded.test_split()
     x = images[:16].float() / 255

@@ -19,7 +19,7 @@ from typing import Any
 
 from genlab import GenlabError
 from genlab.models.vae.spec import VAESpec
-from genlab.specs import NON_NEGATIVE, Rule, _key, is_int
+from genlab.specs import NON_NEGATIVE, Rule, is_int, spec_key
 
 
 @dataclass
@@ -31,12 +31,12 @@ class BetaTCVAESpec(VAESpec):
     _target_: str = "betatcvae.model.BetaTCVAE"
     name: str = "betatcvae"
     # Weight of the total correlation (the paper's beta; 1 with alpha = gamma = 1 is the ELBO).
-    beta: float = _key(6.0, Rule(NON_NEGATIVE.ok, "a number >= 0", "e.g. model.beta=6."))
-    alpha: float = _key(1.0, NON_NEGATIVE)  # weight of the index-code mutual information
-    gamma: float = _key(1.0, NON_NEGATIVE)  # weight of the dimension-wise KL
+    beta: float = spec_key(6.0, Rule(NON_NEGATIVE.ok, "a number >= 0", "e.g. model.beta=6."))
+    alpha: float = spec_key(1.0, NON_NEGATIVE)  # weight of the index-code mutual information
+    gamma: float = spec_key(1.0, NON_NEGATIVE)  # weight of the dimension-wise KL
     # N of minibatch-weighted sampling, log q(z) ~ logsumexp_j log q(z|x_j) - log(N * batch):
     # null = the size of the training split, counted when training starts.
-    dataset_size: int | None = _key(
+    dataset_size: int | None = spec_key(
         None, Rule(lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1, or null")
     )
 

@@ -23,11 +23,9 @@ def load(path, device="cpu"):
     return load_pipeline(path, device)
 
 
-def __getattr__(name: str):
-    # `genlab.train` is the module genlab.train, callable as genlab.train(overrides) (see its
-    # _CallableModule), imported on first use so that `import genlab` stays torch-free.
-    if name == "train":
-        import importlib
+def train(overrides=()):
+    """Run what `python train.py <overrides>` runs: genlab.api.train. (`python -m genlab.train`
+    is the command; the module cannot be imported, so this name stays the function.)"""
+    from genlab.api import train as train_run
 
-        return importlib.import_module("genlab.train")
-    raise AttributeError(f"module 'genlab' has no attribute {name!r}")
+    return train_run(overrides)

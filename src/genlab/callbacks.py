@@ -102,7 +102,7 @@ class LatestCheckpoint(pl.Callback):
 
 
 class RunRecords(pl.Callback):
-    """Writes a resumed run's records (`pending`, set by genlab.train.record_config for a dir
+    """Writes a resumed run's records (`pending`, set by genlab.builders.record_config for a dir
     that holds a run already) when training starts: after Lightning restored the checkpoint, so
     a resume that fails (a checkpoint that does not load) leaves the dir's records as they were.
     A run with nothing left to train (max_epochs reached) keeps them too."""

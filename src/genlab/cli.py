@@ -3,9 +3,13 @@
 - `precheck`: before Hydra starts a run, the same overrides are composed once through the
   compose API, so a typo gets "did you mean" and a bad value gets one readable paragraph, with
   nothing written
-- `task_wrapper`: the one failure policy around a task run by a Hydra main (`genlab.train.run`):
-  a single run exits with a message and a code; a sweep job records its outcome and returns
+- `task_wrapper`: the one failure policy around a task run by a Hydra main
+  (`genlab.training.run`): a single run exits with a message and a code; a sweep job records its
+  outcome and returns
 - `start`: what `python train.py` does: precheck, Hydra's main, the sweep's exit code
+
+A single run imports nothing of genlab.sweep: the sweep's code is imported for a multirun (its
+precheck, its callback's hooks, its jobs) only.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from genlab import GenlabError
+from genlab.exits import EXIT_USAGE, fail
 
-# Exit codes: 2 = fix your input; 128 + signal number = interrupted (a checkpoint was written).
-EXIT_USAGE = 2
+# Hydra's flags of a multirun.
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 # Hydra's flags that only print the composed config (with their value, where they take one):
@@ -55,17 +60,24 @@ def _shows_config(argv: list[str]) -> bool:
     return any(arg.split("=", 1)[0] in _SHOW_FLAGS for arg in argv)
 
 
+def is_multirun(argv: list[str]) -> bool:
+    """A plain multirun: -m / --multirun and no other flag (--cfg, --help, ... are Hydra's)."""
+    flags = [a for a in argv if a.startswith("-")]
+    return bool(flags) and all(f in MULTIRUN_FLAGS for f in flags)
+
+
 def precheck(argv: list[str], config_name: str) -> None:
     """Compose and validate the config for `argv`; raise GenlabError with a friendly message.
 
     A multirun (`-m`) is expanded and each job's config checked (genlab.sweep.precheck)."""
     from genlab.extras import check_argv
     from genlab.models.catalog import load_plugins, plugins_in
-    from genlab.sweep.precheck import check_multirun, is_multirun
 
     check_argv(argv)
     load_plugins(plugins_in(argv))  # before composing: model=<a plugin's> needs its schema node
     if is_multirun(argv):
+        from genlab.sweep.precheck import check_multirun
+
         check_multirun(argv, config_name)
         return
     overrides = _user_overrides(argv)
@@ -86,50 +98,19 @@ def precheck(argv: list[str], config_name: str) -> None:
         validate(cfg)
 
 
-# Set by `raising_errors` (genlab.api.train): a library caller gets the GenlabError, not an exit.
-_raise_instead_of_exit = False
-
-
-class _Refused(BaseException):
-    """`fail` within `raising_errors`: Hydra turns an Exception raised by a callback (RunDirGuard)
-    into a warning and goes on with the run, so this passes through it as a BaseException."""
+class RunRefused(BaseException):
+    """RunDirGuard's refusal of a run dir. Hydra turns an Exception raised by a callback into a
+    warning and goes on with the run, so this passes through it as a BaseException: `start`
+    ends the command with it (exit 2), `raising_errors` raises it as GenlabError."""
 
 
 @contextlib.contextmanager
 def raising_errors():
-    """Within: `fail` raises GenlabError(message) instead of printing it and exiting."""
-    global _raise_instead_of_exit
-    before, _raise_instead_of_exit = _raise_instead_of_exit, True
+    """Within (genlab.api.train): RunDirGuard's refusal raised as GenlabError(message)."""
     try:
         yield
-    except _Refused as refused:
+    except RunRefused as refused:
         raise GenlabError(str(refused)) from None
-    finally:
-        _raise_instead_of_exit = before
-
-
-@contextlib.contextmanager
-def one_line_on_stop(message: str):
-    """SIGTERM raised as Ctrl-C inside (so what is being written is cleaned up the same way);
-    either ends the command with `message` (its {by} the signal) and exit code 130 / 143."""
-    import signal
-
-    def terminated(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    except KeyboardInterrupt as stop:
-        by, code = ("SIGTERM", 143) if stop.args == ("SIGTERM",) else ("Ctrl-C", 130)
-        fail(message.replace("{by}", by), code=code)  # (a path may hold braces)
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> None:
-    if _raise_instead_of_exit:
-        raise _Refused(message)
-    print(f"genlab: error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def redact_hydra_records(cfg) -> None:
@@ -151,15 +132,17 @@ def task_wrapper(task: Callable[[Any], dict]) -> Callable[[Any], float | None]:
 
     @functools.wraps(task)
     def wrapped(cfg) -> float | None:
-        from genlab.sweep.job import current_job, objective, run_sweep_job
+        from genlab.rundir import in_sweep_job
 
         redact_hydra_records(cfg)
-        if current_job() is not None:
+        if in_sweep_job():
+            from genlab.sweep.job import run_sweep_job
+
             return run_sweep_job(cfg, task)
         from genlab.callbacks import TrainingInterrupted
 
         try:
-            metrics = task(cfg)
+            task(cfg)
         except GenlabError as err:
             from genlab.rundir import discard_if_unused
 
@@ -167,7 +150,7 @@ def task_wrapper(task: Callable[[Any], dict]) -> Callable[[Any], float | None]:
             fail(str(err))
         except TrainingInterrupted as err:
             fail(str(err), code=err.exit_code)
-        return objective(metrics, cfg)
+        return None  # (what a sweeper optimises; Hydra's main drops a single run's value)
 
     return wrapped
 
@@ -189,7 +172,6 @@ class RunDirGuard(Callback):
         from omegaconf import open_dict, read_write
 
         from genlab import rundir
-        from genlab.sweep.own_process import ENV_JOB
 
         run_dir = Path(str(config.hydra.run.dir))
         try:
@@ -197,14 +179,14 @@ class RunDirGuard(Callback):
                 # Before Hydra opens train.log or writes .hydra/. A sweep job run in a process
                 # of its own resumes its folder itself (genlab.sweep.job.prepare).
                 in_place = rundir.resumes_in_place(config.get("ckpt_path"), run_dir)
-                new_run = not in_place and not os.environ.get(ENV_JOB)
+                new_run = not in_place and not os.environ.get(rundir.ENV_JOB)
                 rundir.check_not_busy(run_dir)  # a live run's dir: say so, not "holds results"
                 rundir.check_run_dir(run_dir, new_run)
                 if not new_run:  # what a resume in place keeps of metrics.json: readable?
                     rundir.recorded_metrics(run_dir)
                 rundir.lock(run_dir)
         except GenlabError as err:
-            fail(str(err))
+            raise RunRefused(str(err)) from None
         subdir = config.hydra.output_subdir
         if subdir is not None and (run_dir / str(subdir)).is_dir():
             rundir.defer_hydra_records(run_dir / str(subdir), str(subdir))
@@ -217,6 +199,30 @@ class RunDirGuard(Callback):
         rundir.unlock(str(config.hydra.run.dir))
 
 
+class SweepHooks(Callback):
+    """conf/train.yaml's `hydra.callbacks.genlab_sweep`: genlab.sweep.callback.SweepCallback
+    (sweep.json when a multirun starts, the report when it ends; `report`, `metrics` are its
+    options), imported when a multirun starts: Hydra instantiates its callbacks for a single run
+    too, which then imports nothing of the sweep."""
+
+    def __init__(self, report: bool = True, metrics: list[str] | None = None) -> None:
+        self.options = {"report": report, "metrics": metrics}
+        self._sweep: Callback | None = None
+
+    def _callback(self) -> Callback:
+        if self._sweep is None:
+            from genlab.sweep.callback import SweepCallback
+
+            self._sweep = SweepCallback(**self.options)
+        return self._sweep
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._callback().on_multirun_start(config, **kwargs)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        self._callback().on_multirun_end(config, **kwargs)
+
+
 def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> None:
     """Precheck `argv`, run Hydra's main, exit with the sweep's code (0 for a single run).
     A sweep stopped early (Ctrl-C, a sweeper error) still reports the jobs it ran."""
@@ -224,15 +230,28 @@ def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> N
         precheck(argv, config_name)
     except GenlabError as err:
         fail(str(err))
-    from genlab.sweep.callback import finish_sweep, sweep_exit_code
-
     try:
         hydra_main()
+    except RunRefused as refused:
+        fail(str(refused))
     except SystemExit as err:
         if err.code != EXIT_USAGE:  # a refusal (a launcher's, before any job) has no report
-            finish_sweep(interrupted=True)
+            _finish_sweep()
         raise
     except BaseException:
-        finish_sweep(interrupted=True)
+        _finish_sweep()
         raise
-    sys.exit(sweep_exit_code())
+    sweep = _sweep_run()
+    sys.exit(sweep.sweep_exit_code() if sweep else 0)
+
+
+def _sweep_run():
+    """genlab.sweep.callback where this process ran a sweep (its callback's hooks import it),
+    else None: a single run never imports it."""
+    return sys.modules.get("genlab.sweep.callback")
+
+
+def _finish_sweep() -> None:
+    sweep = _sweep_run()
+    if sweep is not None:
+        sweep.finish_sweep(interrupted=True)

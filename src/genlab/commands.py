@@ -28,15 +28,16 @@ import hydra
 from omegaconf import DictConfig
 
 from genlab import GenlabError, __version__
-from genlab.cli import fail, one_line_on_stop, precheck, start, task_wrapper
+from genlab.cli import precheck, start, task_wrapper
 from genlab.composition import CONF_DIR, HYDRA_VERSION_BASE, register_resolvers
+from genlab.exits import fail, one_line_on_stop
 
 register_resolvers()  # before Hydra composes: conf/train.yaml interpolates ${genlab_pid:} ...
 
 
 def _train(cfg: DictConfig) -> dict:
     from genlab.models.catalog import load_plugins
-    from genlab.train import run
+    from genlab.training import run
 
     # The command line's (a Slurm job runs this without the command line's precheck).
     load_plugins(cfg.get("plugins") or ())

@@ -23,7 +23,7 @@ from genlab.composition import retired_key_message
 from genlab.image_files import check_config as check_image_folder
 from genlab.models.catalog import MODEL_SPECS, PLUGINS, unknown_model
 from genlab.registry import check_model_target
-from genlab.run_rules import KEY_RULES, _check, _fail, _get, validate_trainer
+from genlab.run_rules import KEY_RULES, check_value, config_value, refuse_value, validate_trainer
 from genlab.rundir import check_run_name
 from genlab.secrets import check_wandb_online
 from genlab.specs import (
@@ -45,24 +45,24 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     local: the run happens on this machine (not on a cluster's nodes), so its accelerator must
     be here; starting: the config is about to run, so its ckpt_path must hold a checkpoint (not
     so for a finished run's config.yaml, read by sample.py)."""
-    name = _get(cfg, "model.name", None)
+    name = config_value(cfg, "model.name", None)
     if not isinstance(name, str) or name not in MODEL_SPECS:
         raise GenlabError(f"Invalid config: model.name: {unknown_model(name)}")
     spec = MODEL_SPECS[name]
 
-    _check(
+    check_value(
         cfg,
         "resume_changes",
         lambda v: v in ("refuse", "allow"),
         "refuse (stop when a resume asks for other settings) or allow (apply them)",
     )
-    _check(
+    check_value(
         cfg,
         "seed",
         lambda v: v is None or (is_int(v) and 0 <= v < 2**32),
         "an integer in [0, 2**32) or null",
     )
-    _check(
+    check_value(
         cfg,
         "plugins",
         lambda v: PLUGINS.ok(list(v) if isinstance(v, ListConfig) else v),
@@ -73,7 +73,7 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     # data=image_folder's keys and folder, before data.image_shape, which is derived from them.
     check_image_folder(cfg, starting)
     # Before the model's keys: model.image_shape is interpolated from it.
-    _check(
+    check_value(
         cfg,
         "data.image_shape",
         lambda v: is_int_list(v) and len(v) == 3,
@@ -99,12 +99,12 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     check_optimizer(model.get("optimizer") or {})
     check_scheduler(cfg)
     for key, value, rule in violations(spec, model, "model"):
-        _fail(key, value, rule.accepted, rule.fix)
+        refuse_value(key, value, rule.accepted, rule.fix)
 
-    if _get(cfg, "model.optimizer.fused", None) is True:
-        require_fused_optimizer(str(_get(cfg, "model.optimizer._target_", "")))
-        precision = str(_get(cfg, "trainer.precision", ""))
-        clipping = _get(cfg, "trainer.gradient_clip_val", None)
+    if config_value(cfg, "model.optimizer.fused", None) is True:
+        require_fused_optimizer(str(config_value(cfg, "model.optimizer._target_", "")))
+        precision = str(config_value(cfg, "trainer.precision", ""))
+        clipping = config_value(cfg, "trainer.gradient_clip_val", None)
         if precision.endswith("-mixed") and clipping:
             raise GenlabError(
                 f"Invalid config: model.optimizer.fused=true with trainer.precision={precision} "
@@ -114,12 +114,14 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
             )
     _validate_speed(cfg)
 
-    _check(cfg, "data.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _check(cfg, "data.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
-    _check(cfg, "data.val_fraction", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+    check_value(cfg, "data.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check_value(cfg, "data.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1")
+    check_value(
+        cfg, "data.val_fraction", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"
+    )
 
-    model_shape = _get(cfg, "model.image_shape", None)
-    data_shape = _get(cfg, "data.image_shape", None)
+    model_shape = config_value(cfg, "model.image_shape", None)
+    data_shape = config_value(cfg, "data.image_shape", None)
     if model_shape is not None and list(model_shape) != list(data_shape):
         raise GenlabError(
             f"Invalid config: model.image_shape={list(model_shape)} does not fit the data "
@@ -129,16 +131,16 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
 
     spec.check(cfg, model)  # the model's own rules across its keys (its spec's `check`)
 
-    _check(
+    check_value(
         cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}"
     )
-    _check(
+    check_value(
         cfg,
         "trainer.max_epochs",
         lambda v: is_int(v) and (v >= 1 or v == -1),
         "an integer >= 1 (or -1 for no limit)",
     )
-    _check(
+    check_value(
         cfg,
         "trainer.devices",
         lambda v: (
@@ -148,10 +150,10 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
         ),
         "a positive integer, -1, 'auto' or a list of device indices",
     )
-    _check(
+    check_value(
         cfg, "trainer.accumulate_grad_batches", lambda v: is_int(v) and v >= 1, "an integer >= 1"
     )
-    _check(
+    check_value(
         cfg,
         "trainer.gradient_clip_val",
         lambda v: v is None or (is_number(v) and v > 0),
@@ -159,15 +161,15 @@ def validate(cfg: DictConfig, local: bool = True, starting: bool = True) -> None
     )
     validate_trainer(cfg, local)
     for key, rule in KEY_RULES.items():
-        _check(cfg, key, rule.ok, rule.accepted, rule.fix)
+        check_value(cfg, key, rule.ok, rule.accepted, rule.fix)
     _validate_eval(cfg)
     if starting:
         _validate_ckpt_path(cfg.get("ckpt_path"))
         for key in ("name", "sweep_name"):  # folder names: a run stays inside the run root
-            if _get(cfg, key) != "__missing__":
-                check_run_name(key, _get(cfg, key))
+            if config_value(cfg, key) != "__missing__":
+                check_run_name(key, config_value(cfg, key))
         _require_extras(cfg)
-        check_wandb_online(_get(cfg, "logger.wandb.mode", None))
+        check_wandb_online(config_value(cfg, "logger.wandb.mode", None))
     _validate_size(cfg, model)
 
 
@@ -175,17 +177,17 @@ def _require_extras(cfg: DictConfig) -> None:
     """The optional dependencies this run's loggers and test stage need (genlab.extras)."""
     from genlab.extras import require
 
-    for key, logger in (_get(cfg, "logger", None) or {}).items():
+    for key, logger in (config_value(cfg, "logger", None) or {}).items():
         if str((logger or {}).get("_target_", "")).endswith("TensorBoardLogger"):
             require("tensorboard", f"logger={key}")
-    weights = _get(cfg, "eval.inception_weights", None)
-    if weights is not None and _get(cfg, "eval.sample_quality", False):
+    weights = config_value(cfg, "eval.inception_weights", None)
+    if weights is not None and config_value(cfg, "eval.sample_quality", False):
         require("fid", f"eval.inception_weights={weights} (the Inception FID, KID and IS)")
 
 
 def _check_data_dir(cfg: DictConfig) -> None:
     """paths.data_dir must be a folder (or not exist yet: downloads create it)."""
-    value = _get(cfg, "paths.data_dir", None)
+    value = config_value(cfg, "paths.data_dir", None)
     path = Path(str(value)).expanduser() if value not in (None, "") else None
     if path is None or not path.exists() or path.is_dir():
         return
@@ -219,18 +221,24 @@ def require_fused_optimizer(target: str) -> None:
 
 def _validate_speed(cfg: DictConfig) -> None:
     for key in ("speed.compile", "speed.channels_last"):
-        _check(cfg, key, lambda v: isinstance(v, bool), "true or false")
-    if _get(cfg, "speed.channels_last", False) is True and _get(cfg, "model.arch", None) == "mlp":
+        check_value(cfg, key, lambda v: isinstance(v, bool), "true or false")
+    if (
+        config_value(cfg, "speed.channels_last", False) is True
+        and config_value(cfg, "model.arch", None) == "mlp"
+    ):
         raise GenlabError(
             "Invalid config: speed.channels_last=true, but model.arch=mlp has no convolutions "
             "for a memory layout to speed up. Use model.arch=conv, or speed.channels_last=false."
         )
-    if _get(cfg, "speed.compile", False) is True:
+    if config_value(cfg, "speed.compile", False) is True:
         import shutil
 
         import torch
 
-        on_cpu = _get(cfg, "trainer.accelerator", "auto") == "cpu" or not torch.cuda.is_available()
+        on_cpu = (
+            config_value(cfg, "trainer.accelerator", "auto") == "cpu"
+            or not torch.cuda.is_available()
+        )
         compiler = os.environ.get("CXX") or next(
             (c for c in ("g++", "c++", "clang++") if shutil.which(c)), None
         )
@@ -274,15 +282,18 @@ def check_scheduler(cfg: DictConfig) -> None:
 
 
 def _validate_eval(cfg: DictConfig) -> None:
-    num, kid = _get(cfg, "eval.num_samples", None), _get(cfg, "eval.kid_subset_size", None)
+    num, kid = (
+        config_value(cfg, "eval.num_samples", None),
+        config_value(cfg, "eval.kid_subset_size", None),
+    )
     if is_int(num) and is_int(kid) and kid > num:
         raise GenlabError(
             f"Invalid config: eval.kid_subset_size={kid} is above eval.num_samples={num}: KID "
             f"draws subsets of the generated images. Use eval.kid_subset_size<={num}, or raise "
             "eval.num_samples."
         )
-    weights = _get(cfg, "eval.inception_weights", None)
-    quality = _get(cfg, "eval.sample_quality", False)
+    weights = config_value(cfg, "eval.inception_weights", None)
+    quality = config_value(cfg, "eval.sample_quality", False)
     if (
         weights is not None
         and quality
@@ -305,7 +316,7 @@ def _validate_ckpt_path(ckpt: Any) -> None:
         return
     how = "Give a .ckpt file written by `python train.py`, a run dir, or `last`."
     if not isinstance(ckpt, str):
-        _fail("ckpt_path", ckpt, "the path of a .ckpt file, a run dir, or last", how)
+        refuse_value("ckpt_path", ckpt, "the path of a .ckpt file, a run dir, or last", how)
     path = Path(ckpt)
     if path.is_dir():
         files = sorted((path / "checkpoints").glob("*.ckpt")) or sorted(path.glob("*.ckpt"))
@@ -327,12 +338,12 @@ def _validate_size(cfg: DictConfig, model: dict) -> None:
     """Refuse a model that cannot fit in this machine's memory, before it is allocated."""
     from genlab.resources import TRAIN_BYTES_PER_PARAMETER, refuse_if_too_big
 
-    shape = ints(_get(cfg, "data.image_shape", None))
+    shape = ints(config_value(cfg, "data.image_shape", None))
     count, key = MODEL_SPECS[model["name"]].parameters_lower_bound(model, shape)
     refuse_if_too_big(
         count * TRAIN_BYTES_PER_PARAMETER,
         f"a {model.get('name')} of at least {count:,} parameters (weights, gradients and Adam's "
         "state)",
-        f"{key}={_get(cfg, key, '?')}",
+        f"{key}={config_value(cfg, key, '?')}",
         f"Use a smaller {key}.",
     )

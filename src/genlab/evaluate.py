@@ -18,6 +18,23 @@ from typing import Any
 from omegaconf import DictConfig
 
 from genlab import GenlabError
+from genlab.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_model,
+    build_trainer,
+    callback_plan,
+    floats,
+    has_validation,
+    metrics_table,
+    record_config,
+    run_config,
+    signals_as_interruption,
+    write_images,
+    write_metrics,
+)
+from genlab.console import quiet_known_warnings, tidy_lightning_logging
+from genlab.untrusted import inside  # no checkpoint behind a link out of the run
 
 log = logging.getLogger("genlab")
 
@@ -26,7 +43,6 @@ def checkpoint_to_evaluate(value: str) -> str:
     """A .ckpt file as it is; a run dir -> its best checkpoint (what its test stage used:
     checkpoints/epoch=*.ckpt, the newest of them), else its newest."""
     from genlab.checkpoints import newest_checkpoint
-    from genlab.untrusted import inside  # no checkpoint behind a link out of the run
 
     folder = Path(value) / "checkpoints"
     best = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -49,24 +65,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     from genlab.callbacks import CheckpointOnInterrupt
     from genlab.checkpoints import load_checkpoint, trained_changes
-    from genlab.console import quiet_known_warnings, tidy_lightning_logging
     from genlab.dashboards import record_final
     from genlab.loggers import build_loggers, finish_loggers
-    from genlab.train import (
-        _floats,
-        _signals_as_interruption,
-        build_callbacks,
-        build_datamodule,
-        build_model,
-        build_trainer,
-        callback_plan,
-        has_validation,
-        metrics_table,
-        record_config,
-        run_config,
-        write_images,
-        write_metrics,
-    )
 
     if cfg.get("ckpt_path"):
         raise GenlabError(
@@ -106,7 +106,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         for i, stage in enumerate([*stages, trainer.test]):
             # The first stage restores the checkpoint (weights and callback states, EMA's among
             # them); the next one goes on with them, without loading (and saying so) again.
-            with _signals_as_interruption(guard):
+            with signals_as_interruption(guard):
                 results = stage(
                     model,
                     datamodule=datamodule,
@@ -114,7 +114,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                     verbose=False,
                     weights_only=True,
                 )
-            metrics.update(_floats(results[0]) if results else {})
+            metrics.update(floats(results[0]) if results else {})
         if trainer.is_global_zero:
             if cfg.get("save_images", True):
                 datamodule.setup("test")

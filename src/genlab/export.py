@@ -9,7 +9,7 @@ writes the folder's files, in the layout Hugging Face's hub reads (so
   autoencoder.safetensors  a latent DDPM's only: its autoencoder's weights, so the folder needs
                            no run dir (config.json holds the autoencoder's spec)
   config.json              the model's spec (its hyperparameters), the data it was trained on
-                           (genlab.api.DataInfo), genlab's version, the training overrides and
+                           (genlab.pipeline.DataInfo), genlab's version, the training overrides and
                            final metrics, and the sha256 of every other file
   README.md                a model card: what it was trained on, its metrics, the command, how
                            to load
@@ -111,15 +111,16 @@ def export_run(run: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     would use) into `out_dir`, a new or empty folder; returns it."""
     from safetensors.torch import save_file
 
-    from genlab.api import data_info
-    from genlab.sample.loader import load_run
+    from genlab.models import MODEL_CLASSES
+    from genlab.pipeline import data_info
+    from genlab.runs import load_run
 
     out = Path(out_dir).expanduser()
     if is_export(Path(run).expanduser()):
         raise GenlabError(f"{run} is an export already: copy the folder instead.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GenlabError(f"{out} exists and is not an empty folder: export into a new one.")
-    loaded = load_run(run, "cpu")
+    loaded = load_run(run, MODEL_CLASSES, "cpu")
     model = loaded.model
     weights = {WEIGHTS: _tensors(model.state_dict(), loaded.checkpoint)}
     overrides, metrics = _run_records(loaded.run_dir)
@@ -337,8 +338,8 @@ def _fill(model, weights_path: Path, config_path: Path):
 
 def load_export(path: str | os.PathLike, device="cpu"):
     """The Pipeline of an export folder (or of one of its files), in eval mode on `device`."""
-    from genlab.api import DataInfo, Pipeline
     from genlab.models.catalog import autoencoders
+    from genlab.pipeline import DataInfo, Pipeline
     from genlab.sample.options import pick_device
 
     path = Path(path).expanduser()
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m genlab.export") -
     parser.add_argument("out_dir", help="the folder to write: new, or empty")
     parser.add_argument("--version", action="version", version=f"genlab {__version__}")
     args = parser.parse_args(argv)
-    from genlab.cli import fail, one_line_on_stop
+    from genlab.exits import fail, one_line_on_stop
 
     stopped = f"Export stopped by {{by}}; nothing was written to {args.out_dir}."
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from genlab import GenlabError
-from genlab.run_rules import _check, _get
+from genlab.run_rules import check_value, config_value
 from genlab.specs import is_int, is_number
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -217,8 +217,8 @@ def _conditional(cfg) -> str | None:
     """The settings that make this config's model train on labels (its spec's `uses_labels`)."""
     from genlab.models.catalog import MODEL_SPECS
 
-    name = _get(cfg, "model.name", None)
-    model = _get(cfg, "model", None) or {}
+    name = config_value(cfg, "model.name", None)
+    model = config_value(cfg, "model", None) or {}
     if name not in MODEL_SPECS or not MODEL_SPECS[name].uses_labels(model):
         return None
     return f"model={name}" + (" model.conditional=true" if "conditional" in model else "")
@@ -227,16 +227,18 @@ def _conditional(cfg) -> str | None:
 def check_config(cfg, starting: bool = True) -> None:
     """The data.* keys of `data=image_folder` (no-op for other data); `starting`: also the folder
     itself (for a finished run's config.yaml the loader checks it when it reads the images)."""
-    if _get(cfg, "data.name", None) != NAME:
+    if config_value(cfg, "data.name", None) != NAME:
         return
-    _check(cfg, "data.image_size", lambda v: is_int(v) and v >= 4, "an integer >= 4 (pixels)")
-    _check(cfg, "data.channels", lambda v: v in (1, 3) and is_int(v), "1 (grey) or 3 (RGB)")
-    _check(cfg, "data.resize", lambda v: isinstance(v, bool), "true or false")
-    _check(cfg, "data.test_fraction", lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)")
-    path, given = _get(cfg, "data.path", None), _get(cfg, "data.num_classes", None)
+    check_value(cfg, "data.image_size", lambda v: is_int(v) and v >= 4, "an integer >= 4 (pixels)")
+    check_value(cfg, "data.channels", lambda v: v in (1, 3) and is_int(v), "1 (grey) or 3 (RGB)")
+    check_value(cfg, "data.resize", lambda v: isinstance(v, bool), "true or false")
+    check_value(
+        cfg, "data.test_fraction", lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)"
+    )
+    path, given = config_value(cfg, "data.path", None), config_value(cfg, "data.num_classes", None)
     if starting:
         listing = list_folder(path, stat=False)
-        val = _get(cfg, "data.val_fraction", 0.1)
+        val = config_value(cfg, "data.val_fraction", 0.1)
         check_split(path, len(listing.files), cfg.data.test_fraction, val if is_number(val) else 0)
         if given != listing.num_classes:
             found = f"{len(listing.classes)} class folders ({', '.join(listing.classes[:5])})"

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -174,7 +175,7 @@ class WandbLogger(_LightningWandbLogger):
     def log_hyperparams(self, params) -> None:
         from lightning.fabric.utilities.logger import _convert_params
 
-        # Called for the run config (genlab.train.record_config) and by Lightning for the
+        # Called for the run config (genlab.builders.record_config) and by Lightning for the
         # model's hparams: W&B's config holds them all.
         self.hyperparams.update(_convert_params(params))
         self._guarded(super().log_hyperparams, params)
@@ -214,11 +215,31 @@ def run_ending(err: BaseException | None) -> dict[str, Any]:
     else:
         failed = type(err).__name__
         return {"genlab/status": "failed", "genlab/exit_code": 1, "genlab/error": failed}
-    from genlab.sweep.preemption import slurm_job_state
-
     state = slurm_job_state() if name == "SIGTERM" else None
     status = "cancelled" if state == "CANCELLED" else "interrupted"
     return {"genlab/status": status, "genlab/exit_code": code, "genlab/signal": name}
+
+
+def slurm_job_state() -> str | None:
+    """This Slurm job's state in Slurm's accounting (`CANCELLED` as soon as it is `scancel`led,
+    while the job still runs its clean-up; `scontrol` says COMPLETING then), or None outside
+    Slurm or when sacct does not answer in time."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    try:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", job, "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = out.split()
+    return words[0] if words else None  # "CANCELLED by 0" -> CANCELLED
 
 
 def _signal_name(signum: int) -> str:

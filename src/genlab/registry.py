@@ -16,22 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from genlab import GenlabError
+from genlab.spec_rules import OPTIMIZERS  # (kept with the optimizer's rule)
 
-# torch.optim.<name>: the optimizers that take (params, **numbers) and step without a closure.
-OPTIMIZERS = (
-    "Adadelta",
-    "Adafactor",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "ASGD",
-    "NAdam",
-    "RAdam",
-    "RMSprop",
-    "Rprop",
-    "SGD",
-)
 # genlab.schedules' factories and the torch.optim.lr_scheduler classes that take
 # (optimizer, **numbers): none of them takes a function or another scheduler.
 SCHEDULERS = (
@@ -153,15 +139,6 @@ def check_model_target(spec: Mapping[str, Any], key: str = "model") -> None:
             f"{own} for {key}.name={name}",
             f"Choose the model with model={name} and leave {key}._target_ as it is.",
         )
-
-
-def model_class(spec: Mapping[str, Any], key: str = "model") -> type:
-    """The model class of a model config node (genlab.models.model_class), its `name` and
-    `_target_` checked by check_model_target."""
-    from genlab.models import model_class as class_of
-
-    check_model_target(spec, key)
-    return class_of(spec["name"])
 
 
 # -- data ------------------------------------------------------------------------------------------

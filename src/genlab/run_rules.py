@@ -114,12 +114,12 @@ KEY_RULES: dict[str, Rule] = {
 }
 
 
-def _get(cfg: DictConfig, key: str, default: Any = "__missing__") -> Any:
+def config_value(cfg: DictConfig, key: str, default: Any = "__missing__") -> Any:
     value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
     return value
 
 
-def _fail(key: str, value: Any, accepted: str, fix: str = "") -> None:
+def refuse_value(key: str, value: Any, accepted: str, fix: str = "") -> None:
     shown = f"'{value}' ({type(value).__name__})" if isinstance(value, str) else repr(value)
     raise GenlabError(
         f"Invalid config: {key}={shown}. {key} must be {accepted}."
@@ -127,12 +127,12 @@ def _fail(key: str, value: Any, accepted: str, fix: str = "") -> None:
     )
 
 
-def _check(cfg, key: str, ok: Callable[[Any], bool], accepted: str, fix: str = "") -> None:
-    value = _get(cfg, key)
+def check_value(cfg, key: str, ok: Callable[[Any], bool], accepted: str, fix: str = "") -> None:
+    value = config_value(cfg, key)
     if value == "__missing__":
         return
     if not ok(value):
-        _fail(key, value, accepted, fix)
+        refuse_value(key, value, accepted, fix)
 
 
 def validate_trainer(cfg: DictConfig, local: bool) -> None:
@@ -147,17 +147,17 @@ def validate_trainer(cfg: DictConfig, local: bool) -> None:
             f"Drop +trainer.{unknown[0]}= (the Trainer's arguments: "
             f"{', '.join(TRAINER_KEYS[1:])})."
         )
-    strategy = _get(cfg, "trainer.strategy", "auto")
+    strategy = config_value(cfg, "trainer.strategy", "auto")
     if not isinstance(strategy, dict | DictConfig) and strategy not in STRATEGIES:
         named = [s for s in STRATEGIES if "_find_" not in s and "stage" not in s]
-        _fail("trainer.strategy", strategy, f"one of {', '.join(named)} (Lightning's names)")
+        refuse_value("trainer.strategy", strategy, f"one of {', '.join(named)} (Lightning's names)")
     needs = {"deepspeed": "deepspeed", "xla": "torch_xla", "tpu": "torch_xla"}
     for word, package in needs.items():
         if isinstance(strategy, str) and word in strategy and not importlib.util.find_spec(package):
             raise GenlabError(f"trainer.strategy={strategy} needs {package}: pip install it.")
-    accelerator = _get(cfg, "trainer.accelerator", "auto")
+    accelerator = config_value(cfg, "trainer.accelerator", "auto")
     if accelerator not in ACCELERATORS:
-        _fail("trainer.accelerator", accelerator, f"one of {', '.join(ACCELERATORS)}")
+        refuse_value("trainer.accelerator", accelerator, f"one of {', '.join(ACCELERATORS)}")
     if local and accelerator not in ("auto", "cpu") and not _accelerator_here(accelerator):
         raise GenlabError(
             f"trainer.accelerator={accelerator}, but this machine has no {accelerator.upper()} "

@@ -8,7 +8,7 @@
   crash too, so a dead run never blocks its dir and there is no stale lock to clean up.
 - Hydra's records (`.hydra/`): Hydra writes them before the task starts. For a dir that already
   holds them (a resume in place: `ckpt_path=last hydra.run.dir=<run dir>`) `genlab.cli.RunDirGuard`
-  holds Hydra's copy back (`defer_hydra_records`), and `genlab.train.record_config` writes them
+  holds Hydra's copy back (`defer_hydra_records`), and `genlab.builders.record_config` writes them
   with config.yaml only once Lightning has restored the checkpoint (`write_hydra_records`): a
   resume that fails before that leaves both byte for byte as they were.
 - Someone else's files: a new run (no ckpt_path) into a dir that holds results (`check_run_dir`)
@@ -46,6 +46,22 @@ RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 _held: dict[Path, int] = {}  # run dir (resolved) -> the open lock file this process holds
 _created: set[Path] = set()  # run dirs (resolved) that this process's lock() created
 _deferred: tuple[Path, str] | None = None  # (Hydra's records dir, hydra.output_subdir) held back
+
+
+# Set (the JSON of the job's genlab.sweep.status.JobInfo) for the process tree of a sweep job
+# run in a process of its own (genlab.sweep.own_process).
+ENV_JOB = "GENLAB_SWEEP_JOB"
+
+
+def in_sweep_job() -> bool:
+    """Whether this process runs a job of a sweep (a Hydra multirun, or a job's own process):
+    genlab.sweep.job then takes the run; a single run never imports genlab.sweep."""
+    if os.environ.get(ENV_JOB):
+        return True
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def is_rank_zero() -> bool:

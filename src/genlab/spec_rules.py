@@ -1,5 +1,5 @@
 """The value rules of config keys: what a key accepts (`Rule`), the spec-field helper that
-attaches one (`_key`), the common rules, and the optimizer's defaults and rules.
+attaches one (`spec_key`), the common rules, and the optimizer's defaults and rules.
 
 Split from genlab.specs (which re-exports every name here) so the model specs stay one short
 file; genlab.run_rules and sample.py's options use the same predicates. Torch-free.
@@ -39,7 +39,7 @@ class Rule:
     fix: str = ""
 
 
-def _key(default: Any = dataclasses.MISSING, rule: Rule | None = None, **kw):
+def spec_key(default: Any = dataclasses.MISSING, rule: Rule | None = None, **kw):
     """A spec field with its value rule (read by genlab.config.validate)."""
     if isinstance(default, list | dict):
         value = default
@@ -47,7 +47,7 @@ def _key(default: Any = dataclasses.MISSING, rule: Rule | None = None, **kw):
     return field(default=default, metadata={"rule": rule}, **kw)
 
 
-def _one_of(*choices: str, text: str = "") -> Rule:
+def one_of(*choices: str, text: str = "") -> Rule:
     return Rule(lambda v: v in choices, text or f"one of {', '.join(choices)}")
 
 
@@ -62,9 +62,24 @@ UNIT_INTERVAL = Rule(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]
 UNIT_INTERVAL_OPEN_RIGHT = Rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 
-def _offered_optimizer(target: Any) -> bool:
-    from genlab.registry import OPTIMIZERS
+# torch.optim.<name>: the optimizers that take (params, **numbers) and step without a closure.
+OPTIMIZERS = (
+    "Adadelta",
+    "Adafactor",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "ASGD",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "SGD",
+)
 
+
+def _offered_optimizer(target: Any) -> bool:
     return isinstance(target, str) and target in {f"torch.optim.{n}" for n in OPTIMIZERS}
 
 
@@ -79,7 +94,7 @@ DEFAULT_OPTIMIZER = {
 # The optimizer is a free-form node (any torch.optim class takes its own keys); its two shared
 # keys are checked by name.
 OPTIMIZER_RULES = {
-    # Only the classes of genlab.registry.OPTIMIZERS (an export's or a config's string is never
+    # Only the classes of OPTIMIZERS (an export's or a config's string is never
     # imported as it stands).
     "_target_": Rule(
         lambda v: _offered_optimizer(v),

@@ -37,11 +37,11 @@ from genlab.spec_rules import (  # noqa: F401 (re-exported)
     UNIT_INTERVAL,
     UNIT_INTERVAL_OPEN_RIGHT,
     Rule,
-    _key,
-    _one_of,
     is_int,
     is_int_list,
     is_number,
+    one_of,
+    spec_key,
 )
 
 
@@ -49,17 +49,17 @@ from genlab.spec_rules import (  # noqa: F401 (re-exported)
 @dataclass
 class MLPSpec:
     # Hidden widths of the MLP encoder; the decoder mirrors them.
-    hidden: list[int] = _key([512, 256], Rule(is_int_list, "a list of positive integers"))
+    hidden: list[int] = spec_key([512, 256], Rule(is_int_list, "a list of positive integers"))
 
 
 @dataclass
 class ConvSpec:
     # Channels of the stride-2 conv stages; the decoder mirrors them.
-    channels: list[int] = _key(
+    channels: list[int] = spec_key(
         [32, 64, 128],
         Rule(lambda v: is_int_list(v, nonempty=True), "a non-empty list of positive integers"),
     )
-    fc_dim: int = _key(256, POSITIVE_INT)  # width of the dense layer between features and z
+    fc_dim: int = spec_key(256, POSITIVE_INT)  # width of the dense layer between features and z
 
 
 @dataclass
@@ -67,17 +67,17 @@ class UNetSpec:
     """Ho et al.'s U-Net, sized for 28x28 data on a CPU (the paper's CIFAR-10 network is
     `UNET_DDPM_CIFAR10`, and conf/experiment/ddpm_cifar10.yaml)."""
 
-    base_channels: int = _key(32, POSITIVE_INT)  # channels at full resolution (paper: 128)
+    base_channels: int = spec_key(32, POSITIVE_INT)  # channels at full resolution (paper: 128)
     # One multiplier per resolution level (paper CIFAR-10: [1, 2, 2, 2]); the image size must
     # be divisible by 2^(levels - 1).
-    channel_mults: list[int] = _key(
+    channel_mults: list[int] = spec_key(
         [1, 2, 2],
         Rule(lambda v: is_int_list(v, nonempty=True), "a non-empty list of positive integers"),
     )
-    num_res_blocks: int = _key(1, POSITIVE_INT)  # residual blocks per level (paper: 2)
+    num_res_blocks: int = spec_key(1, POSITIVE_INT)  # residual blocks per level (paper: 2)
     # Feature-map sizes with self-attention (paper: [16]); the middle block always has one.
-    attn_resolutions: list[int] = _key([])
-    dropout: float = _key(0.1, UNIT_INTERVAL_OPEN_RIGHT)  # in residual blocks (paper: 0.1)
+    attn_resolutions: list[int] = spec_key([])
+    dropout: float = spec_key(0.1, UNIT_INTERVAL_OPEN_RIGHT)  # in residual blocks (paper: 0.1)
 
 
 # The paper's CIFAR-10 network: 35.7M parameters (the nets.unet.UNet defaults and its preset).
@@ -98,15 +98,15 @@ class ModelSpec:
     _target_: str = ""  # the LightningModule class Hydra builds
     name: str = ""  # the model's config name (model=<name>), stored in every checkpoint
     # Input shape [channels, height, width]; conf/model/ takes it from the data config.
-    image_shape: list[int] = _key(
+    image_shape: list[int] = spec_key(
         [1, 28, 28],
         Rule(
             lambda v: is_int_list(v) and len(list(v)) == 3,
             "a list [channels, height, width] of positive integers",
         ),
     )
-    num_classes: int = _key(10, POSITIVE_INT)  # label count, used by conditional models
-    optimizer: dict[str, Any] = _key(DEFAULT_OPTIMIZER)
+    num_classes: int = spec_key(10, POSITIVE_INT)  # label count, used by conditional models
+    optimizer: dict[str, Any] = spec_key(DEFAULT_OPTIMIZER)
 
     def hparams(self) -> dict[str, Any]:
         """The spec as plain data: what a checkpoint stores as its hyperparameters."""
@@ -145,14 +145,14 @@ class ModelSpec:
 class LatentSpec(ModelSpec):
     """Keys the latent-variable models (AE, VAE, CVAE) share."""
 
-    latent_dim: int = _key(16, LATENT_DIM)  # size of the latent code z (the seed's k)
-    arch: str = _key("mlp", _one_of("mlp", "conv"))  # encoder/decoder backbone
+    latent_dim: int = spec_key(16, LATENT_DIM)  # size of the latent code z (the seed's k)
+    arch: str = spec_key("mlp", one_of("mlp", "conv"))  # encoder/decoder backbone
     mlp: MLPSpec = field(default_factory=MLPSpec)
     conv: ConvSpec = field(default_factory=ConvSpec)
     # Decoder likelihood p(x|z): bernoulli (MNIST family) or gaussian (a learned per-channel
     # scale, or a fixed one: gaussian_sigma).
-    likelihood: str = _key("bernoulli", _one_of("bernoulli", "gaussian"))
-    gaussian_sigma: float | None = _key(
+    likelihood: str = spec_key("bernoulli", one_of("bernoulli", "gaussian"))
+    gaussian_sigma: float | None = spec_key(
         None,
         Rule(lambda v: v is None or (is_number(v) and v > 0), "a number > 0, or null to learn it"),
     )
@@ -162,9 +162,9 @@ class LatentSpec(ModelSpec):
     #   mean - reconstruction averaged over pixels, KL averaged over latent dims (most
     #          tutorials and seed 002's beta values); beta is then `beta_norm` directly.
     # Both are averaged over the batch. The logged val/elbo is always the true ELBO.
-    reduction: str = _key(
+    reduction: str = spec_key(
         "sum",
-        _one_of(
+        one_of(
             "sum",
             "mean",
             text="one of sum (true per-image ELBO), mean (per-pixel / per-latent means)",

@@ -25,7 +25,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
-from genlab.diffusion.schedule import PREDICTIONS, DiffusionSchedule, _check_choice
+from genlab.diffusion.schedule import PREDICTIONS, DiffusionSchedule, check_choice
 from genlab.sampler_rules import SAMPLER_RULES, SamplerRules
 
 
@@ -64,7 +64,7 @@ class Sampler:
         prediction: str = "eps",
         clip_x0: bool = True,
     ):
-        _check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("prediction", prediction, PREDICTIONS)
         check_steps(steps, schedule.timesteps)
         self.schedule, self.steps = schedule, steps
         self.prediction, self.clip_x0 = prediction, clip_x0

@@ -44,7 +44,7 @@ VARIANCES = ("beta", "beta_tilde")
 Timesteps = int | torch.Tensor
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
 
@@ -259,7 +259,7 @@ class DiffusionSchedule:
     def _prediction_inputs(self, model_output, xt, t, prediction):
         """The network output and x_t in compute precision, sqrt(ab_t), sqrt(1 - ab_t), and
         the dtype to return in: what converting between eps, x0 and v needs."""
-        _check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("prediction", prediction, PREDICTIONS)
         cd, od = self._dtypes(model_output, xt)
         a = self._gather("sqrt_alpha_bars", t, xt, cd)
         s = self._gather("sqrt_one_minus_alpha_bars", t, xt, cd)
@@ -307,7 +307,7 @@ class DiffusionSchedule:
         For ``x_t = q_sample(x0, t, noise)``: eps -> ``noise``, x0 -> ``x0``,
         v -> ``sqrt(ab) noise - sqrt(1 - ab) x0``.
         """
-        _check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("prediction", prediction, PREDICTIONS)
         if prediction == "eps":
             return noise
         if prediction == "x0":
@@ -337,7 +337,7 @@ class DiffusionSchedule:
         (``beta_tilde_t``), the two extremes of Ho et al. sec 3.2. Both use the clipped step-1
         value at ``t = 0`` (see the class).
         """
-        _check_choice("variance", variance, VARIANCES)
+        check_choice("variance", variance, VARIANCES)
         pred_x0 = self.predict_x0(model_output, xt, t, prediction)
         if clip_x0:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)

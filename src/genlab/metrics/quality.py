@@ -137,7 +137,7 @@ class SampleQuality(pl.Callback):
 
     # -- the evaluation ------------------------------------------------------------------------
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        # Attached only to generative models (genlab.train.callback_plan asks capabilities);
+        # Attached only to generative models (genlab.builders.callback_plan asks capabilities);
         # any module with sample() and preview_labels() can be measured.
         if trainer.datamodule is None:
             return

@@ -3,9 +3,8 @@
 denoise) and writes PNGs without overwriting anything.
 
 The `sample.py` script at the top of the repo is a thin Hydra wrapper around `run`. The modules,
-each importing only those listed before it:
+each importing only those listed before it (and genlab.runs, which loads the run):
   options    conf/sample.yaml's defaults, the checks of each option, the device
-  loader     finding a run's best checkpoint, rebuilding its model, its data (`load_run`)
   writer     atomic output files that never replace an earlier run's
   job        what every task shares: seeded generator, batching, test images, coding, grids
   latent     the tasks of models with an encoder (AE, VAE, CVAE)
@@ -22,7 +21,6 @@ from __future__ import annotations
 from genlab.sample.anomaly import rank_auroc
 from genlab.sample.dispatch import check_supported, run, tasks_for
 from genlab.sample.job import Job
-from genlab.sample.loader import LoadedRun, _init_kwargs, load_model, load_run
 from genlab.sample.options import check_options, options, pick_device
 from genlab.sample.tasks import TASKS, Need, Task
 from genlab.sample.writer import write_outputs
@@ -30,14 +28,10 @@ from genlab.sample.writer import write_outputs
 __all__ = [
     "TASKS",
     "Job",
-    "LoadedRun",
     "Need",
     "Task",
-    "_init_kwargs",
     "check_options",
     "check_supported",
-    "load_model",
-    "load_run",
     "options",
     "pick_device",
     "rank_auroc",

@@ -15,10 +15,10 @@ from omegaconf import DictConfig
 
 from genlab import GenlabError
 from genlab.rundir import check_inside
+from genlab.runs import LoadedRun, load_run
 from genlab.sample.job import Job
 from genlab.sample.latent import TRAVERSE_ROWS
-from genlab.sample.loader import LoadedRun, load_run
-from genlab.sample.options import check_label, check_options, options
+from genlab.sample.options import check_label, check_options, options, pick_device
 from genlab.sample.tasks import TASKS
 
 # Options that only steer a diffusion sampler; refused for other models rather than ignored.
@@ -117,7 +117,9 @@ def run(cfg: DictConfig | Mapping) -> list[Path]:
     """Do `cfg.task` for the run at `cfg.run`; return the files written."""
     cfg = options(cfg)
     check_options(cfg, TASKS)
-    loaded = load_run(str(cfg.run), cfg.device)
+    from genlab.models import MODEL_CLASSES
+
+    loaded = load_run(str(cfg.run), MODEL_CLASSES, pick_device(cfg.device))
     check_supported(cfg.task, loaded, cfg)
     task = TASKS[cfg.task]
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else loaded.home / "samples"

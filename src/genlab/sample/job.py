@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from genlab import GenlabError
-from genlab.sample.loader import LoadedRun
+from genlab.runs import LoadedRun
 from genlab.sample.options import check_label
 from genlab.sample.writer import write_outputs
 

@@ -99,7 +99,7 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from genlab import GenlabError
         from genlab.atomic import write_text_atomic
-        from genlab.cli import fail
+        from genlab.exits import fail
         from genlab.rundir import check_run_dir
 
         STATE.reset()

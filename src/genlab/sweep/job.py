@@ -1,5 +1,5 @@
 """One job of a sweep: who it is (`current_job`), what it takes from its sweep (`prepare`), and
-the failure policy (`run_sweep_job`, called by genlab.cli.task_wrapper).
+the failure policy (`run_sweep_job`, called by genlab.cli.task_wrapper for a sweep's job).
 
 A job never raises out of `train.py`'s main: a failure (diverged loss, bad combination, a bug)
 is written to `status.json` in the job's folder (genlab.sweep.status) and the job returns, so
@@ -18,8 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.rundir import ENV_JOB, in_sweep_job
 from genlab.sweep.keys import job_values, label, read_sweep_file, short_names
-from genlab.sweep.own_process import ENV_JOB, needs_own_process, run_in_own_process
+from genlab.sweep.own_process import needs_own_process, run_in_own_process
 from genlab.sweep.status import JobInfo, error_fields, write_status
 
 log = logging.getLogger("genlab")
@@ -27,16 +28,13 @@ log = logging.getLogger("genlab")
 
 def current_job() -> JobInfo | None:
     """The sweep job this process runs, or None for a plain run."""
+    if not in_sweep_job():
+        return None
     if os.environ.get(ENV_JOB):
         return JobInfo(**json.loads(os.environ[ENV_JOB]))
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return None
     hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return None
     overrides = list(OmegaConf.to_container(hc.overrides.task, resolve=False))
     info = read_sweep_file(hc.sweep.dir) or {}
     swept = job_values(overrides, info.get("keys") or [])
@@ -89,7 +87,7 @@ def prepare(cfg: DictConfig, job: JobInfo) -> None:
         # attempt of this very job (requeued after preemption, or the sweep run again with
         # the same hydra.sweep.dir). Continue from the newest instead of starting over.
         log.warning("Job %s resumes from its newest checkpoint in %s", job.num, job.output_dir)
-        # (genlab.train then also continues the W&B run whose id the checkpoint holds.)
+        # (genlab.training then also continues the W&B run whose id the checkpoint holds.)
         cfg.ckpt_path = "last"
 
 

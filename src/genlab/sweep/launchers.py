@@ -112,7 +112,7 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         try:
             jobs = executor.map_array(self, *zip(*calls, strict=True))
         except (FailedJobError, FailedSubmissionError, OSError) as err:  # sbatch refused
-            from genlab.cli import fail
+            from genlab.exits import fail
 
             reason = " ".join(str(err).split())[:500] or type(err).__name__
             # A sweep dir holding only this attempt's records goes: nothing ran.

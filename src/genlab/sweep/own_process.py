@@ -30,15 +30,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.rundir import ENV_JOB
 from genlab.sweep.status import JobInfo, read_status, write_status
 
 log = logging.getLogger("genlab")
 
 # A job's own process: genlab's training app (genlab.commands), after sys.executable.
 TRAIN_COMMAND = ("-m", "genlab.train")
-
-# Set for the process tree that runs one DDP job of a sweep (JSON of JobInfo).
-ENV_JOB = "GENLAB_SWEEP_JOB"
 
 
 def needs_own_process(cfg: DictConfig) -> bool:

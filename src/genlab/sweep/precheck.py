@@ -23,14 +23,7 @@ from genlab.extras import require
 from genlab.sweep.keys import label, sweeper_param_overrides
 
 MAX_COMPOSED = 24
-MULTIRUN_FLAGS = ("-m", "--multirun")
 _GRID = "BasicSweeper"
-
-
-def is_multirun(argv: list[str]) -> bool:
-    """A plain multirun: -m / --multirun and no other flag (--cfg, --help, ... are Hydra's)."""
-    flags = [a for a in argv if a.startswith("-")]
-    return bool(flags) and all(f in MULTIRUN_FLAGS for f in flags)
 
 
 def _values(override, sweeper: str) -> list[str]:
@@ -255,10 +248,10 @@ def _runs_stage(cfg: DictConfig, limit_key: str) -> bool:
 
 
 def logged_metrics(cfg: DictConfig) -> set[str] | None:
-    """The metric names `genlab.train.run(cfg)` returns (what train.py hands the sweeper and
+    """The metric names `genlab.training.run(cfg)` returns (what train.py hands the sweeper and
     writes to metrics.json), None when the model cannot be built. Single-step curves
     (train/loss_step, train/lr) are not among them: run() leaves them out."""
-    from genlab.train import build_model
+    from genlab.builders import build_model
 
     try:
         # Built once per sweep (the last job's config): whether it samples is its capabilities'

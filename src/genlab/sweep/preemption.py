@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import threading
 from typing import Any
 
@@ -119,25 +118,3 @@ def hand_over() -> None:
     signum, STATE.signum = STATE.signum, None
     if callable(STATE.submitit_handler):
         STATE.submitit_handler(signum, None)
-
-
-def slurm_job_state() -> str | None:
-    """This Slurm job's state in Slurm's accounting (`CANCELLED` as soon as it is `scancel`led,
-    while the job still runs its clean-up; `scontrol` says COMPLETING then), or None outside
-    Slurm or when sacct does not answer in time."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return None
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-    try:
-        out = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-j", job, "-o", "State"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    words = out.split()
-    return words[0] if words else None  # "CANCELLED by 0" -> CANCELLED

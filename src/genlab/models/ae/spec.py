@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from genlab.specs import LATENT_DIM, LatentSpec, MLPSpec, _key
+from genlab.specs import LATENT_DIM, LatentSpec, MLPSpec, spec_key
 
 
 @dataclass
@@ -13,7 +13,7 @@ class AESpec(LatentSpec):
 
     _target_: str = "genlab.models.AE"
     name: str = "ae"
-    latent_dim: int = _key(9, LATENT_DIM)  # seed 001's bottleneck
+    latent_dim: int = spec_key(9, LATENT_DIM)  # seed 001's bottleneck
     mlp: MLPSpec = field(default_factory=lambda: MLPSpec(hidden=[128, 64, 36, 18]))
     is_autoencoder = True
 

@@ -9,7 +9,14 @@ from typing import Any
 
 from genlab import GenlabError
 from genlab.models.vae.spec import VAESpec
-from genlab.specs import GUIDANCE, LATENT_DIM, POSITIVE_INT, UNIT_INTERVAL_OPEN_RIGHT, _key, _one_of
+from genlab.specs import (
+    GUIDANCE,
+    LATENT_DIM,
+    POSITIVE_INT,
+    UNIT_INTERVAL_OPEN_RIGHT,
+    one_of,
+    spec_key,
+)
 
 
 @dataclass
@@ -22,17 +29,17 @@ class CVAESpec(VAESpec):
     # label), label dropout 0.1 and guided decoding w = 1: after 10 epochs on Fashion-MNIST,
     # label-chosen samples are of the requested class 92% of the time (82.5% unguided, 79% for
     # the MLP with k = 16 and no guidance) and the domain FID halves (docs/experiments.md).
-    latent_dim: int = _key(8, LATENT_DIM)
-    arch: str = _key("conv", _one_of("mlp", "conv"))
-    label_encoding: str = _key("onehot", _one_of("onehot", "embedding"))  # how labels enter
-    label_embed_dim: int = _key(16, POSITIVE_INT)  # size of the label embedding (embedding)
+    latent_dim: int = spec_key(8, LATENT_DIM)
+    arch: str = spec_key("conv", one_of("mlp", "conv"))
+    label_encoding: str = spec_key("onehot", one_of("onehot", "embedding"))  # how labels enter
+    label_embed_dim: int = spec_key(16, POSITIVE_INT)  # size of the label embedding (embedding)
     # Share of training images whose label is replaced by "no label" (the null class), so the
     # model also learns p(x|z) and p(z) without y: what guidance compares against.
-    label_dropout: float = _key(0.1, UNIT_INTERVAL_OPEN_RIGHT)
+    label_dropout: float = spec_key(0.1, UNIT_INTERVAL_OPEN_RIGHT)
     # Guided decoding of label-chosen samples, w: decoder logits (1 + w) * l(z, y) - w * l(z, null)
     # (for a Bernoulli decoder, p(x|z,y)^(1+w) / p(x|z)^w renormalised); needs label_dropout > 0.
     # 0: plain samples of p(x|z, y).
-    guidance_scale: float = _key(1.0, GUIDANCE)
+    guidance_scale: float = spec_key(1.0, GUIDANCE)
 
     is_autoencoder = False  # its code needs the label: no latent DDPM is trained on it
 

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import ListConfig
 
 from genlab import GenlabError
-from genlab.run_rules import _check, _get
+from genlab.run_rules import check_value, config_value
 from genlab.sampler_rules import MODEL_SAMPLER, check_model_sampler
 from genlab.specs import (
     BOOL,
@@ -23,12 +23,12 @@ from genlab.specs import (
     ModelSpec,
     Rule,
     UNetSpec,
-    _key,
-    _one_of,
     ints,
     is_int,
     is_number,
     largest,
+    one_of,
+    spec_key,
 )
 
 
@@ -38,42 +38,42 @@ class DDPMSpec(ModelSpec):
 
     _target_: str = "genlab.models.DDPM"
     name: str = "ddpm"
-    timesteps: int = _key(
+    timesteps: int = spec_key(
         1000, Rule(POSITIVE_INT.ok, "an integer >= 1 (T)", "e.g. model.timesteps=1000.")
     )
     # Beta schedule: linear (1e-4 -> 0.02, Ho et al.) | cosine (Nichol & Dhariwal).
-    schedule: str = _key("linear", _one_of("linear", "cosine"))
+    schedule: str = spec_key("linear", one_of("linear", "cosine"))
     # What the network predicts: eps (Ho et al.) | x0 | v (Salimans & Ho).
-    prediction: str = _key("eps", _one_of("eps", "x0", "v"))
+    prediction: str = spec_key("eps", one_of("eps", "x0", "v"))
     # Reverse-process variance sigma_t^2: beta | beta_tilde (the posterior's).
-    variance: str = _key("beta", _one_of("beta", "beta_tilde"))
-    clip_x0: bool = _key(True, BOOL)  # clip the predicted x0 to [-1, 1] while sampling
+    variance: str = spec_key("beta", one_of("beta", "beta_tilde"))
+    clip_x0: bool = spec_key(True, BOOL)  # clip the predicted x0 to [-1, 1] while sampling
     # Sampler steps: timesteps -> ancestral sampling (Algorithm 2, T network calls); fewer ->
     # DDIM with that many steps (Song et al. 2021); null = timesteps. Range: check, below.
     sample_steps: int | None = 100
     # Sampler of the model's own draws (the test stage's and evaluate='s FID samples, the
     # previews, sample.py's and genlab.load's default): a name of genlab.diffusion.SAMPLERS;
     # null = the rule above. An all-steps sampler (ddpm) ignores sample_steps.
-    sampler: str | None = _key(None, MODEL_SAMPLER)
-    eta: float = _key(0.0, UNIT_INTERVAL)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
+    sampler: str | None = spec_key(None, MODEL_SAMPLER)
+    eta: float = spec_key(0.0, UNIT_INTERVAL)  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     unet: UNetSpec = field(default_factory=UNetSpec)
     # Class-conditional: a label embedding added to the time embedding.
-    conditional: bool = _key(False, BOOL)
+    conditional: bool = spec_key(False, BOOL)
     # Share of training labels replaced by "null" (for classifier-free guidance).
-    cond_drop_prob: float = _key(0.1, UNIT_INTERVAL_OPEN_RIGHT)
-    guidance_scale: float = _key(0.0, GUIDANCE)  # guidance weight w (needs conditional)
+    cond_drop_prob: float = spec_key(0.1, UNIT_INTERVAL_OPEN_RIGHT)
+    guidance_scale: float = spec_key(0.0, GUIDANCE)  # guidance weight w (needs conditional)
     # EMA of the weights, used for validation, test, sampling and the checkpoint. With a
     # warm-up: update n moves the average by max(1 - ema_decay, (1 + n)^-ema_power), so a
     # short run averages its recent weights, not its initial ones (diffusers' EMAModel, Karras
     # et al. 2022). null: no EMA.
-    ema_decay: float | None = _key(
+    ema_decay: float | None = spec_key(
         0.9999,
         Rule(
             lambda v: v is None or (is_number(v) and 0 < v < 1),
             "a number in (0, 1), or null for no EMA",
         ),
     )
-    ema_power: float = _key(
+    ema_power: float = spec_key(
         2 / 3,
         Rule(
             lambda v: is_number(v) and 0 < v <= 1,
@@ -84,19 +84,21 @@ class DDPMSpec(ModelSpec):
     # Linear learning-rate warm-up in optimizer steps (paper: 5000, which a 10-epoch
     # Fashion-MNIST run of ~4,200 steps never leaves): the warmup_steps of the run's
     # scheduler= (model=ddpm picks warmup_constant, conf/scheduler/).
-    warmup_steps: int = _key(
+    warmup_steps: int = spec_key(
         500, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: no warm-up)")
     )
     # Test images scored with the full variational bound (T network calls each; null: all).
-    test_bpd_images: int | None = _key(
+    test_bpd_images: int | None = spec_key(
         256, Rule(lambda v: v is None or (is_int(v) and v >= 0), "an integer >= 0, or null: all")
     )
-    bpd_t_chunk: int = _key(10, POSITIVE_INT)  # timesteps per network call in the bound
+    bpd_t_chunk: int = spec_key(10, POSITIVE_INT)  # timesteps per network call in the bound
     # Steps of the grids logged after validation: model.sampler's, or DDIM's when that has none.
-    preview_steps: int = _key(50, POSITIVE_INT)
+    preview_steps: int = spec_key(50, POSITIVE_INT)
     # How often to log those grids (0: never).
-    preview_every_n_epochs: int = _key(1, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
-    optimizer: dict[str, Any] = _key({**DEFAULT_OPTIMIZER, "lr": 2e-4})  # paper: Adam 2e-4
+    preview_every_n_epochs: int = spec_key(
+        1, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    )
+    optimizer: dict[str, Any] = spec_key({**DEFAULT_OPTIMIZER, "lr": 2e-4})  # paper: Adam 2e-4
 
     # The variational bound in bits/dim and its parts, scored on test images (test_bpd_images).
     test_metric_names = ("bpd", "bpd_prior", "bpd_diffusion", "bpd_decoder")
@@ -108,21 +110,25 @@ class DDPMSpec(ModelSpec):
     @classmethod
     def check(cls, cfg: Any, model: Mapping[str, Any]) -> None:
         timesteps = cfg.model.timesteps
-        if _get(cfg, "model.schedule", None) == "linear" and timesteps <= 20:
+        if config_value(cfg, "model.schedule", None) == "linear" and timesteps <= 20:
             raise GenlabError(
                 f"Invalid config: model.timesteps={timesteps} with model.schedule=linear. The "
                 "linear schedule scales its betas by 1000/T, so T <= 20 gives beta_T >= 1. Use "
                 "model.timesteps > 20, or model.schedule=cosine."
             )
-        _check(
+        check_value(
             cfg,
             "model.sample_steps",
             lambda v: v is None or (is_int(v) and 1 <= v <= timesteps),
             f"an integer between 1 and model.timesteps={timesteps}",
             f"Use {timesteps} for ancestral sampling or fewer (e.g. 50) for DDIM.",
         )
-        check_model_sampler(_get(cfg, "model.sampler", None), _get(cfg, "model.eta", 0))
-        if _get(cfg, "model.guidance_scale", 0) and not _get(cfg, "model.conditional", False):
+        check_model_sampler(
+            config_value(cfg, "model.sampler", None), config_value(cfg, "model.eta", 0)
+        )
+        if config_value(cfg, "model.guidance_scale", 0) and not config_value(
+            cfg, "model.conditional", False
+        ):
             raise GenlabError(
                 f"Invalid config: model.guidance_scale={cfg.model.guidance_scale} needs a "
                 "class-conditional model: add model.conditional=true, or set "
@@ -133,7 +139,7 @@ class DDPMSpec(ModelSpec):
     @classmethod
     def check_unet(cls, cfg: Any) -> None:
         """The U-Net halves the image once per level after the first: it must fit."""
-        mults = _get(cfg, "model.unet.channel_mults", [1])
+        mults = config_value(cfg, "model.unet.channel_mults", [1])
         _, height, width = cfg.data.image_shape
         factor = 2 ** (len(mults) - 1)
         if height != width or height % factor:
@@ -144,7 +150,7 @@ class DDPMSpec(ModelSpec):
                 "fewer levels (e.g. model.unet.channel_mults=[1,2,2] for 28x28)."
             )
         sizes = [height // 2**i for i in range(len(mults))]
-        _check(
+        check_value(
             cfg,
             "model.unet.attn_resolutions",
             lambda v: isinstance(v, list | ListConfig) and all(r in sizes for r in v),

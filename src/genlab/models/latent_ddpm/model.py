@@ -4,7 +4,7 @@ that autoencoder. It makes the autoencoders generative: seed 001's AE has no pri
 random z lands in the gaps between the codes of real images), a VQ-VAE has none over its code
 grids; this learns one.
 
-- The autoencoder is loaded read-only from its run (genlab.sample.loader.load_run: the best
+- The autoencoder is loaded read-only from its run (genlab.runs.load_run: the best
   checkpoint), frozen and in eval mode. It is kept outside the module tree, so it is not in
   `parameters()` (the optimizer), `state_dict()` (checkpoints), `train()` or the EMA's
   average; `_apply` moves it with the model between devices and dtypes. The checkpoint's
@@ -34,15 +34,17 @@ from pathlib import Path
 import torch
 
 from genlab import GenlabError
+from genlab.models import model_class
 from genlab.models.catalog import autoencoders
 from genlab.models.ddpm.model import DDPM
 from genlab.models.latent_ddpm.spec import LatentDDPMSpec
 from genlab.nets.denoiser import MLPDenoiser
 from genlab.nets.unet import UNet
 from genlab.resources import file_sha256
+from genlab.runs import RunUnavailable
 
 
-class AutoencoderUnavailable(GenlabError):
+class AutoencoderUnavailable(RunUnavailable):
     """The autoencoder run a trained latent DDPM was built on is gone or has changed."""
 
 
@@ -113,8 +115,8 @@ class LatentDDPM(DDPM):
 
     def _autoencoder_run(self):
         """(the autoencoder of the run spec.autoencoder names, its type), loaded as data
-        (genlab.sample.loader: nothing in the run can import or instantiate anything)."""
-        from genlab.sample.loader import load_run  # lazy: a job-layer loader, used for data
+        (genlab.runs: nothing in the run can import or instantiate anything)."""
+        from genlab.runs import load_run
 
         spec = self.spec
         if not spec.autoencoder:
@@ -125,7 +127,7 @@ class LatentDDPM(DDPM):
         path = Path(spec.autoencoder).expanduser().resolve()
         recorded = spec.autoencoder_sha256
         try:  # never another latent_ddpm: a run naming itself would load without end
-            run = load_run(path, kinds=autoencoders())
+            run = load_run(path, {name: model_class(name) for name in autoencoders()})
         except GenlabError as err:
             if recorded:  # a trained model whose autoencoder is gone
                 raise AutoencoderUnavailable(

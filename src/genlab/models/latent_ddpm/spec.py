@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genlab.models.ddpm.spec import DDPMSpec
-from genlab.specs import BOOL, DEFAULT_OPTIMIZER, MLPSpec, Rule, UNetSpec, _key
+from genlab.specs import BOOL, DEFAULT_OPTIMIZER, MLPSpec, Rule, UNetSpec, spec_key
 
 
 @dataclass
@@ -21,7 +21,7 @@ class LatentDDPMSpec(DDPMSpec):
     name: str = "latent_ddpm"
     # The trained autoencoder: its run dir (the best checkpoint) or a .ckpt. Required; loaded
     # frozen and read-only, never saved with this model's weights.
-    autoencoder: str | None = _key(
+    autoencoder: str | None = spec_key(
         None,
         Rule(
             lambda v: isinstance(v, str) and v != "",
@@ -32,22 +32,22 @@ class LatentDDPMSpec(DDPMSpec):
     # sha256 of its checkpoint file; null: recorded when the model is first built. A checkpoint
     # of this model holds it, and loading refuses an autoencoder checkpoint that differs.
     autoencoder_sha256: str | None = None
-    clip_x0: bool = _key(False, BOOL)  # normalised latents are not bounded by [-1, 1]
+    clip_x0: bool = spec_key(False, BOOL)  # normalised latents are not bounded by [-1, 1]
     # v-prediction (Salimans & Ho 2022) rather than the pixel DDPM's eps: without the [-1, 1]
     # clip an eps-model's small error near t = T is divided by sqrt(alpha_bar_T) ~ 0.006 in
     # its x0 prediction, and the VQ-VAE's code grids diverged (sampled latents 45x the data's
     # scale, domain FID 331 after 10 epochs); v keeps x0 = sqrt(ab) x_t - sqrt(1 - ab) v
     # bounded (FID 76 after 3 epochs; docs/experiments.md).
-    prediction: str = _key("v", DDPMSpec.__dataclass_fields__["prediction"].metadata["rule"])
+    prediction: str = spec_key("v", DDPMSpec.__dataclass_fields__["prediction"].metadata["rule"])
     # A 5x larger step than the paper's 2e-4 (the CPU DDPM preset's): the small denoisers of
     # a 10-epoch run were still far from converged at 2e-4.
-    optimizer: dict[str, Any] = _key({**DEFAULT_OPTIMIZER, "lr": 1e-3})
-    snap_to_codes: bool = _key(True, BOOL)  # VQ-VAE: sampled vectors -> nearest codes, decoded
+    optimizer: dict[str, Any] = spec_key({**DEFAULT_OPTIMIZER, "lr": 1e-3})
+    snap_to_codes: bool = spec_key(True, BOOL)  # VQ-VAE: sampled vectors -> nearest codes, decoded
     # Denoiser of flat latents (AE, VAE): an MLP of these widths, t added at every layer.
     mlp: MLPSpec = field(default_factory=lambda: MLPSpec(hidden=[256, 256, 256]))
     # Denoiser of code grids (VQ-VAE: 7x7 for 28x28): one level, no halving of the grid.
     unet: UNetSpec = field(default_factory=lambda: UNetSpec(64, [1], 2))
-    test_bpd_images: int | None = _key(0, Rule(lambda v: v == 0, "0 (it is a bound on pixels)"))
+    test_bpd_images: int | None = spec_key(0, Rule(lambda v: v == 0, "0 (it is a bound on pixels)"))
 
     has_autoencoder = True
     test_metric_names = ()  # test_bpd_images is 0: the bound is one on pixels

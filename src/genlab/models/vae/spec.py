@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genlab import GenlabError
-from genlab.specs import NON_NEGATIVE, POSITIVE_INT, LatentSpec, Rule, _key, is_int
+from genlab.specs import NON_NEGATIVE, POSITIVE_INT, LatentSpec, Rule, is_int, spec_key
 
 
 @dataclass
@@ -18,7 +18,7 @@ class VAESpec(LatentSpec):
     _target_: str = "genlab.models.VAE"
     name: str = "vae"
     # Weight of the KL term (beta-VAE, Higgins et al. 2017); 1 = the true ELBO.
-    beta: float = _key(
+    beta: float = spec_key(
         1.0,
         Rule(
             NON_NEGATIVE.ok,
@@ -28,11 +28,11 @@ class VAESpec(LatentSpec):
     )
     # Importance samples per image of the IWAE bound (Burda et al. 2016), logged as */nll and
     # */bpd; 0 turns it off. Validation: cheap tracking; test: conf/eval/ sets it.
-    iwae_k_val: int = _key(5, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
-    iwae_k_test: int = _key(1000, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
+    iwae_k_val: int = spec_key(5, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
+    iwae_k_test: int = spec_key(1000, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
     # Samples per image of the training objective: 1 = the ELBO; K > 1 = the IWAE bound (Burda
     # et al. 2016), logged as */iwae_bound; needs beta=1 and reduction=sum (check, below).
-    iwae_k_train: int = _key(1, POSITIVE_INT)
+    iwae_k_train: int = spec_key(1, POSITIVE_INT)
 
     is_autoencoder = True
 

@@ -14,12 +14,12 @@ from genlab.specs import (
     LatentSpec,
     ModelSpec,
     Rule,
-    _key,
-    _one_of,
     ints,
     is_int,
     is_number,
     largest,
+    one_of,
+    spec_key,
 )
 
 
@@ -31,21 +31,25 @@ class VQVAESpec(ModelSpec):
     _target_: str = "genlab.models.VQVAE"
     name: str = "vqvae"
     # Stride-2 conv stages of the encoder (the decoder mirrors them): 28 -> 14 -> 7.
-    channels: list[int] = _key([32, 64], ConvSpec.__dataclass_fields__["channels"].metadata["rule"])
-    res_blocks: int = _key(1, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))  # paper: 2
-    num_codes: int = _key(512, POSITIVE_INT)  # codebook size K (paper: 512)
-    code_dim: int = _key(64, POSITIVE_INT)  # dimension D of each code vector (paper: 64)
-    beta_commit: float = _key(0.25, NON_NEGATIVE)  # commitment weight (paper: 0.25)
+    channels: list[int] = spec_key(
+        [32, 64], ConvSpec.__dataclass_fields__["channels"].metadata["rule"]
+    )
+    res_blocks: int = spec_key(
+        1, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    )  # paper: 2
+    num_codes: int = spec_key(512, POSITIVE_INT)  # codebook size K (paper: 512)
+    code_dim: int = spec_key(64, POSITIVE_INT)  # dimension D of each code vector (paper: 64)
+    beta_commit: float = spec_key(0.25, NON_NEGATIVE)  # commitment weight (paper: 0.25)
     # How the codebook learns: ema (moving averages of the encoder outputs each code is chosen
     # for, decay codebook_decay, Laplace-smoothed counts) | loss (||sg(z_e) - e||^2 by gradient).
-    codebook_update: str = _key("ema", _one_of("ema", "loss"))
-    codebook_decay: float = _key(
+    codebook_update: str = spec_key("ema", one_of("ema", "loss"))
+    codebook_decay: float = spec_key(
         0.99, Rule(lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)")
     )
-    codebook_eps: float = _key(1e-5, Rule(lambda v: is_number(v) and v > 0, "a number > 0"))
+    codebook_eps: float = spec_key(1e-5, Rule(lambda v: is_number(v) and v > 0, "a number > 0"))
     # A code chosen by no encoder output for this many training steps is re-initialised from a
     # random encoder output of the batch (0: never).
-    dead_code_steps: int = _key(100, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
+    dead_code_steps: int = spec_key(100, Rule(lambda v: is_int(v) and v >= 0, "an integer >= 0"))
     # Decoder likelihood p(x|z_q) and its sigma: the latent models' fields (LatentSpec).
     likelihood: str = LatentSpec.__dataclass_fields__["likelihood"]
     gaussian_sigma: float | None = LatentSpec.__dataclass_fields__["gaussian_sigma"]

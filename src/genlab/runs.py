@@ -1,9 +1,14 @@
 """Loading a trained run: where its checkpoint is, which checkpoint is the best, the model rebuilt
-from it (`load_model`) and the run's data (`LoadedRun`, `load_run`)."""
+from it (`load_model`) and the run's data (`LoadedRun`, `load_run`).
+
+Below the models: the classes a run may hold are the caller's (`classes`: name -> class;
+genlab.models.MODEL_CLASSES for any of genlab's, a latent DDPM's autoencoder types for its
+autoencoder), so a model can load another model's run without importing the registry of all.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,12 +16,20 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
-from genlab.composition import CONF_DIR
-from genlab.sample.options import pick_device
+from genlab.composition import CONF_DIR, drop_retired_keys
+from genlab.config import validate
+from genlab.registry import data_module
+from genlab.specs import user_keys
+from genlab.untrusted import read_yaml, refuse_interpolations
+
+
+class RunUnavailable(GenlabError):
+    """A run another model was built on is gone or has changed (a latent DDPM's autoencoder):
+    its message, which names that run, is passed on as it is."""
 
 
 # -- loading a run ---------------------------------------------------------------------------------
-def _best_checkpoint(folder: Path) -> Path | None:
+def best_checkpoint(folder: Path) -> Path | None:
     """The `epoch=*.ckpt` ModelCheckpoint kept (the best val/loss), else last.ckpt."""
     kept = sorted(folder.glob("epoch=*.ckpt"))
     if len(kept) > 1 and (folder / "last.ckpt").is_file():
@@ -37,7 +50,7 @@ def _best_checkpoint(folder: Path) -> Path | None:
     return last if last.is_file() else None
 
 
-def _locate(path: Path) -> tuple[Path, Path | None]:
+def locate(path: Path) -> tuple[Path, Path | None]:
     """(checkpoint file, run dir or None) for a run dir, its checkpoints/ folder or a .ckpt."""
     if path.is_file():
         parent = path.parent
@@ -45,7 +58,7 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
         return path, run_dir if (run_dir / "config.yaml").is_file() else None
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        ckpt = _best_checkpoint(folder)
+        ckpt = best_checkpoint(folder)
         if ckpt is not None:  # no link in the run (checkpoints/ included) leads out of it
             from genlab.untrusted import inside
 
@@ -60,18 +73,16 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
     )
 
 
-def _init_kwargs(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+def init_kwargs(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The hyperparameters that are keys of `cls`'s spec. Checkpoints may hold others (a VAE's
     `beta_norm` ends up there when loggers record it; keys an older genlab had)."""
-    from genlab.specs import user_keys
-
     known = set(user_keys(cls.spec_class))
     return {k: v for k, v in hparams.items() if k in known}
 
 
-def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
+def load_model(ckpt: Path, classes: Mapping[str, type], device="cpu"):
     """(model in eval mode on `device`, its type name) from a genlab checkpoint; a model of a
-    type not in `kinds` (where given) is refused before it is built.
+    type not in `classes` is refused before it is built.
 
     Loaded with genlab.checkpoints.load_checkpoint (torch.load with weights_only=True): a
     checkpoint can execute no code, so files from anyone are safe to open. The weights are the
@@ -79,7 +90,6 @@ def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
     weights; the raw ones under `current_model_state` are only for resuming training.
     """
     from genlab.checkpoints import load_checkpoint
-    from genlab.models import model_class
     from genlab.models.catalog import MODEL_SPECS, REGISTER_HINT
 
     try:
@@ -93,20 +103,18 @@ def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
             "`python train.py`."
         )
     name = hparams.get("name")
-    if name not in MODEL_SPECS:
+    if name not in MODEL_SPECS:  # the names of the models genlab knows, without importing them
         raise GenlabError(
             f"{ckpt} holds a model of type {name!r}, which genlab cannot load: known types are "
             f"{', '.join(MODEL_SPECS)}. {REGISTER_HINT}"
         )
-    if kinds is not None and name not in kinds:
-        raise GenlabError(f"{ckpt} holds a {name}, where one of {', '.join(kinds)} is needed.")
-    from genlab.models.latent_ddpm.model import AutoencoderUnavailable
-
-    cls = model_class(name)
+    if name not in classes:
+        raise GenlabError(f"{ckpt} holds a {name}, where one of {', '.join(classes)} is needed.")
+    cls = classes[name]
     try:
         model = cls.from_hparams(hparams)
         model.load_state_dict(state["state_dict"])
-    except AutoencoderUnavailable:
+    except RunUnavailable:
         raise  # its message says which run of another model is gone or changed
     except (GenlabError, TypeError, ValueError, RuntimeError) as err:
         raise GenlabError(
@@ -116,25 +124,20 @@ def load_model(ckpt: Path, device="cpu", kinds: Collection[str] | None = None):
     return model.to(device).eval(), name
 
 
-def _known_datasets() -> list[str]:
+def known_datasets() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "data").glob("[!_]*.yaml"))
 
 
-def _compose_data(name: str, data_dir: str | None) -> DictConfig:
+def compose_data(name: str, data_dir: str | None) -> DictConfig:
     from genlab.data.module import data_config
 
     return data_config(name, data_dir)
 
 
-def _read_run_config(path: Path) -> DictConfig:
+def read_run_config(path: Path) -> DictConfig:
     """A run's config.yaml, as data (genlab.untrusted): plain YAML without interpolations,
     checked like a config, its data section checked against genlab.registry."""
     from omegaconf.errors import OmegaConfBaseException
-
-    from genlab.composition import drop_retired_keys
-    from genlab.config import validate
-    from genlab.registry import data_module
-    from genlab.untrusted import read_yaml, refuse_interpolations
 
     def broken(why: str) -> GenlabError:
         return GenlabError(
@@ -206,14 +209,14 @@ class LoadedRun:
             if data_dir is not None:
                 spec.root = data_dir
         else:
-            spec = _compose_data(data, data_dir or (own.root if own is not None else None))
+            spec = compose_data(data, data_dir or (own.root if own is not None else None))
             if own is not None:  # a network-less run stays network-less for its other data
                 spec.download = own.get("download", spec.download)
         if list(spec.image_shape) != list(self.image_shape):
             same = [
                 d
-                for d in _known_datasets()
-                if list(_compose_data(d, None).image_shape) == list(self.image_shape)
+                for d in known_datasets()
+                if list(compose_data(d, None).image_shape) == list(self.image_shape)
             ]
             raise GenlabError(
                 f"{key}={spec.name} holds images of shape {list(spec.image_shape)} but this "
@@ -224,14 +227,12 @@ class LoadedRun:
 
     def test_split(self, data: str | None = None, data_dir: str | None = None):
         """(uint8 images [N, C, H, W], int64 labels [N]) of a test split, on the CPU."""
-        from genlab.train import build_datamodule
-
         spec = self.data_config(data, data_dir)
         key = (spec.name, str(spec.root), str(spec.get("path")))  # path: data=image_folder's
         if key not in self._splits:
             spec.on_device = False
             try:
-                datamodule = build_datamodule(OmegaConf.create({"data": spec, "seed": 0}))
+                datamodule = data_module(OmegaConf.to_container(spec, resolve=True), 0)
             except (TypeError, ValueError) as err:
                 raise GenlabError(
                     f"the data config of {self.run_dir or self.checkpoint} no longer builds a "
@@ -242,16 +243,16 @@ class LoadedRun:
         return self._splits[key]
 
 
-def load_run(path: str | Path, device="cpu", kinds: Collection[str] | None = None) -> LoadedRun:
+def load_run(path: str | Path, classes: Mapping[str, type], device="cpu") -> LoadedRun:
     """Load a run dir (its best checkpoint and config.yaml), its checkpoints/ folder or a .ckpt,
-    onto `device` (a torch.device or a name: auto, cpu, cuda, ...); `kinds`: the model types
-    accepted (load_model).
+    onto `device` (a torch.device or its name; a user's `auto` is resolved by
+    genlab.sample.options.pick_device first); `classes`: the model types accepted, by name
+    (load_model).
 
     The model is always built from the checkpoint's own hyperparameters, so it matches its
     weights; config.yaml only says which data the run used.
     """
-    ckpt, run_dir = _locate(Path(path).expanduser())  # a wrong path fails before torch loads
-    device = pick_device(device) if isinstance(device, str) else device
-    cfg = _read_run_config(run_dir / "config.yaml") if run_dir is not None else None
-    model, name = load_model(ckpt, device, kinds)
+    ckpt, run_dir = locate(Path(path).expanduser())  # a wrong path fails before torch loads
+    cfg = read_run_config(run_dir / "config.yaml") if run_dir is not None else None
+    model, name = load_model(ckpt, classes, device)
     return LoadedRun(model=model, name=name, checkpoint=ckpt, run_dir=run_dir, cfg=cfg)
