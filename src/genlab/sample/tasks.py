@@ -87,8 +87,8 @@ def _always(text: str) -> Reason:
 # -- the needs and their refusals ----------------------------------------------------------------
 AE_NOT_GENERATIVE = (
     "{model} is not a generative model: it has no prior over its latent space, the codes of the "
-    "data leave gaps in it, and random codes decode to images nothing like the data (seed "
-    "001, lecture 004). Train a VAE to sample: `python train.py model=vae`."
+    "data leave gaps in it, and random codes decode to images nothing like the data. "
+    "Train a VAE to sample: `python train.py model=vae`."
 )
 
 
@@ -257,7 +257,7 @@ TASKS: dict[str, Task] = {
     ),
     "denoise": Task(
         "reverse (x_T to sample) and forward (test image to noise) strips, n rows each",
-        "seed 003's strips, one row per image: `denoise_reverse.png`, n samples as x_t at "
+        "the diffusion strips, one row per image: `denoise_reverse.png`, n samples as x_t at "
         "`strip_steps` (10) evenly spaced timesteps the sampler visits, from x_T, then the final "
         "sample; `denoise_forward.png`, n test images x_0, then x_t ~ q(x_t\\|x_0) at 10 evenly "
         "spaced t up to T−1 (nearly pure noise). The timesteps are printed",
