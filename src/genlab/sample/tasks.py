@@ -45,8 +45,8 @@ OptionCheck = Callable[[Any, Any, str], "str | None"]
 class Need:
     """One thing a task needs of a model: `holds(capabilities)`; `why` a model that lacks it is
     refused; `words` names it in the task list. `framed`: the refusal is wrapped in "task=... is
-    not available for this <kind>. <why> A <kind> can do: ..."; unframed, `why` is the whole
-    message (it names the task itself)."""
+    not available for this <kind>. <why> A <kind> can do: ..."; unframed, `why` names the task
+    itself and only "A <kind> can do: ..." follows it."""
 
     words: str
     holds: Callable[[Any], bool]
