@@ -2,6 +2,7 @@
 and no import cycle among genlab's module-level imports."""
 
 import ast
+import re
 
 from fixtures import REPO
 
@@ -77,3 +78,18 @@ def test_the_architecture_page_lists_every_module_with_its_length():
     assert not problems, problems
     stale = [row[:80] for row in module_table.stale_rows(text, new)]
     assert not stale, f"run python tests/module_table.py; stale rows: {stale}"
+
+
+def test_the_package_and_conf_refer_to_no_document_outside_the_repository():
+    """Lab notebooks ("seed 001") and issue numbers are not in the repository: comments and
+    user-facing text say the why itself (measured figures live in docs/experiments.md)."""
+    pattern = re.compile(r"seed 00[0-9]|issue [0-9]+", re.IGNORECASE)
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for top in ("src/genlab", "conf")
+        for path in sorted((REPO / top).rglob("*"))
+        if path.suffix in (".py", ".yaml", ".md", ".txt")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, "\n".join(found)

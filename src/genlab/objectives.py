@@ -18,7 +18,7 @@ REDUCTIONS = ("sum", "mean")
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL( N(mu, diag(exp(logvar))) || N(0, I) ) per image, summed over latent dims.
 
-    The closed form is 1/2 * sum(sigma^2 + mu^2 - 1 - log sigma^2). (Seed 001 prints
+    The closed form is 1/2 * sum(sigma^2 + mu^2 - 1 - log sigma^2). (A common mistake writes
     sigma^2 + mu^2 - log sigma - 1/2, which is not the KL: it is not zero at mu=0, sigma=1.)
     """
     return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).flatten(1).sum(1)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from genlab import GenlabError
+from genlab.models import hints
 
 
 # -- what a model's images are ---------------------------------------------------------------------
@@ -114,7 +115,11 @@ class Pipeline:
         from genlab.specs import is_int
 
         if not self.capabilities.generative:
-            return self.model.sample(1)  # raises the model's refusal
+            try:
+                return self.model.sample(1)  # raises the model's refusal
+            except GenlabError as err:  # its hint names the run it was loaded from
+                where = str(self.run_dir or self.source)
+                raise GenlabError(str(err).replace("<this run>", where)) from None
         if not is_int(n) or n < 1:
             raise GenlabError(f"sample(n={n!r}): n must be an integer >= 1.")
         steer = {"sampler": sampler, "steps": steps, "eta": eta, "guidance_scale": guidance_scale}
@@ -191,7 +196,8 @@ class Pipeline:
         if not self.capabilities.conditional:
             if y is not None and cycle:  # asking an unconditional model for a class is a mistake
                 raise GenlabError(
-                    f"{key}= picks a class, but this {self.kind} is unconditional: drop it."
+                    f"{key}= picks a class, but this {self.kind} is unconditional: drop it. "
+                    + hints.conditional(self.kind)
                 )
             return None  # encode/decode/reconstruct: a batch's labels are simply not needed
         classes = self.data.num_classes

@@ -145,7 +145,7 @@ class ModelSpec:
 class LatentSpec(ModelSpec):
     """Keys the latent-variable models (AE, VAE, CVAE) share."""
 
-    latent_dim: int = spec_key(16, LATENT_DIM)  # size of the latent code z (the seed's k)
+    latent_dim: int = spec_key(16, LATENT_DIM)  # size of the latent code z (k)
     arch: str = spec_key("mlp", one_of("mlp", "conv"))  # encoder/decoder backbone
     mlp: MLPSpec = field(default_factory=MLPSpec)
     conv: ConvSpec = field(default_factory=ConvSpec)
@@ -160,7 +160,7 @@ class LatentSpec(ModelSpec):
     #   sum  - log-likelihood summed over pixels, KL summed over latent dims: the true
     #          per-image ELBO when beta=1 (numbers comparable with papers, in nats).
     #   mean - reconstruction averaged over pixels, KL averaged over latent dims (most
-    #          tutorials and seed 002's beta values); beta is then `beta_norm` directly.
+    #          tutorials use, with their beta values); beta is then `beta_norm` directly.
     # Both are averaged over the batch. The logged val/elbo is always the true ELBO.
     reduction: str = spec_key(
         "sum",

@@ -173,15 +173,30 @@ class GenerativeModule(pl.LightningModule):
 
     def sample(self, n: int, labels: torch.Tensor | None = None, generator=None) -> torch.Tensor:
         """n images in [0, 1] drawn from the model (labels: one class per image, conditional)."""
-        raise GenlabError(f"this {self.kind} is not a generative model: it cannot sample")
+        from genlab.models import hints
+
+        raise GenlabError(
+            f"this {self.kind} is not a generative model: it cannot sample. "
+            + hints.generative(self.kind)
+        )
 
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The model's best reconstruction of x, in [0, 1]."""
-        raise GenlabError(f"this {self.kind} has no encoder: it cannot reconstruct an image")
+        from genlab.models import hints
+
+        raise GenlabError(
+            f"this {self.kind} has no encoder: it cannot reconstruct an image. "
+            + hints.encoder(self.kind)
+        )
 
     def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """(n, latent_dim) codes of x: the AE's code, a VAE's posterior mean."""
-        raise GenlabError(f"this {self.kind} has no encoder: it has no latent code of an image")
+        from genlab.models import hints
+
+        raise GenlabError(
+            f"this {self.kind} has no encoder: it has no latent code of an image. "
+            + hints.encoder(self.kind)
+        )
 
     def decode_images(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean images in [0, 1] for latent codes z."""

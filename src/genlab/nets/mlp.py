@@ -1,5 +1,5 @@
 """Fully connected encoder/decoder pair. With hidden=[128, 64, 36, 18] and a 9-d latent this is
-exactly seed 001's autoencoder (784-128-64-36-18-9 and back; the sigmoid lives in the
+the classic MLP autoencoder (784-128-64-36-18-9 and back; the sigmoid lives in the
 likelihood, which reads the decoder's output as logits).
 
 Conditional models (CVAE) pass a condition vector `c` (the encoded label) that is concatenated

@@ -138,7 +138,7 @@ def _evenly_spaced(timesteps: list[int], count: int) -> list[int]:
 
 
 def denoise(job: Job) -> list[Path]:
-    """Seed 003's two strips, one row per image. `_reverse`: n samples, x_t at `strip_steps`
+    """The two diffusion strips, one row per image. `_reverse`: n samples, x_t at `strip_steps`
     evenly spaced timesteps the sampler visits (from x_T), then the final sample.
     `_forward`: n test images x_0, then x_t ~ q(x_t | x_0) at `strip_steps` evenly spaced
     timesteps up to T - 1, where little of the image is left."""

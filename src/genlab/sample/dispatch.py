@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from genlab import GenlabError
+from genlab.models import hints
 from genlab.rundir import check_inside
 from genlab.runs import LoadedRun, load_run
 from genlab.sample.job import Job
@@ -39,12 +40,14 @@ def check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
     refused = task.refusal(caps, kind)
     if refused is not None:
         why, framed = refused
-        if not framed:
-            raise GenlabError(why)
+        why = why.replace(hints.THIS_RUN, str(run.home))
+        can_do = f"A {kind} can do: task={', '.join(tasks_for(model))}."
+        if not framed:  # the reason names the task itself
+            raise GenlabError(f"{why} {can_do}")
         raise GenlabError(
             f"task={task_name} is not available for this {kind} ({run.checkpoint}). "
             + (f"{why} " if why else "")
-            + f"A {kind} can do: task={', '.join(tasks_for(model))}."
+            + can_do
         )
     for check in task.checks:
         why = check(opts, caps, kind)
@@ -59,7 +62,7 @@ def check_supported(task_name: str, run: LoadedRun, opts: DictConfig) -> None:
         if not caps.conditional:
             raise GenlabError(
                 f"label={opts.label} picks a class, but this {kind.upper()} is unconditional: drop "
-                "label=, or train with model.conditional=true."
+                f"label=. {hints.conditional(kind)}"
             )
         check_label(opts.label, model.num_classes)
     if not caps.diffusion:

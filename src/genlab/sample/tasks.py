@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genlab.models import hints
 from genlab.sample.anomaly import anomaly
 from genlab.sample.diffusion import (
     denoise,
@@ -44,8 +45,8 @@ OptionCheck = Callable[[Any, Any, str], "str | None"]
 class Need:
     """One thing a task needs of a model: `holds(capabilities)`; `why` a model that lacks it is
     refused; `words` names it in the task list. `framed`: the refusal is wrapped in "task=... is
-    not available for this <kind>. <why> A <kind> can do: ..."; unframed, `why` is the whole
-    message (it names the task itself)."""
+    not available for this <kind>. <why> A <kind> can do: ..."; unframed, `why` names the task
+    itself and only "A <kind> can do: ..." follows it."""
 
     words: str
     holds: Callable[[Any], bool]
@@ -85,37 +86,41 @@ def _always(text: str) -> Reason:
 
 
 # -- the needs and their refusals ----------------------------------------------------------------
-AE_NOT_GENERATIVE = (
-    "{model} is not a generative model: it has no prior over its latent space, the codes of the "
-    "data leave gaps in it, and random codes decode to images nothing like the data (seed "
-    "001, lecture 004). Train a VAE to sample: `python train.py model=vae`."
-)
+# Each refusal says why, then the way to get the asked thing (genlab.models.hints: computed from
+# the specs, so it names only keys the named model accepts); sample.py adds what the model can do.
+def _a(kind: str) -> str:
+    name = kind.upper()
+    return f"{'An' if name[0] in 'AEIOU' else 'A'} {name}"
 
 
 def _not_generative(caps, kind: str) -> str:
     if caps.encoder:  # an autoencoder without a prior: the AE's and the VQ-VAE's case
-        name = kind.upper()
-        return AE_NOT_GENERATIVE.format(model=f"{'An' if name[0] in 'AEIOU' else 'A'} {name}")
-    return f"A {kind} is not a generative model: train one to sample (`python train.py model=vae`)."
+        why = (
+            f"{_a(kind)} is not a generative model: it has no prior over its latent space, "
+            "the codes of the data leave gaps in it, and random codes decode to images nothing "
+            "like the data."
+        )
+    else:
+        why = f"{_a(kind)} is not a generative model."
+    return f"{why} {hints.generative(kind)}"
 
 
 GENERATIVE = Need("a generative model", lambda caps: caps.generative, _not_generative)
-
-# Why a diffusion model refuses the tasks on latent codes: its latent x_T is noise with the
-# image's own shape, reached by the fixed forward (noising) process, not inferred by an encoder.
-DDPM_NO_ENCODER = (
-    "A DDPM has no encoder: its latent x_T is noise of the image's own shape, reached by the "
-    "fixed forward noising process, not inferred from an image."
-)
 
 
 def _encoder(diffusion_why: str) -> Need:
     """An encoder: `diffusion_why` says why a diffusion model has no use for the task."""
 
     def why(caps, kind: str) -> str:
-        if caps.diffusion:
-            return diffusion_why
-        return f"A {kind} has no encoder: it infers no latent codes of images."
+        if caps.diffusion:  # its latent x_T is noise reached by noising, not inferred
+            return (
+                f"{_a(kind)} has no encoder: its latent x_T is Gaussian noise, reached by "
+                f"the fixed forward noising process, not inferred from an image. {diffusion_why} "
+                + hints.encoder(kind)
+            )
+        return f"{_a(kind)} has no encoder: it infers no latent codes of images. " + hints.encoder(
+            kind
+        )
 
     return Need("an encoder", lambda caps: caps.encoder, why)
 
@@ -124,7 +129,7 @@ def _latent_plane_2d(caps, kind: str) -> str:
     return (
         f"task=manifold draws the latent plane of a 2-d latent, but this {kind} has "
         f"latent_dim={caps.latent_dim}. Use task=traverse to vary one latent dim at a time, or "
-        "train with model.latent_dim=2."
+        + hints.latent_dim(kind, 2)
     )
 
 
@@ -132,20 +137,9 @@ LATENT_2D = Need("latent_dim=2", lambda caps: caps.latent_dim == 2, _latent_plan
 
 
 def _unconditional(caps, kind: str) -> str:
-    if not caps.generative:
-        return (
-            "Only a class-conditional model draws a chosen class: train model=cvae "
-            "(or model=ddpm model.conditional=true)."
-        )
-    if caps.diffusion:
-        return (
-            f"This {kind.upper()} is unconditional: it was trained without labels, so it cannot "
-            "be asked for a class. Train a class-conditional one with `python train.py "
-            "model=ddpm model.conditional=true`."
-        )
     return (
-        f"A {kind.upper()} cannot be asked for a class: train model=cvae "
-        "(or model=ddpm model.conditional=true)."
+        f"This {kind.upper()} is unconditional: it was trained without labels, so it cannot be "
+        f"asked for a class. {hints.conditional(kind)}"
     )
 
 
@@ -187,9 +181,7 @@ TASKS: dict[str, Task] = {
         "n rows of n test images above their reconstructions",
         "n rows of n test images, each above its reconstruction",
         latent=reconstructions,
-        needs=(
-            _encoder(f"{DDPM_NO_ENCODER} task=denoise shows that forward process on test images."),
-        ),
+        needs=(_encoder("task=denoise shows that forward process on test images."),),
         default_n=8,
     ),
     "interpolate": Task(
@@ -210,7 +202,7 @@ TASKS: dict[str, Task] = {
         "latents: N(0, 1) quantiles 5%..95%, AE: the range of the test codes",
         latent=manifold,
         needs=(
-            _encoder(f"{DDPM_NO_ENCODER} It has no low-dimensional latent plane to draw."),
+            _encoder("It has no low-dimensional latent plane to draw."),
             LATENT_2D,
         ),
         default_n=12,
@@ -222,8 +214,8 @@ TASKS: dict[str, Task] = {
         latent=traverse,
         needs=(
             _encoder(
-                f"{DDPM_NO_ENCODER} Its latent dims are pixels of noise, with no meaning to vary "
-                "one at a time; task=interpolate walks between noise draws instead."
+                "Its latent dims are cells of noise, with no meaning to vary one at a time; "
+                "task=interpolate walks between noise draws instead."
             ),
         ),
         default_n=9,
@@ -232,7 +224,7 @@ TASKS: dict[str, Task] = {
         "test latent means in 2-d by class (PCA when k > 2)",
         "test latent means coloured by class (PCA axes when k > 2)",
         latent=latent_scatter,
-        needs=(_encoder(f"{DDPM_NO_ENCODER} There are no latent means of test images to plot."),),
+        needs=(_encoder("There are no latent means of test images to plot."),),
     ),
     "classes": Task(
         "one column of n samples per class",
@@ -250,14 +242,14 @@ TASKS: dict[str, Task] = {
         latent=anomaly,
         needs=(
             _encoder(
-                "A DDPM has no reconstruction error to score test images with; its likelihood "
+                "It has no reconstruction error to score test images with; its likelihood "
                 "bound on the test set (test/bpd, bits per dim) is in the run's metrics.json."
             ),
         ),
     ),
     "denoise": Task(
         "reverse (x_T to sample) and forward (test image to noise) strips, n rows each",
-        "seed 003's strips, one row per image: `denoise_reverse.png`, n samples as x_t at "
+        "the diffusion strips, one row per image: `denoise_reverse.png`, n samples as x_t at "
         "`strip_steps` (10) evenly spaced timesteps the sampler visits, from x_T, then the final "
         "sample; `denoise_forward.png`, n test images x_0, then x_t ~ q(x_t\\|x_0) at 10 evenly "
         "spaced t up to T−1 (nearly pure noise). The timesteps are printed",

@@ -8,7 +8,7 @@ Written into `<sweep dir>/report/` when a sweep ends, and rebuilt any time with
   job's `metrics.json`), the error of a job that failed, and its folder
 - `panel_samples.png`, `panel_reconstructions.png`: the jobs' `samples.png` /
   `reconstructions.png` laid out on the swept axes (rows: first swept key, columns: second; one
-  panel per value of any further keys), e.g. seed 002's beta x k figures from one command
+  panel per value of any further keys), e.g. a grid of beta x latent_dim figures from one command
 - `metrics.png`: each headline metric against the first swept key, one line per value of the
   others
 - for a search (Optuna), whose values form no grid: the panels are a gallery of the trials and

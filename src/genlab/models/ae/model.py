@@ -1,4 +1,4 @@
-"""Deterministic autoencoder (seed 001): x -> z -> x_hat, trained on reconstruction alone."""
+"""Deterministic autoencoder: x -> z -> x_hat, trained on reconstruction alone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Denoising diffusion probabilistic model (Ho et al. 2020), as seed 003 walks through it.
+"""Denoising diffusion probabilistic model (Ho et al. 2020).
 
 Training is Algorithm 1 (the "simple" loss: MSE between the network output and its target at a
 uniformly drawn timestep); sampling is any sampler of genlab.diffusion.SAMPLERS (`sampler`, else

@@ -1,6 +1,6 @@
 """Latent diffusion (Rombach et al. 2022): a DDPM trained on the latent codes of a trained
 autoencoder run (`model=latent_ddpm model.autoencoder=<run dir>`), its samples decoded through
-that autoencoder. It makes the autoencoders generative: seed 001's AE has no prior (decoding a
+that autoencoder. It makes the autoencoders generative: a plain AE has no prior (decoding a
 random z lands in the gaps between the codes of real images), a VQ-VAE has none over its code
 grids; this learns one.
 

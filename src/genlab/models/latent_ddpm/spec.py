@@ -35,9 +35,8 @@ class LatentDDPMSpec(DDPMSpec):
     clip_x0: bool = spec_key(False, BOOL)  # normalised latents are not bounded by [-1, 1]
     # v-prediction (Salimans & Ho 2022) rather than the pixel DDPM's eps: without the [-1, 1]
     # clip an eps-model's small error near t = T is divided by sqrt(alpha_bar_T) ~ 0.006 in
-    # its x0 prediction, and the VQ-VAE's code grids diverged (sampled latents 45x the data's
-    # scale, domain FID 331 after 10 epochs); v keeps x0 = sqrt(ab) x_t - sqrt(1 - ab) v
-    # bounded (FID 76 after 3 epochs; docs/experiments.md).
+    # its x0 prediction, and the VQ-VAE's code grids diverged; v keeps
+    # x0 = sqrt(ab) x_t - sqrt(1 - ab) v bounded (docs/experiments.md has the figures).
     prediction: str = spec_key("v", DDPMSpec.__dataclass_fields__["prediction"].metadata["rule"])
     # A 5x larger step than the paper's 2e-4 (the CPU DDPM preset's): the small denoisers of
     # a 10-epoch run were still far from converged at 2e-4.
