@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from results_report import markdown  # noqa: E402
+from results_report import markdown, speedrun_figure  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,104 @@ MODELS = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class Race:
+    """One preset of the speedrun section (issue: domain FID <= 10 on 10,000 samples after <= 15
+    minutes of training on 2 CPU cores, <= 20 network calls per image)."""
+
+    key: str
+    title: str
+    train: tuple[str, ...]
+    max_steps: int  # the last curve point (a run stopped by trainer.max_time ends sooner)
+
+
+RACES = (
+    Race(
+        "speedrun",
+        "`experiment=ddpm_fashion_speedrun`",
+        ("experiment=ddpm_fashion_speedrun",),
+        max_steps=0,  # read from the preset (conf/experiment/ddpm_fashion_speedrun.yaml)
+    ),
+    # The current preset on the same clock: its trajectory is the full run's (a constant rate
+    # after the warm-up), cut where the speedrun's training budget ends.
+    Race(
+        "cpu15",
+        "`experiment=ddpm_fashion_cpu`, its first 15 minutes",
+        ("experiment=ddpm_fashion_cpu", "trainer.max_time=00:00:15:00"),
+        max_steps=4000,
+    ),
+)
+RACE_SAMPLER = ("dpmpp_2m", 20)  # network calls per image: at most 20
+
+
+def preset_max_steps(name: str) -> int:
+    """trainer.max_steps of one of genlab's own presets (a file of this repository)."""
+    import yaml
+
+    preset = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())
+    return int(preset["trainer"]["max_steps"])
+
+
+def race_steps(budget: Budget, out: Path, data_dir: str | None) -> list[Step]:
+    """Each race: a training that keeps a checkpoint every `race_every` steps, each checkpoint
+    scored (its minutes: the checkpoint's mtime after the training's start), the last one on
+    the full sample count."""
+    where = [f"paths.data_dir={data_dir}"] if data_dir else []
+    steps = []
+    for race in RACES:
+        run = out / f"race-{race.key}"
+        last = race.max_steps or preset_max_steps("ddpm_fashion_speedrun")
+        for arg in budget.speedrun_train:  # a smaller budget's own step count
+            if arg.startswith("trainer.max_steps="):
+                last = int(arg.split("=")[1])
+        curve = (
+            "+callbacks.race_curve={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+            f'dirpath: {run / "curve"}, filename: "curve-{{step}}", '
+            f"every_n_train_steps: {budget.race_every}, save_top_k: -1, monitor: null}}"
+        )
+        train = [*race.train, *budget.speedrun_train, *where, "test=false", curve]
+        steps.append(
+            Step(
+                f"race-{race.key}.train",
+                ["train.py", *train, f"hydra.run.dir={run}"],
+                run,
+                "train",
+                f"race-{race.key}",
+                resumable=True,
+            )
+        )
+        sampler, calls = RACE_SAMPLER
+        for at in range(budget.race_every, last + 1, budget.race_every):
+            checkpoint = run / "curve" / f"curve-step={at}.ckpt"
+            meta = {"race": race.key, "step": at, "checkpoint": str(checkpoint)}
+            steps.append(
+                quality_step(
+                    f"race-{race.key}-{at}",
+                    checkpoint,
+                    budget.race_curve_samples,
+                    data_dir,
+                    sampler,
+                    calls,
+                    meta=meta,
+                    optional=True,
+                )
+            )
+        final = {"race": race.key, "final": True}
+        steps.append(
+            quality_step(
+                f"race-{race.key}-final",
+                run,
+                budget.race_samples,
+                data_dir,
+                sampler,
+                calls,
+                meta=final,
+            )
+        )
+    return steps
+
+
 # Seed 002's grid (conf/sweep/vae_beta_k_fashion.yaml's settings, one run per point).
 GRID_SETTINGS = ("model.reduction=mean", "data.batch_size=128", "trainer.max_epochs=5")
 
@@ -107,6 +205,13 @@ class Budget:
     grid_betas: tuple[str, ...] = ("2.5e-6", "2.5e-2", "1")
     grid_ks: tuple[int, ...] = (3, 16)
     diffusion_eval: tuple[str, ...] = field(default=())  # added to a diffusion model's evaluation
+    # The speedrun section: each preset of RACES trained once (speedrun_train added), a
+    # checkpoint every `race_every` steps scored on `race_curve_samples`, the last on
+    # `race_samples` images, all with the speedrun's sampler.
+    speedrun_train: tuple[str, ...] = ()
+    race_every: int = 500
+    race_curve_samples: int = 1000
+    race_samples: int = 10000
 
 
 FULL = Budget(
@@ -150,6 +255,15 @@ QUICK = Budget(
     grid_samples=40,
     grid_betas=("2.5e-6", "1"),
     diffusion_eval=("model.sample_steps=4",),
+    speedrun_train=(
+        "trainer.max_steps=2",
+        "trainer.max_time=null",
+        "trainer.limit_val_batches=1",
+        "model.warmup_steps=1",
+    ),
+    race_every=1,
+    race_curve_samples=40,
+    race_samples=60,
 )
 
 
@@ -163,6 +277,7 @@ class Step:
     kind: str  # train | eval | quality
     model: str
     resumable: bool = False  # a training: continue from its last checkpoint
+    optional: bool = False  # a curve point: skipped when its checkpoint was never written
     meta: dict = field(default_factory=dict)
 
 
@@ -257,12 +372,14 @@ def plan(budget: Budget, out: Path, data_dir: str | None) -> list[Step]:
             steps.append(
                 quality_step(name, run_dir(name), budget.grid_samples, data_dir, meta=meta)
             )
-    # Last: the most expensive part (every sampler on the DDPM row's model).
-    return steps + sampler_curve(budget, run_dir("ddpm"), data_dir)
+    # Then the most expensive part (every sampler on the DDPM row's model), then the speedrun.
+    return (
+        steps + sampler_curve(budget, run_dir("ddpm"), data_dir) + race_steps(budget, out, data_dir)
+    )
 
 
 def quality_step(
-    key, run, samples, data_dir, sampler=None, steps=None, eta=None, meta=None
+    key, run, samples, data_dir, sampler=None, steps=None, eta=None, meta=None, optional=False
 ) -> Step:
     argv = ["benchmarks/sample_quality.py", str(run), "--num-samples", str(samples)]
     if sampler:
@@ -273,7 +390,9 @@ def quality_step(
         argv += ["--eta", str(eta)]
     if data_dir:
         argv += ["--data-dir", data_dir]
-    return Step(f"{key}.quality", argv, None, "quality", key, meta=dict(meta or {}))
+    return Step(
+        f"{key}.quality", argv, None, "quality", key, meta=dict(meta or {}), optional=optional
+    )
 
 
 def sampler_curve(budget: Budget, ddpm_run: Path, data_dir) -> list[Step]:
@@ -339,7 +458,7 @@ def run_step(step: Step, out: Path, env: dict) -> dict:
     log_path = out / "logs" / f"{step.key}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[results] {step.key}: {'resuming ' if resumed else ''}{shown(step)}", flush=True)
-    started = time.monotonic()
+    started_at, started = time.time(), time.monotonic()
     with open(log_path, "ab") as log:
         done = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, stdout=log, stderr=log)
     seconds = time.monotonic() - started
@@ -357,9 +476,12 @@ def run_step(step: Step, out: Path, env: dict) -> dict:
         "seconds": round(seconds, 1),
         "resumed": resumed,
         "meta": step.meta,
+        "started_at": round(started_at, 1),  # unix time: the race curve's clock starts here
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "metrics": collect_metrics(step, log_path),
     }
+    if "checkpoint" in step.meta:  # a race point: when its checkpoint was written
+        record["checkpoint_mtime"] = round((REPO / step.meta["checkpoint"]).stat().st_mtime, 1)
     return record
 
 
@@ -405,12 +527,18 @@ def main(argv=None) -> int:
     records_dir = out / "records"
     steps = plan(budget, _relative(out), args.data_dir)
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    if not records_dir.exists():  # a fresh out dir starts from what the page already shows
+        for key, record in published_records(doc, budget).items():
+            write_json(records_dir / f"{key}.json", record)
     if not args.report_only:
         for step in steps:
             if args.only is not None and not any(step.key.startswith(p) for p in args.only):
                 continue
             if (records_dir / f"{step.key}.json").is_file():
                 print(f"[results] {step.key}: recorded, skipped", flush=True)
+                continue
+            if step.optional and not (REPO / step.meta["checkpoint"]).is_file():
+                print(f"[results] {step.key}: no checkpoint (run stopped sooner), skipped")
                 continue
             write_json(records_dir / f"{step.key}.json", run_step(step, out, env))
             write_page(doc, budget, steps, records_dir)
@@ -427,6 +555,13 @@ def _relative(path: Path) -> Path:
         return path
 
 
+def published_records(doc: Path, budget: Budget) -> dict:
+    """The records the page was last written from (<page>.json, same budget), so that steps
+    measured on another machine or day keep their rows when a fresh out dir runs others."""
+    page = read_json(doc.with_suffix(".json"))
+    return page["records"] if page and page.get("budget") == budget.name else {}
+
+
 def write_page(doc: Path, budget: Budget, steps: list[Step], records_dir: Path) -> None:
     """The page, and beside it (as <page>.json) every record it was written from: the run dirs
     stay under outputs/, the numbers and commands travel with the page."""
@@ -436,6 +571,7 @@ def write_page(doc: Path, budget: Budget, steps: list[Step], records_dir: Path) 
     partial = doc.with_name(doc.name + ".partial")
     partial.write_text(markdown(budget, steps, records, env))
     os.replace(partial, doc)
+    speedrun_figure(steps, records, doc.with_name(doc.stem + "-speedrun.png"))
     done = {key: record for key, record in records.items() if record}
     write_json(doc.with_suffix(".json"), {"budget": budget.name, "env": env, "records": done})
 

@@ -43,6 +43,7 @@ def markdown(budget, steps, records: dict, env: dict) -> str:
         lines += [f"Not measured yet ({len(missing)}): " + ", ".join(f"`{k}`" for k in missing), ""]
     lines += model_table(budget, steps, records)
     lines += sampler_curve(budget, steps, records)
+    lines += speedrun(budget, steps, records)
     lines += grid(budget, steps, records)
     lines += published()
     return "\n".join(lines) + "\n"
@@ -204,6 +205,123 @@ def sampler_curve(budget, steps, records) -> list[str]:
         "",
     ]
     return lines
+
+
+def race_points(steps, records) -> dict[str, list[tuple[float, int, float]]]:
+    """Per race: (training minutes, step, domain FID) of each scored checkpoint, in step order;
+    minutes from the training process's start to the checkpoint's write."""
+    points: dict[str, list] = {}
+    for step in steps:
+        record = records.get(step.key)
+        train = records.get(f"race-{step.meta.get('race')}.train")
+        if "checkpoint" not in step.meta or not record or not train:
+            continue
+        minutes = (record["checkpoint_mtime"] - train["started_at"]) / 60
+        fid = _m(record, "fid_domain")
+        points.setdefault(step.meta["race"], []).append((minutes, step.meta["step"], fid))
+    return points
+
+
+def speedrun(budget, steps, records) -> list[str]:
+    from results import RACE_SAMPLER, RACES
+
+    sampler, calls = RACE_SAMPLER
+    lines = [
+        "## Speedrun: time to a good DDPM on these CPU cores",
+        "",
+        "The goal: domain FID <= 10 on 10,000 samples after at most 15 minutes of training on "
+        f"the 2 cores, sampling with at most 20 network calls per image. Both presets sample "
+        f"with {sampler} at {calls} steps ({calls} network calls), the best checkpoint (EMA "
+        f"weights), {budget.race_samples:,} samples; training time is the wall time of the "
+        "whole `train.py` process, start-up and validation included, with nothing else "
+        "running.",
+        "",
+        f"| preset | training | sampling {budget.race_samples:,} images | domain FID | "
+        "samples classified with confidence >= 0.9 | command |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for race in RACES:
+        train = records.get(f"race-{race.key}.train")
+        final = records.get(f"race-{race.key}-final.quality")
+        sampling = final["metrics"].get("sampling_s") if final else None
+        confident = _m(final, "confident_share")
+        command = next(s for s in steps if s.key == f"race-{race.key}.train")
+        cells = [
+            race.title,
+            _time(train["seconds"] if train else None),
+            _time(sampling),
+            _fmt(_m(final, "fid_domain")),
+            "–" if confident is None else f"{confident:.1%}",
+            f"`{step_command(command, records)}`",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    points = race_points(steps, records)
+    lines += [
+        "",
+        f"Domain FID ({budget.race_curve_samples:,} samples: biased upwards against the "
+        f"{budget.race_samples:,} above) of the checkpoints each training kept every "
+        f"{budget.race_every} steps, against the minutes from its start; the picture is "
+        "`results-speedrun.png` beside this page.",
+        "",
+        "| minutes | step | " + " | ".join(r.title for r in RACES) + " |",
+        "|---:|---:|" + "---:|" * len(RACES),
+    ]
+    rows = sorted(
+        (minutes, at, key, fid) for key, pts in points.items() for minutes, at, fid in pts
+    )
+    for minutes, at, key, fid in rows:
+        cells = [_fmt(fid) if r.key == key else "" for r in RACES]
+        lines.append(f"| {minutes:.1f} | {at} | " + " | ".join(cells) + " |")
+    lines += ["", *speedrun_log(), ""]
+    return lines
+
+
+# One row per change the speedrun kept (issue 29), as speedrun records are kept: what changed,
+# the command, and what it measured on this machine. Later rows include the earlier changes.
+SPEEDRUN_LOG: list[tuple[str, str, str, str, str, str]] = []
+
+
+def speedrun_log() -> list[str]:
+    if not SPEEDRUN_LOG:
+        return []
+    return [
+        "The record, one row per accepted change (docs/experiments.md has what was tried and "
+        "did not pay):",
+        "",
+        "| date | change | command | training | sampling | domain FID |",
+        "|---|---|---|---:|---:|---:|",
+        *("| " + " | ".join(row) + " |" for row in SPEEDRUN_LOG),
+    ]
+
+
+def speedrun_figure(steps, records, path) -> None:
+    """Domain FID against training minutes, one line per race, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from results import RACES
+
+    points = race_points(steps, records)
+    if not points:
+        return
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    for race in RACES:
+        pts = [(m, f) for m, _, f in points.get(race.key, []) if f is not None]
+        if pts:
+            minutes, fids = zip(*pts, strict=True)
+            axes.plot(minutes, fids, marker="o", label=race.title.replace("`", ""))
+    axes.axhline(10, color="grey", linestyle="--", linewidth=1)
+    axes.axvline(15, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel("training wall-clock minutes (2 CPU cores)")
+    axes.set_ylabel("domain FID")
+    axes.set_yscale("log")
+    axes.legend()
+    figure.tight_layout()
+    partial = path.with_name(path.name + ".partial.png")
+    figure.savefig(partial)
+    plt.close(figure)
+    partial.replace(path)
 
 
 def grid(budget, steps, records) -> list[str]:

@@ -317,6 +317,23 @@ class DiffusionSchedule:
         s = self._gather("sqrt_one_minus_alpha_bars", t, x0, cd)
         return (a * noise.to(cd) - s * x0.to(cd)).to(od)
 
+    def loss_weight(
+        self, t: torch.Tensor, prediction: str = "eps", min_snr_gamma: float | None = None
+    ) -> torch.Tensor:
+        """Per-item weights of the training MSE, float32 of t's shape. None: 1 (Ho et al.'s
+        simple loss). A number gamma: min-SNR-gamma (Hang et al. 2023), the weight that turns
+        the target's MSE into min(SNR_t, gamma) times the x0 MSE, so the low-noise steps (where
+        SNR is huge and the task easy) stop dominating the gradient: eps -> min(SNR, g) / SNR,
+        x0 -> min(SNR, g), v -> min(SNR, g) / (SNR + 1)."""
+        if min_snr_gamma is None:
+            return torch.ones(t.shape, device=t.device)
+        _check_choice("prediction", prediction, PREDICTIONS)
+        ab = self._table("alpha_bars", t.device, torch.float32)[t]
+        snr = ab / self._table("one_minus_alpha_bars", t.device, torch.float32)[t]
+        clipped = snr.clamp(max=min_snr_gamma)
+        weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[prediction]
+        return weight
+
     # ---- reverse process ------------------------------------------------------------------
 
     def p_mean_variance(

@@ -128,6 +128,10 @@ class DDPM(GenerativeModule):
         output = self.net(x_t, t, labels)
         target = self.schedule.target(x0, noise, t, self.prediction)
         per_item = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)
+        if generator is None:  # held-out losses stay the unweighted MSE, comparable across runs
+            per_item = per_item * self.schedule.loss_weight(
+                t, self.prediction, self.spec.min_snr_gamma
+            )
         return per_item.mean(), {}
 
     def _eval_labels(self, y):

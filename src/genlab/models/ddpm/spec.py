@@ -47,6 +47,12 @@ class DDPMSpec(ModelSpec):
     prediction: str = spec_key("eps", one_of("eps", "x0", "v"))
     # Reverse-process variance sigma_t^2: beta | beta_tilde (the posterior's).
     variance: str = spec_key("beta", one_of("beta", "beta_tilde"))
+    # Training-loss weight per timestep: null = 1 (Ho et al.'s simple loss); a number gamma =
+    # min-SNR-gamma (Hang et al. 2023; 5 in the paper), which converges faster in short runs.
+    min_snr_gamma: float | None = spec_key(
+        None,
+        Rule(lambda v: v is None or (is_number(v) and v > 0), "a number > 0, or null: no weight"),
+    )
     clip_x0: bool = spec_key(True, BOOL)  # clip the predicted x0 to [-1, 1] while sampling
     # Sampler steps: timesteps -> ancestral sampling (Algorithm 2, T network calls); fewer ->
     # DDIM with that many steps (Song et al. 2021); null = timesteps. Range: check, below.
