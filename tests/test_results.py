@@ -97,6 +97,44 @@ def test_quick_page_shows_what_the_runs_measured(quick, data_root):
     for calls in results.QUICK.curve_steps:
         cells = table_row(page, str(calls))
         assert len(cells) == 4 and "–" not in cells, cells
+    check_speedrun(out, page)
+
+
+def check_speedrun(out: Path, page: str) -> None:
+    """Each race's row is its records' numbers; its curve has one point per kept checkpoint,
+    at the minutes from the training's start to that checkpoint; the picture shows both."""
+
+    def record(key):
+        return json.loads((out / "records" / f"{key}.json").read_text())
+
+    section = page.split("## Speedrun")[1].split("\n## ")[0]
+    points = [ln.strip("|").split("|") for ln in section.splitlines() if ln.startswith("| ")]
+    points = [[c.strip() for c in row] for row in points if row[0].strip()[:1].isdigit()]
+    for column, race in enumerate(results.RACES):
+        train, final = record(f"race-{race.key}.train"), record(f"race-{race.key}-final.quality")
+        cells = table_row(page, race.title)
+        assert cells[3] == f"{final['metrics']['fid_domain']:.1f}"
+        assert f"`{train['command']}`" == cells[5]
+        # The training really took the preset and the speedrun's sampler scored it.
+        config = (out / f"race-{race.key}" / "config.yaml").read_text()
+        weight = "min_snr_gamma: 5.0" if race.key == "speedrun" else "min_snr_gamma: null"
+        assert f"  {weight}\n" in config
+        assert final["metrics"]["sampler"] == results.RACE_SAMPLER[0]
+        assert final["metrics"]["steps"] == results.RACE_SAMPLER[1]
+        mine = [row for row in points if row[2 + column]]
+        assert [int(row[1]) for row in mine] == [1, 2]
+        for row in mine:
+            scored = record(f"race-{race.key}-{row[1]}.quality")
+            assert row[2 + column] == f"{scored['metrics']['fid_domain']:.1f}"
+            minutes = (scored["checkpoint_mtime"] - train["started_at"]) / 60
+            assert row[0] == f"{minutes:.1f}" and 0 <= minutes <= train["seconds"] / 60
+    from PIL import Image
+
+    picture = Image.open(out / "results-speedrun.png").convert("RGB")
+    assert picture.size == (600, 400)
+    colours = {c for _, c in picture.getcolors(1 << 20)}
+    # matplotlib's first two line colours: both races are drawn.
+    assert {(31, 119, 180), (255, 127, 14)} <= colours
 
 
 def test_a_second_run_skips_what_is_recorded(quick):

@@ -1,0 +1,69 @@
+"""The speedrun's levers (issue 29): the min-SNR-gamma loss weight against its formula and in the
+DDPM's training loss, and experiment=ddpm_fashion_speedrun composing to what docs/results.md
+says it is. Its quick mode runs end to end in tests/test_results.py."""
+
+import pytest
+import torch
+from fixtures import TINY_DDPM
+
+from genlab.config import validate
+from genlab.diffusion import DiffusionSchedule
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_min_snr_weight_matches_its_formula(schedule):
+    table = DiffusionSchedule.from_name(schedule, 1000)
+    t = torch.arange(0, 1000, 37)
+    alpha_bar = table.alpha_bars[t]  # float64, computed independently of loss_weight's tables
+    snr = alpha_bar / (1 - alpha_bar)
+    for gamma in (1.0, 5.0):
+        clipped = snr.clamp(max=gamma)
+        expected = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}
+        for prediction, weight in expected.items():
+            got = table.loss_weight(t, prediction, gamma).double()
+            torch.testing.assert_close(got, weight, rtol=1e-4, atol=1e-7)
+    assert torch.equal(table.loss_weight(t, "eps", None), torch.ones(len(t)))
+    # eps weights: 1 where SNR < gamma (the noisy half), below 1 where the task is easy.
+    weights = table.loss_weight(t, "eps", 5.0)
+    assert weights[snr < 5].eq(1).all() and weights[snr > 5].lt(1).all()
+
+
+def test_training_loss_is_the_min_snr_weighted_mse(compose):
+    from genlab.train import build_model
+
+    cfg = compose(*TINY_DDPM, "data=mnist", "model.min_snr_gamma=2", "model.unet.dropout=0")
+    validate(cfg)
+    model = build_model(cfg)
+    x0 = torch.rand(32, 1, 28, 28) * 2 - 1
+    torch.manual_seed(3)
+    loss, _ = model.diffusion_loss(x0, None)
+    torch.manual_seed(3)  # the same t and noise, by hand
+    t = torch.randint(0, 50, (32,))
+    noise = torch.randn(x0.shape)
+    alpha_bar = model.schedule.alpha_bars[t].view(-1, 1, 1, 1)
+    x_t = (alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise).float()
+    per_item = (model.net(x_t, t, None) - noise).pow(2).flatten(1).mean(1)
+    snr = (alpha_bar / (1 - alpha_bar)).flatten()
+    assert (snr > 2).sum() >= 3  # some drawn steps are weighted down: the check can fail
+    expected = (per_item.double() * snr.clamp(max=2) / snr).mean()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-4, atol=1e-6)
+    # Held-out losses (a generator given) stay the plain MSE, comparable with unweighted runs.
+    plain = build_model(compose(*TINY_DDPM, "data=mnist", "model.unet.dropout=0"))
+    plain.load_state_dict(model.state_dict())
+    held = [m.diffusion_loss(x0, None, torch.Generator().manual_seed(1))[0] for m in (model, plain)]
+    torch.testing.assert_close(held[0], held[1])
+
+
+def test_the_preset_is_what_the_results_page_says(compose):
+    cfg = compose("experiment=ddpm_fashion_speedrun")
+    validate(cfg)
+    model = cfg.model
+    assert (model.name, cfg.data.name) == ("ddpm", "fashion_mnist")
+    assert model.min_snr_gamma == 5.0
+    assert model.sampler == "dpmpp_2m" and model.sample_steps <= 20  # <= 20 network calls
+    assert cfg.scheduler._target_ == "genlab.schedules.warmup_cosine"
+    assert cfg.scheduler.min_lr_ratio == 0.0
+    assert cfg.trainer.max_steps > 0
+    # The same network and batch as experiment=ddpm_fashion_cpu: the gain is the recipe's.
+    base = compose("experiment=ddpm_fashion_cpu")
+    assert model.unet == base.model.unet and cfg.data.batch_size == base.data.batch_size
