@@ -29,7 +29,7 @@ def test_min_snr_weight_matches_its_formula(schedule):
 
 
 def test_training_loss_is_the_min_snr_weighted_mse(compose):
-    from genlab.train import build_model
+    from genlab.builders import build_model
 
     cfg = compose(*TINY_DDPM, "data=mnist", "model.min_snr_gamma=2", "model.unet.dropout=0")
     validate(cfg)
