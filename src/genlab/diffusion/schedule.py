@@ -327,7 +327,7 @@ class DiffusionSchedule:
         x0 -> min(SNR, g), v -> min(SNR, g) / (SNR + 1)."""
         if min_snr_gamma is None:
             return torch.ones(t.shape, device=t.device)
-        _check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("prediction", prediction, PREDICTIONS)
         ab = self._table("alpha_bars", t.device, torch.float32)[t]
         snr = ab / self._table("one_minus_alpha_bars", t.device, torch.float32)[t]
         clipped = snr.clamp(max=min_snr_gamma)
