@@ -85,7 +85,7 @@ MODELS = (
 
 @dataclass(frozen=True)
 class Race:
-    """One preset of the speedrun section (issue: domain FID <= 10 on 10,000 samples after <= 15
+    """One preset of the speedrun section (the goal: domain FID <= 10 on 10,000 samples after <= 15
     minutes of training on 2 CPU cores, <= 20 network calls per image)."""
 
     key: str

@@ -276,7 +276,7 @@ def speedrun(budget, steps, records) -> list[str]:
     return lines
 
 
-# One row per change the speedrun kept (issue 29), as speedrun records are kept: what changed,
+# One row per change the speedrun kept, as speedrun records are kept: what changed,
 # the command, and what it measured on this machine. Later rows include the earlier changes.
 SPEEDRUN_LOG: list[tuple[str, str, str, str, str, str]] = []
 
