@@ -106,7 +106,7 @@ RACES = (
     Race(
         "cpu15",
         "`experiment=ddpm_fashion_cpu`, its first 15 minutes",
-        ("experiment=ddpm_fashion_cpu", "trainer.max_time=00:00:15:00"),
+        ("experiment=ddpm_fashion_cpu", "+trainer.max_time=00:00:15:00"),
         max_steps=4000,
     ),
 )
@@ -257,7 +257,6 @@ QUICK = Budget(
     diffusion_eval=("model.sample_steps=4",),
     speedrun_train=(
         "trainer.max_steps=2",
-        "trainer.max_time=null",
         "trainer.limit_val_batches=1",
         "model.warmup_steps=1",
     ),

@@ -272,6 +272,12 @@ def speedrun(budget, steps, records) -> list[str]:
     for minutes, at, key, fid in rows:
         cells = [_fmt(fid) if r.key == key else "" for r in RACES]
         lines.append(f"| {minutes:.1f} | {at} | " + " | ".join(cells) + " |")
+    lines += ["", "Commands, in the order the script runs them:", ""]
+    lines += [
+        f"- `{step.key}`: `{step_command(step, records)}`"
+        for step in steps
+        if step.key.startswith("race-")
+    ]
     lines += ["", *speedrun_log(), ""]
     return lines
 
