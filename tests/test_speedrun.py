@@ -63,7 +63,7 @@ def test_the_preset_is_what_the_results_page_says(compose):
     assert model.sampler == "dpmpp_2m" and model.sample_steps <= 20  # <= 20 network calls
     assert cfg.scheduler._target_ == "genlab.schedules.warmup_cosine"
     assert cfg.scheduler.min_lr_ratio == 0.0
-    assert cfg.trainer.max_steps > 0
+    assert cfg.trainer.max_steps > 0 and cfg.speed.channels_last is True
     # The same network and batch as experiment=ddpm_fashion_cpu: the gain is the recipe's.
     base = compose("experiment=ddpm_fashion_cpu")
     assert model.unet == base.model.unet and cfg.data.batch_size == base.data.batch_size
