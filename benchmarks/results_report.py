@@ -237,8 +237,8 @@ def speedrun(budget, steps, records) -> list[str]:
         "running.",
         "",
         f"| preset | training | sampling {budget.race_samples:,} images | domain FID | "
-        "samples classified with confidence >= 0.9 | command |",
-        "|---|---:|---:|---:|---:|---|",
+        "samples classified with confidence >= 0.9 | command | measured |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for race in RACES:
         train = records.get(f"race-{race.key}.train")
@@ -253,6 +253,7 @@ def speedrun(budget, steps, records) -> list[str]:
             _fmt(_m(final, "fid_domain")),
             "–" if confident is None else f"{confident:.1%}",
             f"`{step_command(command, records)}`",
+            final["finished"][:10] if final else "–",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     points = race_points(steps, records)
@@ -278,26 +279,8 @@ def speedrun(budget, steps, records) -> list[str]:
         for step in steps
         if step.key.startswith("race-")
     ]
-    lines += ["", *speedrun_log(), ""]
+    lines += [""]
     return lines
-
-
-# One row per change the speedrun kept, as speedrun records are kept: what changed,
-# the command, and what it measured on this machine. Later rows include the earlier changes.
-SPEEDRUN_LOG: list[tuple[str, str, str, str, str, str]] = []
-
-
-def speedrun_log() -> list[str]:
-    if not SPEEDRUN_LOG:
-        return []
-    return [
-        "The record, one row per accepted change (docs/experiments.md has what was tried and "
-        "did not pay):",
-        "",
-        "| date | change | command | training | sampling | domain FID |",
-        "|---|---|---|---:|---:|---:|",
-        *("| " + " | ".join(row) + " |" for row in SPEEDRUN_LOG),
-    ]
 
 
 def speedrun_figure(steps, records, path) -> None:

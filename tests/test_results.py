@@ -114,7 +114,7 @@ def check_speedrun(out: Path, page: str) -> None:
         train, final = record(f"race-{race.key}.train"), record(f"race-{race.key}-final.quality")
         cells = table_row(page, race.title)
         assert cells[3] == f"{final['metrics']['fid_domain']:.1f}"
-        assert f"`{train['command']}`" == cells[5]
+        assert f"`{train['command']}`" == cells[5] and cells[6] == final["finished"][:10]
         # The training really took the preset and the speedrun's sampler scored it.
         config = (out / f"race-{race.key}" / "config.yaml").read_text()
         weight = "min_snr_gamma: 5.0" if race.key == "speedrun" else "min_snr_gamma: null"
