@@ -81,3 +81,23 @@ def compose_run(data_root, run_dir, *overrides: str):
             overrides=[f"paths.data_dir={data_root}", f"paths.output_dir={run_dir}", *FAST,
                        *overrides],
         )  # fmt: skip
+
+
+def assert_no_import_cycle(graph) -> None:
+    """Depth-first search of a module -> imported modules graph; an AssertionError naming the
+    first cycle found (modules visited in order of name)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycle = path[path.index(target) :] + [target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, path + [target])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from fixtures import FAST, REPO
+from fixtures import FAST, REPO, assert_no_import_cycle
 
 SRC = REPO / "src"
 DOC = REPO / "docs" / "architecture.md"
@@ -135,21 +135,7 @@ def test_the_whole_import_graph_has_no_cycle():
     # out: every module imports GenlabError from it.
     edges = {name: sorted(targets) for name, targets in graph().items() if name != ROOT}
     edges[ROOT] = []
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for target in edges[node]:
-            if state.get(target) == 1:
-                cycle = path[path.index(target) :] + [target]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if target not in state:
-                visit(target, path + [target])
-        state[node] = 2
-
-    for name in sorted(edges):
-        if name not in state:
-            visit(name, [name])
+    assert_no_import_cycle(edges)
 
 
 def test_the_checker_sees_imports_inside_functions():

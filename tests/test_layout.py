@@ -4,7 +4,7 @@ and no import cycle among genlab's module-level imports."""
 import ast
 import re
 
-from fixtures import REPO
+from fixtures import REPO, assert_no_import_cycle
 
 SRC = REPO / "src"
 MAX_LINES = 450
@@ -53,21 +53,7 @@ def test_module_level_imports_have_no_cycle():
     graph = {name: _module_level_imports(name, tree, known) for name, (_, tree) in modules.items()}
     # A package's __init__ importing its own submodules is how packages work, not a cycle.
     graph = {n: {t for t in ts if not t.startswith(n + ".")} for n, ts in graph.items()}
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for target in sorted(graph[node]):
-            if state.get(target) == 1:
-                cycle = path[path.index(target) :] + [target]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if target not in state:
-                visit(target, path + [target])
-        state[node] = 2
-
-    for name in sorted(graph):
-        if name not in state:
-            visit(name, [name])
+    assert_no_import_cycle(graph)
 
 
 def test_the_architecture_page_lists_every_module_with_its_length():
