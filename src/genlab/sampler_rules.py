@@ -60,6 +60,14 @@ SAMPLER_RULES: dict[str, SamplerRules] = {
             all_steps=False,
             deterministic=True,
         ),
+        SamplerRules(
+            "dpmpp_2m_sde",
+            "SDE-DPM-Solver++(2M)",
+            "SDE-DPM-Solver++(2M) (Lu et al. 2022): `steps` steps, fresh noise at each",
+            takes_eta=False,
+            all_steps=False,
+            deterministic=False,
+        ),
     )
 }
 NAMES = ", ".join(SAMPLER_RULES)
