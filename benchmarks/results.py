@@ -110,15 +110,26 @@ RACES = (
         max_steps=4000,
     ),
 )
-RACE_SAMPLER = ("dpmpp_2m", 20)  # network calls per image: at most 20
 
 
-def preset_max_steps(name: str) -> int:
-    """trainer.max_steps of one of genlab's own presets (a file of this repository)."""
+def preset_value(name: str, group: str, key: str):
+    """A key of one of genlab's own presets (a file of this repository), e.g. trainer.max_steps."""
     import yaml
 
     preset = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())
-    return int(preset["trainer"]["max_steps"])
+    return preset[group][key]
+
+
+def preset_max_steps(name: str) -> int:
+    return int(preset_value(name, "trainer", "max_steps"))
+
+
+# Every race is scored with the speedrun's own sampler and step count (at most 20 network
+# calls), so the curves differ only by the training.
+RACE_SAMPLER = (
+    preset_value("ddpm_fashion_speedrun", "model", "sampler"),
+    int(preset_value("ddpm_fashion_speedrun", "model", "sample_steps")),
+)
 
 
 def race_steps(budget: Budget, out: Path, data_dir: str | None) -> list[Step]:
@@ -165,11 +176,13 @@ def race_steps(budget: Budget, out: Path, data_dir: str | None) -> list[Step]:
                     optional=True,
                 )
             )
+        # The weights the training ended with (their EMA), not the best by validation loss:
+        # what a user of the preset gets at the end of the budget.
         final = {"race": race.key, "final": True}
         steps.append(
             quality_step(
                 f"race-{race.key}-final",
-                run,
+                run / "checkpoints" / "last.ckpt",
                 budget.race_samples,
                 data_dir,
                 sampler,
@@ -394,15 +407,20 @@ def quality_step(
     )
 
 
+# The sampler curve's columns: (label, sampler, eta, title).
+CURVE_SAMPLERS = (
+    ("ddim", "ddim", None, "DDIM (eta 0)"),
+    ("dpmpp_2m", "dpmpp_2m", None, "DPM-Solver++(2M)"),
+    ("dpmpp_2m_sde", "dpmpp_2m_sde", None, "SDE-DPM-Solver++(2M)"),
+    ("ancestral_strided", "ddim", 1.0, "ancestral on the strided chain (DDIM eta 1)"),
+)
+
+
 def sampler_curve(budget: Budget, ddpm_run: Path, data_dir) -> list[Step]:
     """Domain FID against network calls, every sampler on the same trained DDPM."""
     out = []
     for steps in budget.curve_steps:
-        for sampler, eta, label in (
-            ("ddim", None, "ddim"),
-            ("dpmpp_2m", None, "dpmpp_2m"),
-            ("ddim", 1.0, "ancestral_strided"),
-        ):
+        for label, sampler, eta, _ in CURVE_SAMPLERS:
             key = f"curve-{label}-{steps}"
             meta = {"sampler": label, "calls": steps}
             out.append(

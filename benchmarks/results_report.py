@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 # Burda et al. 2016, Table 1: one stochastic layer (784-200-200-50, tanh), dynamically
 # binarised MNIST, test NLL in nats with K = 5000; 3,280 passes over the data.
@@ -38,7 +40,8 @@ def markdown(budget, steps, records: dict, env: dict) -> str:
         "- data: Fashion-MNIST (Debian's `dataset-fashion-mnist`), 10,000 test images",
         "",
     ]
-    missing = [s.key for s in steps if not records.get(s.key)]
+    # A curve point past where its training stopped (a +trainer.max_time race) never exists.
+    missing = [s.key for s in steps if not records.get(s.key) and not s.optional]
     if missing:
         lines += [f"Not measured yet ({len(missing)}): " + ", ".join(f"`{k}`" for k in missing), ""]
     lines += model_table(budget, steps, records)
@@ -161,11 +164,9 @@ def step_command(step, records) -> str:
 def sampler_curve(budget, steps, records) -> list[str]:
     curve = [s for s in steps if s.key.startswith("curve-")]
     by = {(s.meta["sampler"], s.meta["calls"]): records.get(s.key) for s in curve}
-    names = (
-        ("ddim", "DDIM (eta 0)"),
-        ("dpmpp_2m", "DPM-Solver++(2M)"),
-        ("ancestral_strided", "ancestral on the strided chain (DDIM eta 1)"),
-    )
+    from results import CURVE_SAMPLERS
+
+    names = [(label, title) for label, _, _, title in CURVE_SAMPLERS]
     lines = [
         "## Domain FID against network calls (one trained DDPM, every sampler)",
         "",
@@ -231,7 +232,7 @@ def speedrun(budget, steps, records) -> list[str]:
         "",
         "The goal: domain FID <= 10 on 10,000 samples after at most 15 minutes of training on "
         f"the 2 cores, sampling with at most 20 network calls per image. Both presets sample "
-        f"with {sampler} at {calls} steps ({calls} network calls), the best checkpoint (EMA "
+        f"with {sampler} at {calls} steps ({calls} network calls), the last checkpoint (EMA "
         f"weights), {budget.race_samples:,} samples; training time is the wall time of the "
         "whole `train.py` process, start-up and validation included, with nothing else "
         "running.",
@@ -256,6 +257,7 @@ def speedrun(budget, steps, records) -> list[str]:
             final["finished"][:10] if final else "–",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += speedrun_records()
     points = race_points(steps, records)
     lines += [
         "",
@@ -277,9 +279,31 @@ def speedrun(budget, steps, records) -> list[str]:
     lines += [
         f"- `{step.key}`: `{step_command(step, records)}`"
         for step in steps
-        if step.key.startswith("race-")
+        if step.key.startswith("race-") and (not step.optional or records.get(step.key))
     ]
     lines += [""]
+    return lines
+
+
+SPEEDRUN_RECORDS = Path(__file__).resolve().parents[1] / "docs" / "speedrun-records.json"
+
+
+def speedrun_records() -> list[str]:
+    """The record history: one row per change the speedrun kept, from docs/speedrun-records.json
+    (each row measured alone at its commit; the newest is the race above)."""
+    history = json.loads(SPEEDRUN_RECORDS.read_text())
+    lines = [
+        "",
+        "Records, one per accepted change (docs/speedrun-records.json; each measured alone with "
+        "`python benchmarks/results.py --only race-speedrun` at its commit):",
+        "",
+        "| date | commit | change | training | sampling | samples | domain FID |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in history["records"]:
+        cells = [r["date"], f"`{r['commit']}`", r["change"], _time(r["training_s"])]
+        cells += [f"{r['sampling_s']:.0f} s", f"{r['samples']:,}", _fmt(r["fid_domain"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

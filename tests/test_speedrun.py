@@ -67,3 +67,57 @@ def test_the_preset_is_what_the_results_page_says(compose):
     # The same network and batch as experiment=ddpm_fashion_cpu: the gain is the recipe's.
     base = compose("experiment=ddpm_fashion_cpu")
     assert model.unet == base.model.unet and cfg.data.batch_size == base.data.batch_size
+
+
+@pytest.mark.parametrize(
+    ("precision", "avx512_bf16", "amx", "warned"),
+    [
+        ("bf16-mixed", False, False, True),
+        ("bf16-mixed", True, False, False),
+        ("bf16-mixed", False, True, False),
+        ("32-true", False, False, False),
+    ],
+)
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned(
+    monkeypatch, caplog, precision, avx512_bf16, amx, warned
+):
+    """The preset's bf16-mixed is emulated (slow) on a CPU without AVX512-BF16 or AMX: the
+    trainer genlab builds says so, naming the key and the fix; elsewhere it says nothing."""
+    from omegaconf import OmegaConf
+
+    from genlab.builders import build_trainer
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    spec = {
+        "_target_": "lightning.pytorch.Trainer",
+        "accelerator": "cpu",
+        "precision": precision,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    with caplog.at_level("WARNING", logger="genlab"):
+        build_trainer(OmegaConf.create(spec), [], [], validates=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "genlab"]
+    if warned:
+        assert len(said) == 1 and "trainer.precision=bf16-mixed" in said[0]
+        assert "trainer.precision=32-true" in said[0]
+    else:
+        assert said == []
+
+
+def test_the_newest_record_is_the_race_on_the_results_page():
+    """docs/speedrun-records.json keeps one row per accepted change; its newest row must be the
+    speedrun race docs/results.md shows (the records behind the page, docs/results.json)."""
+    import json
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    newest = json.loads((docs / "speedrun-records.json").read_text())["records"][-1]
+    page = json.loads((docs / "results.json").read_text())["records"]
+    train, final = page["race-speedrun.train"], page["race-speedrun-final.quality"]
+    assert newest["training_s"] == train["seconds"]
+    assert newest["sampling_s"] == final["metrics"]["sampling_s"]
+    assert newest["samples"] == final["metrics"]["num_samples"]
+    assert newest["fid_domain"] == round(final["metrics"]["fid_domain"], 1)
+    assert newest["date"] == final["finished"][:10]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +145,31 @@ def build_trainer(trainer_cfg: DictConfig, loggers: list, callbacks: list, valid
     spec = OmegaConf.to_container(trainer_cfg, resolve=True)
     if not validates:
         spec["limit_val_batches"] = 0
-    return instantiate(
+    trainer = instantiate(
         spec, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
+    slow = slow_cpu_precision(trainer)
+    if slow:
+        logging.getLogger("genlab").warning(slow)
+    return trainer
+
+
+def slow_cpu_precision(trainer) -> str | None:
+    """A warning when bf16 runs on a CPU without bf16 instructions (AVX512-BF16 or AMX): there
+    autocast emulates it and a step can take several times as long as in fp32."""
+    import torch
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if not str(trainer.precision).startswith("bf16"):
+        return None
+    if not isinstance(trainer.accelerator, CPUAccelerator):
+        return None
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return None
+    return (
+        f"trainer.precision={trainer.precision} on a CPU without bf16 instructions (AVX512-BF16 "
+        "or AMX): bf16 is emulated here and can train several times slower than fp32. Add "
+        "trainer.precision=32-true unless you measured otherwise."
     )
 
 
