@@ -46,6 +46,7 @@ SWITCHES = {
     "compile": {"compile": True},
     "channels_last": {"channels_last": True},
     "bf16-mixed": {"precision": "bf16-mixed"},
+    "bf16-mixed + channels_last": {"precision": "bf16-mixed", "channels_last": True},
 }
 
 
@@ -335,6 +336,15 @@ def switches(p: Plan) -> Rows:
     ]
 
 
+def speedrun(p: Plan) -> Rows:
+    """The speedrun preset's U-Net at its batch (128), each CPU switch against none: why the
+    preset trains in bf16-mixed and without channels_last."""
+    names = ("off", "channels_last", "bf16-mixed", "bf16-mixed + channels_last")
+    batch, steps = (8, 2) if p.quick else (128, p.steps)
+    row = switches_case("ddpm_cpu", "fashion_mnist", batch, steps, p.repeats, p.device, names)
+    return [("switches", row)]
+
+
 def optimizer(p: Plan) -> Rows:
     bs = 32 if p.quick else 256
     return [
@@ -371,6 +381,7 @@ CASES: dict[str, Callable[[Plan], Rows]] = {
     "conv_vae": conv_vae,
     "ddpm": ddpm,
     "switches": switches,
+    "speedrun": speedrun,
     "optimizer": optimizer,
     "sampling": sampling,
     "startup": startup,

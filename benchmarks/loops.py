@@ -80,6 +80,11 @@ def build_model(kind: str):
         return VAE(image_shape=[3, 32, 32], latent_dim=64, arch="conv", likelihood="gaussian")
     if kind == "ddpm_small":
         return DDPM(image_shape=[1, 28, 28], ema_decay=None, warmup_steps=1)
+    if kind == "ddpm_cpu":
+        # experiment=ddpm_fashion_cpu's (and the speedrun's) 0.64M-parameter U-Net.
+        unet = {"base_channels": 16, "channel_mults": [1, 2, 4], "num_res_blocks": 1}
+        unet |= {"attn_resolutions": [], "dropout": 0.0}
+        return DDPM(image_shape=[1, 28, 28], unet=unet, ema_decay=None, warmup_steps=1)
     if kind == "ddpm_tiny":
         # The paper U-Net's layout (two res blocks, attention at one resolution) at a size a CPU
         # steps in milliseconds: what `gpu_check.py --dry-run` measures instead.

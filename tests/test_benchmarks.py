@@ -21,6 +21,7 @@ def test_benchmark_suite_writes_json_and_markdown(data_root, tmp_path):
             "--cases",
             "vae",
             "switches",
+            "speedrun",
             "startup",
             "overhead",
             "--out",
@@ -44,10 +45,15 @@ def test_benchmark_suite_writes_json_and_markdown(data_root, tmp_path):
         assert all(v > 0 for v in speeds.values())
         paired = [g / p for g, p in zip(runs["genlab"], runs["plain_tensor_loop"], strict=True)]
         assert row["ratio_to_floor"] == statistics.median(paired)
-    (switches,) = results["switches"]
+    switches, speedrun = results["switches"]
     assert switches["case"] == "ddpm_small switches"
     assert set(switches["ratio_to_off"]) == {"channels_last", "bf16-mixed"}
     assert all(v > 0 for v in switches["images_per_s"].values())
+    # The speedrun preset's own U-Net, with bf16 and channels_last alone and together.
+    assert speedrun["case"] == "ddpm_cpu switches"
+    both = "bf16-mixed + channels_last"
+    assert set(speedrun["ratio_to_off"]) == {"channels_last", "bf16-mixed", both}
+    assert all(v > 0 for v in speedrun["images_per_s"].values())
     other = {row["case"]: row for row in results["other"]}
     assert other["startup: train.py --cfg job"]["seconds"] > 0
     # the first-step clock really fired inside the child run (its stamp file was read)
