@@ -93,8 +93,9 @@ def config_dir_as_searchpath(argv: list[str]) -> list[str]:
         folders += [str(v) for v in value] if isinstance(value, list) else [str(value)]
         rest = [a for a in rest if not a.startswith("hydra.searchpath=")]
     quoted = ",".join(f'"{p}"' if "'" in p else f"'{p}'" for p in folders)
-    # First: argparse takes the overrides only before Hydra's flags (`--cfg job`).
-    return [f"hydra.searchpath=[{quoted}]", *rest]
+    # Among the other overrides: argparse takes them as one run of arguments.
+    at = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), len(rest))
+    return [*rest[:at], f"hydra.searchpath=[{quoted}]", *rest[at:]]
 
 
 def _shows_config(argv: list[str]) -> bool:
