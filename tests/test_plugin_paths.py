@@ -83,6 +83,14 @@ def test_an_experiment_of_the_users_folder_names_the_module_too(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_hydras_help_composes_the_users_model_too(tmp_path):
+    """--help is Hydra's own job, not prechecked: it still composes with the module imported."""
+    shown = python("train.py", *CONFIG_DIR, "model=betatcvae", "--help", cwd=tmp_path,
+                   environ=env(EXAMPLES))  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "name: betatcvae" in shown.stdout and "gamma: 1.0" in shown.stdout
+
+
 def test_a_sweep_from_the_users_folder_imports_the_module_in_each_jobs_process(data_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = python(

@@ -37,8 +37,7 @@ _SHOW_FLAGS = {"--cfg": True, "-c": True, "--package": True, "-p": True, "--reso
 
 def _user_overrides(argv: list[str]) -> list[str] | None:
     """The overrides to precheck, or None when the command is not a plain single run (or one
-    that prints its config). Of Hydra's own, only hydra.searchpath (a user's config folders)
-    changes the composition."""
+    that prints its config)."""
     plain, args = [], iter(argv)
     for arg in args:
         flag = arg.split("=", 1)[0]
@@ -49,9 +48,15 @@ def _user_overrides(argv: list[str]) -> list[str] | None:
             return None
         else:
             plain.append(arg)
+    return _composed_by_genlab(plain)
+
+
+def _composed_by_genlab(overrides: list[str]) -> list[str]:
+    """Of Hydra's own overrides, only hydra.searchpath (a user's config folders) changes the
+    composition."""
     return [
         a
-        for a in plain
+        for a in overrides
         if a.startswith("hydra.searchpath=") or not a.lstrip("+~").startswith(("hydra.", "hydra/"))
     ]
 
@@ -131,7 +136,8 @@ def precheck(argv: list[str], config_name: str) -> None:
     overrides = _user_overrides(argv)
     if overrides is None:  # Hydra's own job (--help, --info): it composes, with the plugins
         with contextlib.suppress(GenlabError, HydraException, OmegaConfBaseException, ValueError):
-            compose(config_name, [a for a in argv if not a.startswith("-")], user_plugins=True)
+            plain = [a for a in argv if "=" in a and not a.startswith("-")]
+            compose(config_name, _composed_by_genlab(plain), user_plugins=True)
         return
 
     try:
