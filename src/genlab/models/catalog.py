@@ -53,7 +53,7 @@ MODEL_SPECS: dict[str, type[ModelSpec]] = {}
 _loaded: set[str] = set()  # modules whose models are registered
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_]*")
-# The `plugins` key of conf/train.yaml and conf/sample.yaml.
+# The `plugins` key of conf/train.yaml (conf/_plugins_.yaml) and conf/sample.yaml.
 PLUGINS = Rule(
     lambda v: (
         isinstance(v, list | tuple)
