@@ -8,6 +8,10 @@ inside a function, marked (lazy); its own submodules left out; "-" for none.
 
 tests/test_layout.py runs the check, so the table cannot drift from the package; a module
 missing from the table, or a row naming no module, is reported too.
+
+`sources`, `package_of` and `import_targets` are the one reading of genlab's imports: this
+table, tests/test_layers.py (floors, the whole graph's cycles) and tests/test_layout.py (the
+module-level graph) all use them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ ROW = re.compile(r"^\| `(?P<module>[\w.]+)` \| (?P<lines>\d+) \|")
 PLUGINS = "hydra_plugins"
 
 
-def _sources() -> dict[str, Path]:
+def sources() -> dict[str, Path]:
+    """Every module of genlab and of genlab's Hydra plugins: dotted name -> file."""
     paths = [*(REPO / "src" / "genlab").rglob("*.py"), *(REPO / "src" / PLUGINS).rglob("*.py")]
     found = {}
     for path in sorted(paths):
@@ -32,9 +37,23 @@ def _sources() -> dict[str, Path]:
     return found
 
 
-def _targets(package: str, node: ast.AST, known: set[str]) -> list[str]:
+def package_of(name: str, known: set[str]) -> str:
+    """Where a relative import in module `name` starts from: itself for a package (a module
+    with submodules), else its parent."""
+    return name if any(k.startswith(name + ".") for k in known) else name.rpartition(".")[0]
+
+
+def owner(target: str, known: set[str]) -> str | None:
+    """The module of `known` that `target` (a module, or a name in one) belongs to."""
+    while target and target not in known:
+        target = target.rpartition(".")[0]
+    return target or None
+
+
+def import_targets(package: str, node: ast.AST, known: set[str]) -> list[str]:
     """The modules of `known` one import statement imports (`package`: where a relative import
-    starts from)."""
+    starts from, `package_of`); `from genlab.models import ae` imports genlab.models.ae, a
+    name that is no module is its module's."""
     if isinstance(node, ast.Import):
         names = [alias.name for alias in node.names]
     else:
@@ -45,35 +64,29 @@ def _targets(package: str, node: ast.AST, known: set[str]) -> list[str]:
             module = ".".join(base + ([module] if module else []))
         names = [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module
                  for a in node.names]  # fmt: skip
-    owners = []
-    for target in names:
-        while target and target not in known:
-            target = target.rpartition(".")[0]
-        if target:
-            owners.append(target)
-    return owners
+    return [found for target in names if (found := owner(target, known))]
 
 
 def module_imports() -> dict[str, str]:
     """Each module's imports cell: module-level imports, then the lazy ones (only inside a
     function), each group in order of name."""
-    sources = _sources()
-    known = set(sources)
+    found = sources()
+    known = set(found)
     cells = {}
-    for name, path in sources.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for name, path in found.items():
+        package = package_of(name, known)
         tree = ast.parse(path.read_text())
         anywhere, top = set(), set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
-                anywhere.update(_targets(package, node, known))
+                anywhere.update(import_targets(package, node, known))
 
         def visit(node: ast.AST, top=top, package=package) -> None:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
                     continue
                 if isinstance(child, ast.Import | ast.ImportFrom):
-                    top.update(_targets(package, child, known))
+                    top.update(import_targets(package, child, known))
                 visit(child)
 
         visit(tree)

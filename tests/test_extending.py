@@ -285,14 +285,22 @@ def test_each_model_name_is_written_only_in_its_own_folder():
 
 def test_an_entry_point_registers_the_model_and_nothing_else_does(tmp_path):
     """An installed package's entry point (group genlab.models) is enough for model=betatcvae;
-    without any registration the model's config folder alone is refused with the ways to
-    register it. Both before torch is imported (--cfg job)."""
+    without any registration a config folder whose model config names no module is refused
+    with the ways to register it. Both before torch is imported (--cfg job)."""
+    bare = tmp_path / "conf"  # examples/conf without the line naming the module
+    (bare / "model").mkdir(parents=True)
+    text = (EXAMPLES / "conf" / "model" / "betatcvae.yaml").read_text()
+    assert "- /_betatcvae_plugin_@_global_" in text
+    (bare / "model" / "betatcvae.yaml").write_text(
+        "\n".join(line for line in text.splitlines() if "_betatcvae_plugin_" not in line)
+    )
     site = tmp_path / "site"
     info = site / "my_models-0.1.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-models\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[genlab.models]\nbetatcvae = betatcvae\n")
-    args = ("train.py", SEARCHPATH, "model=betatcvae", "--cfg", "job", "--package", "model")
+    args = ("train.py", f"hydra.searchpath=[file://{bare}]", "model=betatcvae")
+    args += ("--cfg", "job", "--package", "model")
     installed = python(*args, cwd=tmp_path, environ=env(EXAMPLES, site))
     assert installed.returncode == 0, installed.stderr[-2000:]
     assert "name: betatcvae" in installed.stdout and "gamma: 1.0" in installed.stdout

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from fixtures import FAST, REPO, assert_no_import_cycle
+from module_table import import_targets, owner, package_of, sources
 
 SRC = REPO / "src"
 DOC = REPO / "docs" / "architecture.md"
@@ -18,50 +19,19 @@ ROOT = "genlab"  # its load/train import genlab.api when called: the one import 
 
 def modules() -> dict[str, ast.Module]:
     """Every module of genlab and of genlab's Hydra plugins, by dotted name."""
-    found = {}
-    paths = [*(SRC / "genlab").rglob("*.py"), *(SRC / "hydra_plugins").rglob("genlab_*/*.py")]
-    for path in sorted(paths):
-        parts = path.relative_to(SRC).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        found[name] = ast.parse(path.read_text())
-    return found
-
-
-def _package(name: str, known: set[str]) -> str:
-    """The package a relative import in `name` starts from."""
-    return name if any(k.startswith(name + ".") for k in known) else name.rpartition(".")[0]
-
-
-def _owner(target: str, known: set[str]) -> str | None:
-    """The module `target` (a module, or a name in one) belongs to."""
-    while target and target not in known:
-        target = target.rpartition(".")[0]
-    return target or None
+    return {name: ast.parse(path.read_text()) for name, path in sources().items()}
 
 
 def imports_of(name: str, tree: ast.Module, known: set[str]) -> dict[str, int]:
     """The genlab modules `name` imports anywhere (module level and inside functions alike),
     each with the line of its first import."""
     found: dict[str, int] = {}
+    package = package_of(name, known)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = _package(name, known).split(".")
-                base = base[: len(base) - (node.level - 1)]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            # `from genlab.models import ae` imports genlab.models.ae; a class is its module's
-            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module
-                       for a in node.names]  # fmt: skip
-        else:
-            continue
-        for target in targets:
-            owner = _owner(target, known)
-            if owner is not None and owner != name:
-                found.setdefault(owner, node.lineno)
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for target in import_targets(package, node, known):
+                if target != name:
+                    found.setdefault(target, node.lineno)
     return found
 
 
@@ -225,7 +195,7 @@ def test_no_private_name_is_imported_from_another_module():
     crossing = []
     for name, tree in found.items():
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and _owner(node.module or "", known):
+            if isinstance(node, ast.ImportFrom) and owner(node.module or "", known):
                 crossing += [
                     f"{name}:{node.lineno} imports {node.module}.{a.name}"
                     for a in node.names

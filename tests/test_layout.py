@@ -5,6 +5,7 @@ import ast
 import re
 
 from fixtures import REPO, assert_no_import_cycle
+from module_table import import_targets, package_of
 
 SRC = REPO / "src"
 MAX_LINES = 450
@@ -20,21 +21,16 @@ def _modules() -> dict[str, ast.Module]:
 
 
 def _module_level_imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
-    """genlab modules imported at module level (not inside functions: those are lazy)."""
-    package = name if name in known and any(k.startswith(name + ".") for k in known) else ""
+    """genlab modules imported at module level (not inside functions: those are lazy), with
+    the packages above each (importing genlab.models.ae runs genlab.models first)."""
+    package = package_of(name, known)
     targets = set()
     for node in tree.body:
-        if isinstance(node, ast.Import):
-            targets |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: resolve against this module's package
-                base = (package or name.rpartition(".")[0]).split(".")
-                base = base[: len(base) - (node.level - 1)]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            targets.add(module)
-            targets |= {f"{module}.{alias.name}" for alias in node.names}
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for target in import_targets(package, node, known):
+                while target:
+                    targets.add(target)
+                    target = target.rpartition(".")[0]
     return {t for t in targets if t in known and t != name}
 
 

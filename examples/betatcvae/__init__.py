@@ -2,10 +2,10 @@
 does not ship, written the way any user's model is (docs/extending.md).
 
 This file is the model's torch-free half: its spec (keys, defaults, value rules, cross-field
-rules) and `GENLAB_MODELS`, the list genlab registers when the module is named:
+rules) and `GENLAB_MODELS`, the list genlab registers when the module is named (here by
+examples/conf/model/betatcvae.yaml, or plugins=[betatcvae] on the command line):
 
-    PYTHONPATH=examples python train.py plugins=[betatcvae] \
-        hydra.searchpath=[file://examples/conf] model=betatcvae model.beta=6
+    PYTHONPATH=examples python train.py --config-dir examples/conf model=betatcvae model.beta=6
 
 The LightningModule is in `betatcvae.model` (`_target_`), imported only when the model is built,
 so `--cfg job` and a bad value answer without torch.

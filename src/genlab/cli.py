@@ -37,8 +37,7 @@ _SHOW_FLAGS = {"--cfg": True, "-c": True, "--package": True, "-p": True, "--reso
 
 def _user_overrides(argv: list[str]) -> list[str] | None:
     """The overrides to precheck, or None when the command is not a plain single run (or one
-    that prints its config). Of Hydra's own, only hydra.searchpath (a user's config folders)
-    changes the composition."""
+    that prints its config)."""
     plain, args = [], iter(argv)
     for arg in args:
         flag = arg.split("=", 1)[0]
@@ -49,11 +48,59 @@ def _user_overrides(argv: list[str]) -> list[str] | None:
             return None
         else:
             plain.append(arg)
+    return _composed_by_genlab(plain)
+
+
+def _composed_by_genlab(overrides: list[str]) -> list[str]:
+    """Of Hydra's own overrides, only hydra.searchpath (a user's config folders) changes the
+    composition."""
     return [
         a
-        for a in plain
+        for a in overrides
         if a.startswith("hydra.searchpath=") or not a.lstrip("+~").startswith(("hydra.", "hydra/"))
     ]
+
+
+# Hydra's flag that adds a config folder of the user's.
+_CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def config_dir_as_searchpath(argv: list[str]) -> list[str]:
+    """`--config-dir X` (`-cd X`) as the override Hydra makes of it, X first in
+    `hydra.searchpath=[file://<X absolute>,...]` (Hydra puts it before hydra.searchpath's own
+    folders): then every composition of genlab's sees the folder, the precheck and the plugins
+    a file there names included, and a sweep's jobs in processes of their own get it with
+    hydra.searchpath."""
+    folders, rest, args = [], [], iter(argv)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag not in _CONFIG_DIR_FLAGS:
+            rest.append(arg)
+            continue
+        value = value if eq else next(args, "")
+        path = os.path.abspath(os.path.expanduser(value)) if value else ""
+        if not os.path.isdir(path):
+            raise GenlabError(
+                f"{flag} {value}: no such folder. Give the folder holding your configs, e.g. "
+                "--config-dir my_conf (as hydra.searchpath=[file:///abs/my_conf])."
+            )
+        folders.append(f"file://{path}")
+    if not folders:
+        return argv
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    searchpath = [a for a in rest if a.startswith("hydra.searchpath=")]
+    if searchpath:  # the last one counts, as in Hydra
+        try:
+            value = OverridesParser.create().parse_override(searchpath[-1]).value()
+        except Exception as err:
+            raise GenlabError(f"Cannot read the override '{searchpath[-1]}': {err}") from None
+        folders += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        rest = [a for a in rest if not a.startswith("hydra.searchpath=")]
+    quoted = ",".join(f'"{p}"' if "'" in p else f"'{p}'" for p in folders)
+    # Among the other overrides: argparse takes them as one run of arguments.
+    at = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), len(rest))
+    return [*rest[:at], f"hydra.searchpath=[{quoted}]", *rest[at:]]
 
 
 def _shows_config(argv: list[str]) -> bool:
@@ -80,17 +127,21 @@ def precheck(argv: list[str], config_name: str) -> None:
 
         check_multirun(argv, config_name)
         return
-    overrides = _user_overrides(argv)
-    if overrides is None:
-        return
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from genlab.composition import compose, friendly_message
     from genlab.config import validate
 
+    overrides = _user_overrides(argv)
+    if overrides is None:  # Hydra's own job (--help, --info): it composes, with the plugins
+        with contextlib.suppress(GenlabError, HydraException, OmegaConfBaseException, ValueError):
+            plain = [a for a in argv if "=" in a and not a.startswith("-")]
+            compose(config_name, _composed_by_genlab(plain), user_plugins=True)
+        return
+
     try:
-        cfg = compose(config_name, overrides)
+        cfg = compose(config_name, overrides, user_plugins=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: `=1`
         message = friendly_message(err, overrides, config_name, config_name == "train")
         raise GenlabError(message) from None

@@ -28,7 +28,7 @@ import hydra
 from omegaconf import DictConfig
 
 from genlab import GenlabError, __version__
-from genlab.cli import precheck, start, task_wrapper
+from genlab.cli import config_dir_as_searchpath, precheck, start, task_wrapper
 from genlab.composition import CONF_DIR, HYDRA_VERSION_BASE, register_resolvers
 from genlab.exits import fail, one_line_on_stop
 
@@ -95,9 +95,19 @@ def _answer_version(argv: list[str]) -> None:
         sys.exit(0)
 
 
+def _config_dirs_as_searchpath() -> None:
+    """Hydra's `--config-dir X` in sys.argv as hydra.searchpath (genlab.cli), for Hydra's main
+    and for Lightning's DDP ranks, which re-run sys.argv."""
+    try:
+        sys.argv[1:] = config_dir_as_searchpath(sys.argv[1:])
+    except GenlabError as err:
+        fail(str(err))
+
+
 def train() -> None:
     """genlab-train / python train.py: Hydra's command line (sys.argv)."""
     _answer_version(sys.argv[1:])
+    _config_dirs_as_searchpath()
     start(train_main, sys.argv[1:], "train")
 
 
@@ -105,6 +115,7 @@ def sample() -> None:
     """genlab-sample / python sample.py: Hydra's command line (sys.argv), paths quoted."""
     _answer_version(sys.argv[1:])
     sys.argv[1:] = quote_paths(sys.argv[1:])
+    _config_dirs_as_searchpath()
     try:
         precheck(sys.argv[1:], "sample")
     except GenlabError as err:

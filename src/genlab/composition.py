@@ -114,14 +114,103 @@ def hydra_context() -> Iterator[Any]:
         yield GlobalHydra.instance().hydra.config_loader
 
 
-def compose(config_name: str, overrides: Sequence[str] = (), *, return_hydra_config=False):
-    """The config `python <config_name>.py <overrides>` would get (Hydra's compose API)."""
+def compose(
+    config_name: str,
+    overrides: Sequence[str] = (),
+    *,
+    return_hydra_config=False,
+    user_plugins=False,
+):
+    """The config `python <config_name>.py <overrides>` would get (Hydra's compose API).
+
+    `user_plugins`: the overrides are the user's command line, so the modules the composed config
+    names in `plugins` are imported (genlab.models.catalog.load_plugins): the command line's
+    own `plugins=`, or a file of the user's config folder that sets `plugins` (docs/extending.md).
+    Such a file may also select the model the module offers, whose spec node does not exist
+    until the module is imported: `plugins` is then read from a composition with an empty
+    stand-in for the missing node, as Hydra reads hydra.searchpath before it composes."""
     from hydra import compose as hydra_compose
+    from hydra.errors import MissingConfigException
 
     with hydra_context():
-        return hydra_compose(
-            config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
-        )
+
+        def composed():
+            return hydra_compose(
+                config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+            )
+
+        if not user_plugins:
+            return composed()
+        from genlab.models.catalog import MODEL_SPECS, load_plugins
+
+        try:
+            cfg = composed()
+        except MissingConfigException as err:
+            missing = _SPEC_NODE.search(str(err))
+            if missing is None or missing.group(1) in MODEL_SPECS:
+                raise
+            declared = _declared_plugins(config_name, overrides)
+            if not declared:
+                raise
+            load_plugins(declared)
+            cfg = composed()
+        load_plugins(_plugins_of(cfg))
+        return cfg
+
+
+def _plugins_of(cfg) -> list:
+    """The composed `plugins`, when it is a list (or one name); any other value is left for
+    genlab.config.validate to refuse by name."""
+    from omegaconf import OmegaConf
+
+    plugins = cfg.get("plugins")
+    if isinstance(plugins, str):
+        return [plugins]
+    return list(plugins) if OmegaConf.is_list(plugins) else []
+
+
+# Hydra's message for a `- /_<name>_spec_@_here_` of a model no module has registered, and for
+# the override of a key that is not there.
+_SPEC_NODE = re.compile(r"Could not load '_(\w+)_spec_'")
+_UNKNOWN_KEY = re.compile(r"Could not (?:override |append to |delete from config\. )'([\w.]+)'")
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _declared_plugins(config_name: str, overrides: Sequence[str]) -> list[str]:
+    """`plugins` of the config composed with an empty stand-in for each model spec node that is
+    not registered, and without the overrides of keys the stand-ins lack (the model's own); []
+    when it does not compose even so. The stand-ins are removed after."""
+    from hydra import compose as hydra_compose
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    stand_ins: list[str] = []
+    overrides = list(overrides)
+    try:
+        for _ in range(8 + len(overrides)):  # each step adds a stand-in or drops an override
+            try:
+                cfg = hydra_compose(config_name, overrides=overrides)
+            except Exception as err:  # the real composition reports it
+                missing = _SPEC_NODE.search(str(err))
+                node = f"_{missing.group(1)}_spec_.yaml" if missing else None
+                unknown = _UNKNOWN_KEY.search(str(err))
+                kept = [o for o in overrides if not unknown or _key(o) != unknown.group(1)]
+                if node is not None and node not in store.repo:
+                    store.store(name=node, node={})
+                    stand_ins.append(node)
+                elif len(kept) < len(overrides):
+                    overrides = kept
+                else:
+                    return []
+                continue
+            return _plugins_of(cfg)
+        return []
+    finally:
+        for node in stand_ins:
+            store.repo.pop(node, None)
 
 
 # -- friendly errors ---------------------------------------------------------------------------

@@ -11,7 +11,9 @@ A user's model joins only by an act of the user (docs/extending.md, docs/securit
 - an entry point of an installed package, group `genlab.models`, naming the module;
 - `GENLAB_PLUGINS=my_pkg.my_model[,other.module]` in the environment;
 - `plugins=[my_pkg.my_model]` on the command line of train.py / sample.py (genlab.cli), or
-  `load_plugins([...])` from Python.
+  `load_plugins([...])` from Python;
+- `plugins: [my_pkg.my_model]` in a config of the user's own config folder that the command
+  composes (`--config-dir`, hydra.searchpath): genlab.composition.compose(user_plugins=True).
 Never because a file names it: a run's config.yaml, a checkpoint or an export may record
 `plugins` or a `_target_`, and loading it imports nothing; a model genlab does not know is
 refused with `REGISTER_HINT`.
@@ -42,15 +44,16 @@ ENTRY_POINT_GROUP = "genlab.models"
 ENV_VAR = "GENLAB_PLUGINS"
 REGISTER_HINT = (
     "A model of your own is made known by naming its module: plugins=[my_pkg.my_model] on "
-    f"the command line, {ENV_VAR}=my_pkg.my_model in the environment, or an entry point of "
-    f"group {ENTRY_POINT_GROUP} in your package (docs/extending.md); a run's own files never do."
+    "the command line or in a config of your config folder (--config-dir), "
+    f"{ENV_VAR}=my_pkg.my_model in the environment, or an entry point of group "
+    f"{ENTRY_POINT_GROUP} in your package (docs/extending.md); a run's own files never do."
 )
 
 MODEL_SPECS: dict[str, type[ModelSpec]] = {}
 _loaded: set[str] = set()  # modules whose models are registered
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_]*")
-# The `plugins` key of conf/train.yaml and conf/sample.yaml.
+# The `plugins` key of conf/train.yaml (conf/_plugins_.yaml) and conf/sample.yaml.
 PLUGINS = Rule(
     lambda v: (
         isinstance(v, list | tuple)

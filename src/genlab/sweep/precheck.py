@@ -354,7 +354,7 @@ def check_multirun(argv: list[str], config_name: str) -> None:
 
         def composed(ov: list[str], where: str = ""):
             try:
-                return compose(config_name, ov, return_hydra_config=True)
+                return compose(config_name, ov, return_hydra_config=True, user_plugins=True)
             except (HydraException, OmegaConfBaseException, ValueError) as err:
                 raise GenlabError(friendly_message(err, ov, config_name) + where) from None
 
