@@ -87,7 +87,7 @@ def precheck(argv: list[str], config_name: str) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from genlab.composition import compose, friendly_message
-    from genlab.config import validate
+    from genlab.run_rules import validate_run_config
 
     try:
         cfg = compose(config_name, overrides)
@@ -95,7 +95,7 @@ def precheck(argv: list[str], config_name: str) -> None:
         message = friendly_message(err, overrides, config_name, config_name == "train")
         raise GenlabError(message) from None
     if config_name == "train" and not _shows_config(argv):  # a config is shown as it is
-        validate(cfg)
+        validate_run_config(cfg)
 
 
 class RunRefused(BaseException):

@@ -29,8 +29,8 @@ from genlab.builders import (
     write_images,
     write_metrics,
 )
-from genlab.config import validate
 from genlab.console import quiet_known_warnings, tidy_lightning_logging
+from genlab.run_rules import validate_run_config
 from genlab.rundir import check_run_dir, holding, is_rank_zero, recorded_metrics, resumes_in_place
 
 log = logging.getLogger("genlab")
@@ -43,7 +43,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     the same run dir: genlab.rundir), TrainingInterrupted after SIGTERM/SIGINT (a checkpoint
     has been written), TrainingDiverged on a non-finite loss or validation/test metric.
     """
-    validate(cfg)
+    validate_run_config(cfg)
     if is_rank_zero():  # train.py's RunDirGuard checked already; the library's run(cfg) not
         in_place = resumes_in_place(cfg.get("ckpt_path"), cfg.paths.output_dir)
         new_run = not in_place and cfg.get("sweep_job") is None
