@@ -3,7 +3,7 @@
 import pytest
 
 from genlab import GenlabError
-from genlab.config import validate
+from genlab.run_rules import validate_run_config
 from genlab.training import run
 
 BAD = [
@@ -30,7 +30,7 @@ BAD = [
 def test_bad_values_are_named(compose, override, message):
     cfg = compose(override)
     with pytest.raises(GenlabError, match=message):
-        validate(cfg)
+        validate_run_config(cfg)
 
 
 def test_run_fails_before_touching_the_run_dir(compose, tmp_path):
@@ -48,7 +48,7 @@ def test_missing_data_fails_before_training(compose, tmp_path):
 
 def test_defaults_are_valid(compose):
     for overrides in (["model=ae"], ["model=vae"], ["model=cvae", "data=cifar10"]):
-        validate(compose(*overrides))
+        validate_run_config(compose(*overrides))
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_defaults_are_valid(compose):
 def test_every_torch_optimizer_passes_with_the_default_fused(compose, target):
     """model.optimizer.fused (genlab's key, default null) is not an argument the optimizer
     class must take: RMSprop, which has no fused kernel, validates with it left as it is."""
-    validate(compose(f"model.optimizer._target_={target}"))
+    validate_run_config(compose(f"model.optimizer._target_={target}"))
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_every_torch_optimizer_passes_with_the_default_fused(compose, target):
 )
 def test_seed_presets_compose(compose, experiment, model, data, beta):
     cfg = compose(f"experiment={experiment}")
-    validate(cfg)
+    validate_run_config(cfg)
     assert (cfg.model.name, cfg.data.name, cfg.model.reduction) == (model, data, "mean")
     assert cfg.model.get("beta") == beta
     assert list(cfg.model.image_shape) == list(cfg.data.image_shape)

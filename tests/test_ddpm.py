@@ -7,8 +7,8 @@ from fixtures import TINY_DDPM
 
 from genlab import GenlabError
 from genlab.builders import build_datamodule, build_model
-from genlab.config import validate
 from genlab.models import DDPM
+from genlab.run_rules import validate_run_config
 from genlab.training import run
 
 TINY = [
@@ -23,7 +23,7 @@ TINY = [
 @pytest.mark.parametrize("data", ["mnist", "fashion_mnist", "cifar10"])
 def test_ddpm_builds_from_data_config(compose, data):
     cfg = compose(*TINY, f"data={data}")
-    validate(cfg)
+    validate_run_config(cfg)
     model = build_model(cfg)
     c, h, _ = cfg.data.image_shape
     out = model.net(torch.randn(2, c, h, h), torch.tensor([0, 49]))
@@ -154,4 +154,4 @@ BAD = [
 @pytest.mark.parametrize(("override", "message"), BAD, ids=[b[0] for b in BAD])
 def test_bad_ddpm_settings_fail_before_work(compose, override, message):
     with pytest.raises(GenlabError, match=message):
-        validate(compose(*TINY, "data=mnist", override))
+        validate_run_config(compose(*TINY, "data=mnist", override))

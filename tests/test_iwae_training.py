@@ -8,8 +8,8 @@ import torch
 from torch.distributions import Bernoulli, Normal
 
 from genlab import GenlabError
-from genlab.config import validate
 from genlab.models import CVAE, VAE
+from genlab.run_rules import validate_run_config
 from genlab.training import run
 
 TINY = {"image_shape": [1, 4, 4], "latent_dim": 2, "mlp": {"hidden": [8]}}
@@ -123,13 +123,13 @@ def test_gradients_reach_every_parameter():
 
 def test_beta_other_than_one_is_refused(compose):
     with pytest.raises(GenlabError, match=r"iwae_k_train=5.*model\.beta=1.*reduction=sum"):
-        validate(compose("model.iwae_k_train=5", "model.beta=0.5"))
+        validate_run_config(compose("model.iwae_k_train=5", "model.beta=0.5"))
     with pytest.raises(GenlabError, match=r"iwae_k_train=5.*reduction=mean"):
-        validate(compose("model=cvae", "model.iwae_k_train=5", "model.reduction=mean"))
+        validate_run_config(compose("model=cvae", "model.iwae_k_train=5", "model.reduction=mean"))
     with pytest.raises(GenlabError, match="beta=1"):
         VAE(**TINY, iwae_k_train=5, beta=2.0)
     with pytest.raises(GenlabError, match=r"model\.iwae_k_train=0.*integer >= 1"):
-        validate(compose("model.iwae_k_train=0"))
+        validate_run_config(compose("model.iwae_k_train=0"))
 
 
 def test_tiny_run_with_k5_logs_the_bound_above_the_elbo(compose, tmp_path):

@@ -208,7 +208,7 @@ def test_no_private_name_is_imported_from_another_module():
 # configs and runs below them): importing them pulls in neither torch nor Lightning.
 TORCH_INSIDE = [
     "genlab.registry",
-    "genlab.config",
+    "genlab.run_rules",
     "genlab.runs",
     "genlab.builders",
     "genlab.training",

@@ -134,12 +134,12 @@ def test_evaluate_draws_with_the_sampler_asked(
 
 
 def test_a_bad_model_sampler_is_refused_by_its_key(compose, data_root, tmp_path):
-    from genlab.config import validate
+    from genlab.run_rules import validate_run_config
 
     with pytest.raises(GenlabError, match=r"model\.sampler='euler'.*one of ddpm, ddim, dpmpp_2m"):
-        validate(compose(*RUN, "model.sampler=euler"))
+        validate_run_config(compose(*RUN, "model.sampler=euler"))
     with pytest.raises(GenlabError, match=r"model\.eta=0\.5.*model\.sampler=dpmpp_2m.*no eta"):
-        validate(compose(*RUN, "model.sampler=dpmpp_2m", "model.eta=0.5"))
+        validate_run_config(compose(*RUN, "model.sampler=dpmpp_2m", "model.eta=0.5"))
     argv = ["model=ddpm", "model.sampler=euler", f"paths.data_dir={data_root}"]
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *argv],

@@ -143,11 +143,11 @@ def test_a_schedule_over_the_run_needs_a_run_length(compose, schedule):
 
 def test_the_retired_lr_schedule_key_names_the_scheduler_group(compose):
     from genlab.composition import friendly_message
-    from genlab.config import validate
+    from genlab.run_rules import validate_run_config
 
     with pytest.raises(Exception) as err:
         compose("model.lr_schedule=cosine")
     message = friendly_message(err.value, ["model.lr_schedule=cosine"], "train")
     assert "scheduler=warmup_cosine" in message and "model.lr_schedule" in message
     with pytest.raises(GenlabError, match="scheduler=warmup_cosine"):
-        validate(compose("+model.lr_schedule=cosine"))
+        validate_run_config(compose("+model.lr_schedule=cosine"))

@@ -99,7 +99,7 @@ def test_cosine_schedule_ends_the_run_at_zero_learning_rate():
 
 
 def test_validate_refuses_a_model_key_the_spec_lacks(compose):
-    from genlab.config import validate
+    from genlab.run_rules import validate_run_config
 
     with pytest.raises(GenlabError, match=r"model\.betta is not a key of model=vae.*beta"):
-        validate(compose("+model.betta=1"))
+        validate_run_config(compose("+model.betta=1"))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from genlab import GenlabError
-from genlab.config import validate
 from genlab.models import AE, DDPM, VAE
 from genlab.models.base import build_optimizer
+from genlab.run_rules import validate_run_config
 from genlab.training import run
 
 TINY_CONV = ["model.arch=conv", "model.conv.channels=[4,8]", "model.conv.fc_dim=16"]
@@ -212,7 +212,7 @@ BAD = [
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[b[0] for b in BAD])
 def test_bad_speed_settings_fail_before_work(compose, overrides, message):
     with pytest.raises(GenlabError, match=message):
-        validate(compose(*overrides.split()))
+        validate_run_config(compose(*overrides.split()))
 
 
 def test_compile_on_a_cpu_without_a_compiler_says_what_to_install(compose, monkeypatch):
@@ -221,4 +221,4 @@ def test_compile_on_a_cpu_without_a_compiler_says_what_to_install(compose, monke
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(GenlabError, match=r"needs a C\+\+ compiler.*apt install g\+\+"):
-        validate(compose("speed.compile=true"))
+        validate_run_config(compose("speed.compile=true"))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from fixtures import TINY_DDPM
 
-from genlab.config import validate
 from genlab.diffusion import DiffusionSchedule
+from genlab.run_rules import validate_run_config
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -32,7 +32,7 @@ def test_training_loss_is_the_min_snr_weighted_mse(compose):
     from genlab.builders import build_model
 
     cfg = compose(*TINY_DDPM, "data=mnist", "model.min_snr_gamma=2", "model.unet.dropout=0")
-    validate(cfg)
+    validate_run_config(cfg)
     model = build_model(cfg)
     x0 = torch.rand(32, 1, 28, 28) * 2 - 1
     torch.manual_seed(3)
@@ -56,7 +56,7 @@ def test_training_loss_is_the_min_snr_weighted_mse(compose):
 
 def test_the_preset_is_what_the_results_page_says(compose):
     cfg = compose("experiment=ddpm_fashion_speedrun")
-    validate(cfg)
+    validate_run_config(cfg)
     model = cfg.model
     assert (model.name, cfg.data.name) == ("ddpm", "fashion_mnist")
     assert model.min_snr_gamma == 5.0

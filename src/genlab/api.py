@@ -102,7 +102,7 @@ def train(overrides: Sequence[str] | Mapping[str, Any] = ()) -> Trained:
             "hydra.initialize(...) blocks."
         )
     register_resolvers()
-    cli.precheck(args, "train")
+    validated = cli.precheck(args, "train")  # (True: overrides only, no flags)
     done: dict[str, Any] = {}
 
     def task(cfg) -> dict:
@@ -110,7 +110,7 @@ def train(overrides: Sequence[str] | Mapping[str, Any] = ()) -> Trained:
 
         cli.redact_hydra_records(cfg)
         done["run_dir"] = Path(cfg.paths.output_dir)
-        return run(cfg)
+        return run(cfg, validated=validated)
 
     # The job name makes Hydra's log file train.log, as for `python train.py`.
     with (

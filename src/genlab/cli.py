@@ -2,7 +2,7 @@
 
 - `precheck`: before Hydra starts a run, the same overrides are composed once through the
   compose API, so a typo gets "did you mean" and a bad value gets one readable paragraph, with
-  nothing written
+  nothing written; a single run's config is validated there, once (`prechecked`)
 - `task_wrapper`: the one failure policy around a task run by a Hydra main
   (`genlab.training.run`): a single run exits with a message and a code; a sweep job records its
   outcome and returns
@@ -15,6 +15,7 @@ precheck, its callback's hooks, its jobs) only.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import sys
@@ -113,10 +114,14 @@ def is_multirun(argv: list[str]) -> bool:
     return bool(flags) and all(f in MULTIRUN_FLAGS for f in flags)
 
 
-def precheck(argv: list[str], config_name: str) -> None:
+def precheck(argv: list[str], config_name: str) -> bool:
     """Compose and validate the config for `argv`; raise GenlabError with a friendly message.
+    True when it has validated the config of the single run `argv` starts
+    (genlab.run_rules.validate_run_config), so that run's task does not check it again.
 
-    A multirun (`-m`) is expanded and each job's config checked (genlab.sweep.precheck)."""
+    A multirun (`-m`) is expanded and each job's config checked (genlab.sweep.precheck); each
+    job still validates its own config when it runs (a sweeper may choose values the precheck
+    never composed; a Slurm job checks the accelerator of its node)."""
     from genlab.extras import check_argv
     from genlab.models.catalog import load_plugins, plugins_in
 
@@ -126,27 +131,47 @@ def precheck(argv: list[str], config_name: str) -> None:
         from genlab.sweep.precheck import check_multirun
 
         check_multirun(argv, config_name)
-        return
+        return False
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from genlab.composition import compose, friendly_message
-    from genlab.config import validate
+    from genlab.run_rules import validate_run_config
 
     overrides = _user_overrides(argv)
     if overrides is None:  # Hydra's own job (--help, --info): it composes, with the plugins
         with contextlib.suppress(GenlabError, HydraException, OmegaConfBaseException, ValueError):
             plain = [a for a in argv if "=" in a and not a.startswith("-")]
             compose(config_name, _composed_by_genlab(plain), user_plugins=True)
-        return
+        return False
 
     try:
         cfg = compose(config_name, overrides, user_plugins=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: `=1`
         message = friendly_message(err, overrides, config_name, config_name == "train")
         raise GenlabError(message) from None
-    if config_name == "train" and not _shows_config(argv):  # a config is shown as it is
-        validate(cfg)
+    if config_name != "train" or _shows_config(argv):  # a config is shown as it is
+        return False
+    validate_run_config(cfg)
+    return True
+
+
+# Set by `start` while Hydra's main runs: whether the precheck validated the config of the
+# single run that main starts. Only the command line's run is covered: a sweep's jobs, a Slurm
+# job on its node and a Hydra main called otherwise validate their own config.
+_PRECHECKED = contextvars.ContextVar("genlab_prechecked", default=False)
+
+
+def prechecked() -> bool:
+    """Whether this command's precheck has validated the config Hydra's main now runs (not
+    when that main runs a multirun: `hydra.mode=MULTIRUN` given as an override starts a sweep
+    whose jobs the precheck never expanded)."""
+    if not _PRECHECKED.get():
+        return False
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 class RunRefused(BaseException):
@@ -278,9 +303,10 @@ def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> N
     """Precheck `argv`, run Hydra's main, exit with the sweep's code (0 for a single run).
     A sweep stopped early (Ctrl-C, a sweeper error) still reports the jobs it ran."""
     try:
-        precheck(argv, config_name)
+        validated = precheck(argv, config_name)
     except GenlabError as err:
         fail(str(err))
+    token = _PRECHECKED.set(validated)
     try:
         hydra_main()
     except RunRefused as refused:
@@ -292,6 +318,8 @@ def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> N
     except BaseException:
         _finish_sweep()
         raise
+    finally:
+        _PRECHECKED.reset(token)
     sweep = _sweep_run()
     sys.exit(sweep.sweep_exit_code() if sweep else 0)
 

@@ -28,7 +28,7 @@ import hydra
 from omegaconf import DictConfig
 
 from genlab import GenlabError, __version__
-from genlab.cli import config_dir_as_searchpath, precheck, start, task_wrapper
+from genlab.cli import config_dir_as_searchpath, precheck, prechecked, start, task_wrapper
 from genlab.composition import CONF_DIR, HYDRA_VERSION_BASE, register_resolvers
 from genlab.exits import fail, one_line_on_stop
 
@@ -41,7 +41,9 @@ def _train(cfg: DictConfig) -> dict:
 
     # The command line's (a Slurm job runs this without the command line's precheck).
     load_plugins(cfg.get("plugins") or ())
-    return run(cfg)
+    # Validated once: by this command's precheck where it ran, else here (a sweep's job, a
+    # Slurm job on its node).
+    return run(cfg, validated=prechecked())
 
 
 _train_task = task_wrapper(_train)

@@ -259,7 +259,7 @@ def friendly_message(
     """One paragraph for a composition error of `config_name` with `overrides`: an unknown key
     (with the keys there are), an unknown group option (with the options), else the first line
     of Hydra's own message. (Bad values compose: the model schema is untyped on purpose, see
-    genlab.specs.schema_node, and genlab.config.validate names them.)"""
+    genlab.specs.schema_node, and genlab.run_rules.validate_run_config names them.)"""
     text = str(err).strip()
     grammar = override_syntax_message(err, overrides)
     if grammar:

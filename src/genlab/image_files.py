@@ -1,7 +1,7 @@
 """What a folder of the user's own images holds (`data=image_folder`), torch-free.
 
-The rules, checked here once for the config check (genlab.config.validate), the `data.num_classes`
-resolver and the loader (genlab.data.folder):
+The rules, checked here once for the config check (genlab.run_rules.validate_run_config), the
+`data.num_classes` resolver and the loader (genlab.data.folder):
 
 - images are the files ending in .png, .jpg or .jpeg (any case); other files are left alone;
   names starting with "." are skipped (genlab's own `.genlab_cache/` lives among the images);
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from genlab import GenlabError
-from genlab.run_rules import check_value, config_value
+from genlab.spec_rules import check_value, config_value
 from genlab.specs import is_int, is_number
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

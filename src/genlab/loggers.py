@@ -29,8 +29,8 @@ from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
-from genlab.run_rules import WANDB_MODES
 from genlab.secrets import check_wandb_online, masked_argv, redact, wandb_api_key_available
+from genlab.spec_rules import WANDB_MODES
 
 log = logging.getLogger("genlab")
 

@@ -86,6 +86,38 @@ def check_optimizer_arguments(optimizer: Mapping[str, Any], key: str = "model.op
     return cls
 
 
+def has_fused_kernel(optimizer_class) -> bool:
+    """Whether a torch.optim class takes `fused=` (torch 2.x: Adam, AdamW, SGD, Adagrad)."""
+    return "fused" in inspect.signature(optimizer_class).parameters
+
+
+def require_fused_optimizer(target: str) -> None:
+    """Refuse model.optimizer.fused=true for an optimizer class without a fused kernel."""
+    if not has_fused_kernel(optimizer_class(target)):
+        raise GenlabError(
+            f"Invalid config: model.optimizer.fused=true, but {target} has no fused "
+            "implementation (torch has them for Adam, AdamW, SGD, Adagrad). Set "
+            "model.optimizer.fused=null (fused where available) or false."
+        )
+
+
+# Keys torch.optim.Adam / AdamW take: the default optimizer needs no torch import to check.
+ADAM_KEYS = {"lr", "betas", "eps", "weight_decay", "amsgrad", "fused", "foreach", "maximize"}
+
+
+def check_optimizer(optimizer: dict) -> None:
+    """model.optimizer._target_ must be an optimizer genlab offers and its
+    other keys its arguments (else the run fails in configure_optimizers, after the data is
+    loaded)."""
+    target = str(optimizer.get("_target_", ""))
+    # `fused` is genlab's key, resolved by models.base.build_optimizer (null: where the class
+    # has a fused kernel) and checked by require_fused_optimizer: not the class's argument.
+    keys = {k for k in optimizer if k not in ("_target_", "fused")}
+    if target in ("torch.optim.Adam", "torch.optim.AdamW") and keys <= ADAM_KEYS:
+        return
+    check_optimizer_arguments(optimizer)
+
+
 # -- learning-rate schedules -----------------------------------------------------------------------
 def scheduler_factory(target: Any, key: str = "scheduler._target_") -> Callable:
     """The factory or torch scheduler class `target` names (one of SCHEDULERS)."""
@@ -117,10 +149,19 @@ def scheduler_partial(spec: Mapping[str, Any], key: str = "scheduler") -> Callab
     return functools.partial(factory, **arguments)
 
 
+def check_scheduler(cfg: Mapping[str, Any]) -> None:
+    """A config's scheduler._target_ must be a schedule genlab offers (its arguments are checked
+    when it is built: that needs torch, which checking a config does not import)."""
+    scheduler = cfg.get("scheduler")
+    target = scheduler.get("_target_") if isinstance(scheduler, Mapping) else None
+    if target is not None and target not in SCHEDULERS:
+        scheduler_factory(target)  # raises, naming the key and the choices
+
+
 # -- models ----------------------------------------------------------------------------------------
 def check_model_target(spec: Mapping[str, Any], key: str = "model") -> None:
     """A model config node's `name` is a model genlab knows (genlab.models.catalog) and its
-    `_target_`, where it has one, that model's class. Torch-free (genlab.config uses it)."""
+    `_target_`, where it has one, that model's class. Torch-free (genlab.run_rules uses it)."""
     from genlab.models.catalog import MODEL_SPECS, REGISTER_HINT
 
     name = spec.get("name")

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab import GenlabError
 from genlab.composition import CONF_DIR, drop_retired_keys
-from genlab.config import validate
 from genlab.registry import data_module
+from genlab.run_rules import validate_run_config
 from genlab.specs import user_keys
 from genlab.untrusted import read_yaml, refuse_interpolations
 
@@ -158,7 +158,7 @@ def read_run_config(path: Path) -> DictConfig:
         cfg = OmegaConf.create(data)
         drop_retired_keys(cfg)  # a run of an older genlab still samples
         # A finished run's config: trained elsewhere perhaps (its GPU), its resume is done.
-        validate(cfg, local=False, starting=False)
+        validate_run_config(cfg, local=False, starting=False)
         # The data section names a dataset genlab reads, with its keys only: checked now, not
         # mid-task (building the module reads no file).
         data_module(OmegaConf.to_container(cfg.data), cfg.get("seed"))

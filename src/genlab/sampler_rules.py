@@ -231,7 +231,7 @@ def _deterministic(model: ModelSampling, sampler: str | None, eta, task: str) ->
 
 
 def check_model_sampler(sampler: str | None, eta: float) -> None:
-    """The cross-key rule of a model's own settings (genlab.config): model.eta > 0 with a
+    """The cross-key rule of a model's own settings (genlab.run_rules): model.eta > 0 with a
     model.sampler that has no eta."""
     rules = SAMPLER_RULES.get(sampler) if sampler else None
     if rules is not None and eta and not rules.takes_eta:

@@ -1,8 +1,11 @@
-"""The value rules of config keys: what a key accepts (`Rule`), the spec-field helper that
-attaches one (`spec_key`), the common rules, and the optimizer's defaults and rules.
+"""The vocabulary of value rules, no flow: what a key accepts (`Rule`), the spec-field helper
+that attaches one (`spec_key`), the common rules, the optimizer's defaults and rules, and the
+helpers that read a key and refuse its value (`config_value`, `check_value`, `refuse_value`).
 
-Split from genlab.specs (which re-exports every name here) so the model specs stay one short
-file; genlab.run_rules and sample.py's options use the same predicates. Torch-free.
+The model specs (their fields and their `check`), image_files, sample.py's options and
+genlab.run_rules speak it; genlab.run_rules.validate_run_config is the one check that applies
+the rules to a run's config. Split from genlab.specs (which re-exports the rules) so the model
+specs stay one short file. Torch-free.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from omegaconf import OmegaConf
+
+from genlab import GenlabError
 
 
 def is_int(v: Any) -> bool:
@@ -40,7 +47,7 @@ class Rule:
 
 
 def spec_key(default: Any = dataclasses.MISSING, rule: Rule | None = None, **kw):
-    """A spec field with its value rule (read by genlab.config.validate)."""
+    """A spec field with its value rule (read by genlab.run_rules.validate_run_config)."""
     if isinstance(default, list | dict):
         value = default
         return field(default_factory=lambda: type(value)(value), metadata={"rule": rule}, **kw)
@@ -60,6 +67,32 @@ NON_NEGATIVE = Rule(lambda v: is_number(v) and v >= 0, "a number >= 0")
 GUIDANCE = Rule(lambda v: is_number(v) and 0 <= v <= 100, "a number in [0, 100]")
 UNIT_INTERVAL = Rule(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 UNIT_INTERVAL_OPEN_RIGHT = Rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+
+
+# logger.wandb.mode (genlab.loggers): auto = online with an API key, else offline.
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def config_value(cfg, key: str, default: Any = "__missing__") -> Any:
+    """The value of the dotted `key` in a config (`default` where it has none)."""
+    return OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+
+
+def refuse_value(key: str, value: Any, accepted: str, fix: str = "") -> None:
+    shown = f"'{value}' ({type(value).__name__})" if isinstance(value, str) else repr(value)
+    raise GenlabError(
+        f"Invalid config: {key}={shown}. {key} must be {accepted}."
+        + (f" {fix}" if fix else f" Fix it on the command line, e.g. `{key}=...`.")
+    )
+
+
+def check_value(cfg, key: str, ok: Callable[[Any], bool], accepted: str, fix: str = "") -> None:
+    """Refuse the value of `key` in `cfg` unless `ok` accepts it (a key it lacks is left alone)."""
+    value = config_value(cfg, key)
+    if value == "__missing__":
+        return
+    if not ok(value):
+        refuse_value(key, value, accepted, fix)
 
 
 # torch.optim.<name>: the optimizers that take (params, **numbers) and step without a closure.

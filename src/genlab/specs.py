@@ -8,8 +8,8 @@ rules (nanoGPT's GPTConfig is the example):
 - Hydra composes `model=<name>` from the spec: `schema_node` turns it into the base node every
   conf/model/<name>.yaml extends (`- /_<name>_spec_@_here_`, stored by genlab.models.catalog),
   and those files only wire keys to other config groups (the data's image shape, eval sizes).
-- `genlab.config.validate` checks each key against the field's rule, then the spec's own
-  cross-field rules (`check`), so a bad value fails before anything is built.
+- `genlab.run_rules.validate_run_config` checks each key against the field's rule, then the
+  spec's own cross-field rules (`check`), so a bad value fails before anything is built.
 - The LightningModule is built from the spec (`VAE(**fields)` makes a VAESpec first), the
   checkpoint stores it as its hyperparameters, and loading rebuilds the model from it.
 
@@ -247,8 +247,8 @@ def build_spec(spec_cls: type, fields: Mapping[str, Any], *, strict: bool = True
 
 def schema_node(spec_cls: type) -> dict[str, Any]:
     """The defaults of a spec as a plain config node (what Hydra composes `model=` from).
-    Untyped on purpose: a wrong value reaches genlab.config.validate and gets its one-line
-    message there instead of an OmegaConf type error from deep inside composition."""
+    Untyped on purpose: a wrong value reaches genlab.run_rules.validate_run_config and gets its
+    one-line message there instead of an OmegaConf type error from deep inside composition."""
     return dataclasses.asdict(spec_cls())
 
 

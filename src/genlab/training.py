@@ -29,21 +29,24 @@ from genlab.builders import (
     write_images,
     write_metrics,
 )
-from genlab.config import validate
 from genlab.console import quiet_known_warnings, tidy_lightning_logging
+from genlab.run_rules import validate_run_config
 from genlab.rundir import check_run_dir, holding, is_rank_zero, recorded_metrics, resumes_in_place
 
 log = logging.getLogger("genlab")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train (and test) the model described by `cfg`; return the final metrics.
+def run(cfg: DictConfig, *, validated: bool = False) -> dict[str, Any]:
+    """Train (and test) the model described by `cfg`; return the final metrics. validated:
+    `cfg` has passed genlab.run_rules.validate_run_config already (the entry point's check:
+    train.py's precheck, genlab.train), so it is not checked again; else it is checked here.
 
     Raises GenlabError for anything the user can fix (also when another live run writes into
     the same run dir: genlab.rundir), TrainingInterrupted after SIGTERM/SIGINT (a checkpoint
     has been written), TrainingDiverged on a non-finite loss or validation/test metric.
     """
-    validate(cfg)
+    if not validated:
+        validate_run_config(cfg)
     if is_rank_zero():  # train.py's RunDirGuard checked already; the library's run(cfg) not
         in_place = resumes_in_place(cfg.get("ckpt_path"), cfg.paths.output_dir)
         new_run = not in_place and cfg.get("sweep_job") is None

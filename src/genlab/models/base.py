@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from genlab import GenlabError
-from genlab.config import has_fused_kernel, require_fused_optimizer
+from genlab.registry import has_fused_kernel, optimizer_class, require_fused_optimizer
 from genlab.specs import ModelSpec, build_spec
 from genlab.viz.grids import (
     GRID_COLUMNS,
@@ -49,8 +49,6 @@ def build_optimizer(spec: dict, parameters, mixed_precision: bool = False) -> to
     cannot clip the gradients of a fused optimizer under autocast). One kernel for all
     parameters instead of a handful of small ops per parameter makes MLP training steps on a
     CPU 1.1-1.5x faster (docs/benchmarks.md); the arithmetic is the same update."""
-    from genlab.registry import optimizer_class
-
     spec = dict(spec)
     target = spec.pop("_target_")
     cls = optimizer_class(target)

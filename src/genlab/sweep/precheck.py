@@ -202,7 +202,7 @@ def _slurm_layout(cfg: DictConfig, where: str, partitions: dict | None = None) -
             "devices (processes) per node, e.g. trainer.devices=4; Slurm starts one task per "
             "device."
         )
-    multi_node = num_nodes > 1  # (validate() has checked it is an int >= 1)
+    multi_node = num_nodes > 1  # (validate_run_config has checked it is an int >= 1)
     if (devices > 1 or multi_node or _is_ddp(trainer)) and tasks != devices:
         raise GenlabError(
             f"hydra.launcher.tasks_per_node={tasks} but trainer.devices={devices}{where}: under "
@@ -328,7 +328,7 @@ def check_multirun(argv: list[str], config_name: str) -> None:
         hydra_context,
         override_syntax_message,
     )
-    from genlab.config import validate
+    from genlab.run_rules import validate_run_config
     from genlab.sweep.keys import overrides_parser
 
     overrides = [a for a in argv if not a.startswith("-")]
@@ -411,7 +411,7 @@ def check_multirun(argv: list[str], config_name: str) -> None:
             cfg = composed(fixed + job, where)
             try:
                 if config_name == "train":  # Slurm jobs run on other nodes, with their GPUs
-                    validate(cfg, local=not _on_slurm(cfg.hydra))
+                    validate_run_config(cfg, local=not _on_slurm(cfg.hydra))
             except GenlabError as err:
                 raise GenlabError(f"{err}{where}") from None
             if config_name == "train":

@@ -11,8 +11,8 @@ from typing import Any
 from omegaconf import ListConfig
 
 from genlab import GenlabError
-from genlab.run_rules import check_value, config_value
 from genlab.sampler_rules import MODEL_SAMPLER, check_model_sampler
+from genlab.spec_rules import check_value, config_value
 from genlab.specs import (
     BOOL,
     DEFAULT_OPTIMIZER,

@@ -44,7 +44,7 @@ class VAE(LatentModel):
         self.beta_norm = normalised_beta(self.beta, self.reduction, self.input_dim, self.latent_dim)
         self.iwae_k_train = spec.iwae_k_train
         if self.iwae_k_train > 1 and (self.beta != 1 or self.reduction != "sum"):
-            # genlab.config refuses this with the config's keys; this is for library callers.
+            # genlab.run_rules refuses this with the config's keys; this is for library callers.
             raise GenlabError(
                 f"iwae_k_train={self.iwae_k_train} trains on the IWAE bound, which has no KL "
                 "term to weight: it needs beta=1 and reduction=sum."
