@@ -117,8 +117,8 @@ def check_speedrun(out: Path, page: str) -> None:
         assert f"`{train['command']}`" == cells[5] and cells[6] == final["finished"][:10]
         # The training really took the preset and the speedrun's sampler scored it.
         config = (out / f"race-{race.key}" / "config.yaml").read_text()
-        weight = "min_snr_gamma: 5.0" if race.key == "speedrun" else "min_snr_gamma: null"
-        assert f"  {weight}\n" in config
+        precision = "bf16-mixed" if race.key == "speedrun" else "32-true"
+        assert f"  precision: {precision}\n" in config
         assert final["metrics"]["sampler"] == results.RACE_SAMPLER[0]
         assert final["metrics"]["steps"] == results.RACE_SAMPLER[1]
         mine = [row for row in points if row[2 + column]]

@@ -20,6 +20,7 @@ from genlab.diffusion import (
     StepOutput,
     ddim_sample,
     ddim_step,
+    ddim_timesteps,
     ddpm_sample,
     guided,
     make_sampler,
@@ -304,11 +305,15 @@ def test_sde_dpm_solver_pp_keeps_the_marginals_of_one_point():
 
 def test_sde_dpm_solver_pp_samples_gaussian_data_and_follows_its_generator():
     """With the exact denoiser of N(mean, std^2) data the samples converge to that mean and std
-    as the steps grow (the discretisation leaves a std ~10% high at 20 steps, under 0.5% at
-    100); the same generator gives the same samples, another seed other ones."""
+    as the steps grow. On DDIM's even steps the last interval (t = 53 -> 0 of 20 steps) is long
+    and the second-order estimate extrapolates across it, which widens the samples: ~55% at 20
+    steps, ~15% at 100, under 1% at 500 (the price of the spacing that scores the lower FID on
+    genlab's small U-Net, docs/experiments.md). The same generator gives the same samples,
+    another seed other ones."""
     schedule = DiffusionSchedule.from_name("linear", 1000)
     mean, std = 0.3, 0.2
     net = gaussian_data_net(schedule, mean, std, "eps")
+    assert make_sampler("dpmpp_2m_sde", schedule, 20).timesteps() == ddim_timesteps(1000, 20)
 
     def draw(steps, seed=0):
         sampler = make_sampler("dpmpp_2m_sde", schedule, steps, clip_x0=False)
@@ -316,8 +321,8 @@ def test_sde_dpm_solver_pp_samples_gaussian_data_and_follows_its_generator():
         x_T = torch.randn(50_000, dtype=torch.float64, generator=gen)
         return sample_loop(sampler, net, None, x_T=x_T, generator=gen)
 
-    coarse, fine = draw(20), draw(100)
-    assert abs(coarse.mean().item() - mean) < 0.005 and abs(fine.mean().item() - mean) < 0.005
-    assert abs(fine.std().item() - std) < 0.002
-    assert abs(coarse.std().item() - std) > 5 * abs(fine.std().item() - std)
-    assert torch.equal(draw(20), coarse) and not torch.equal(draw(20, seed=1), coarse)
+    runs = {steps: draw(steps) for steps in (20, 100, 500)}
+    assert all(abs(out.mean().item() - mean) < 0.005 for out in runs.values())
+    errors = [abs(runs[steps].std().item() - std) for steps in (20, 100, 500)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.003
+    assert torch.equal(draw(20), runs[20]) and not torch.equal(draw(20, seed=1), runs[20])

@@ -59,11 +59,13 @@ def test_the_preset_is_what_the_results_page_says(compose):
     validate_run_config(cfg)
     model = cfg.model
     assert (model.name, cfg.data.name) == ("ddpm", "fashion_mnist")
-    assert model.min_snr_gamma == 5.0
-    assert model.sampler == "dpmpp_2m" and model.sample_steps <= 20  # <= 20 network calls
+    # min-SNR-5 gave no gain under the SDE sampler (docs/experiments.md): the plain loss.
+    assert model.min_snr_gamma is None
+    assert model.sampler == "dpmpp_2m_sde" and model.sample_steps <= 20  # <= 20 network calls
     assert cfg.scheduler._target_ == "genlab.schedules.warmup_cosine"
     assert cfg.scheduler.min_lr_ratio == 0.0
-    assert cfg.trainer.max_steps > 0 and cfg.speed.channels_last is True
+    assert cfg.trainer.max_steps > 0 and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.speed.channels_last is False  # slower than NCHW under bf16 on these cores
     # The same network and batch as experiment=ddpm_fashion_cpu: the gain is the recipe's.
     base = compose("experiment=ddpm_fashion_cpu")
     assert model.unet == base.model.unet and cfg.data.batch_size == base.data.batch_size
