@@ -149,12 +149,13 @@ def test_a_bad_value_of_the_examples_own_keys_is_refused_by_name(data_root, tmp_
     assert not (tmp_path / "outputs").exists()  # refused before anything was written
 
 
-def test_a_sweep_of_the_example_runs_each_job_in_its_own_process(data_root, tmp_path):
+def sweep_of_the_example(selection: list[str], tmp_path: Path) -> list[Path]:
+    """A 2-job sweep over the example's beta, each job in its own process; its job dirs."""
     sweep_dir = tmp_path / "sweep"
     result = python(
         "train.py",
         "-m",
-        *tiny(data_root),
+        *selection,
         "model.beta=1,4",
         "hydra/launcher=local_parallel",  # jobs as `python -m genlab.train <overrides>`
         "hydra.launcher.n_jobs=1",
@@ -165,6 +166,11 @@ def test_a_sweep_of_the_example_runs_each_job_in_its_own_process(data_root, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
     assert [p.name for p in jobs] == ["0_beta=1", "1_beta=4"]
+    return jobs
+
+
+def test_a_sweep_of_the_example_runs_each_job_in_its_own_process(data_root, tmp_path):
+    jobs = sweep_of_the_example(tiny(data_root), tmp_path)
     for job in jobs:
         assert "test/tc" in json.loads((job / "metrics.json").read_text())
         assert "name: betatcvae" in (job / "config.yaml").read_text()

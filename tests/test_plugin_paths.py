@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import test_slurm
 from fixtures import FAST, TINY_DDPM
-from test_extending import EXAMPLES, PLUGIN, SEARCHPATH, env, python, tiny
+from test_extending import EXAMPLES, PLUGIN, SEARCHPATH, env, python, sweep_of_the_example, tiny
 
 CONF = EXAMPLES / "conf"
 CONFIG_DIR = ("--config-dir", str(CONF))
@@ -92,23 +92,7 @@ def test_hydras_help_composes_the_users_model_too(tmp_path):
 
 
 def test_a_sweep_from_the_users_folder_imports_the_module_in_each_jobs_process(data_root, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    result = python(
-        "train.py",
-        "-m",
-        *CONFIG_DIR,
-        "model=betatcvae",
-        *settings(data_root),
-        "model.beta=1,4",
-        "hydra/launcher=local_parallel",  # jobs as `python -m genlab.train <overrides>`
-        "hydra.launcher.n_jobs=1",
-        f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path,
-        environ=env(EXAMPLES),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
-    assert [p.name for p in jobs] == ["0_beta=1", "1_beta=4"]
+    jobs = sweep_of_the_example([*CONFIG_DIR, "model=betatcvae", *settings(data_root)], tmp_path)
     for job, beta in zip(jobs, (1, 4), strict=True):
         assert "test/tc" in json.loads((job / "metrics.json").read_text())
         saved = (job / "config.yaml").read_text()

@@ -160,7 +160,7 @@ def compose(
 
 def _plugins_of(cfg) -> list:
     """The composed `plugins`, when it is a list (or one name); any other value is left for
-    genlab.config.validate to refuse by name."""
+    genlab.run_rules.validate_run_config to refuse by name."""
     from omegaconf import OmegaConf
 
     plugins = cfg.get("plugins")

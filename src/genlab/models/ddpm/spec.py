@@ -48,7 +48,8 @@ class DDPMSpec(ModelSpec):
     # Reverse-process variance sigma_t^2: beta | beta_tilde (the posterior's).
     variance: str = spec_key("beta", one_of("beta", "beta_tilde"))
     # Training-loss weight per timestep: null = 1 (Ho et al.'s simple loss); a number gamma =
-    # min-SNR-gamma (Hang et al. 2023; 5 in the paper), which converges faster in short runs.
+    # min-SNR-gamma (Hang et al. 2023; 5 in the paper): faster early progress, measured with
+    # the deterministic samplers (docs/experiments.md).
     min_snr_gamma: float | None = spec_key(
         None,
         Rule(lambda v: v is None or (is_number(v) and v > 0), "a number > 0, or null: no weight"),
