@@ -193,14 +193,15 @@ def sampler_curve(budget, steps, records) -> list[str]:
         lines.append(
             "| 1000 | ancestral (Ho et al., every step): "
             + ("–" if fid is None else f"{fid:.1f} ({full['metrics']['sampling_s']:.0f} s)")
-            + " | | |"
+            + " |"
+            + " |" * (len(names) - 1)
         )
     lines += [
         "",
         "Each cell: domain FID (seconds to draw all the samples of the point"
         + "".join(sorted({f"; {r['note']}" for r in by.values() if r and r.get("note")}))
         + "). Commands: "
-        + "; ".join(f"`{step_command(s, records)}`" for s in curve[:3])
+        + "; ".join(f"`{step_command(s, records)}`" for s in curve[: len(names)])
         + "; the other points change `--steps` (and `--sampler ddpm --steps 1000` for the full "
         "ancestral sampler).",
         "",

@@ -109,7 +109,8 @@ def check_speedrun(out: Path, page: str) -> None:
 
     section = page.split("## Speedrun")[1].split("\n## ")[0]
     points = [ln.strip("|").split("|") for ln in section.splitlines() if ln.startswith("| ")]
-    points = [[c.strip() for c in row] for row in points if row[0].strip()[:1].isdigit()]
+    points = [[c.strip() for c in row] for row in points]
+    points = [row for row in points if row[0][:1].isdigit() and row[1].isdigit()]  # the curve
     for column, race in enumerate(results.RACES):
         train, final = record(f"race-{race.key}.train"), record(f"race-{race.key}-final.quality")
         cells = table_row(page, race.title)
