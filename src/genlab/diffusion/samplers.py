@@ -335,13 +335,13 @@ class DPMSolverPlusPlusSampler(Sampler):
             r = h_last / h
             d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_last
         self._last = (x0, h)
-        return StepOutput(self._move(x_t, d, t, t_prev, h, generator), x0)
-
-    def _move(self, x_t, d, t, t_prev, h, generator) -> torch.Tensor:
-        """x_{t_prev} from x_t and the (first- or second-order) data estimate d."""
         ab_t, ab_prev = _alpha_bar_at(self.schedule, t), _alpha_bar_at(self.schedule, t_prev)
-        sigma_t, sigma_prev = math.sqrt(1.0 - ab_t), math.sqrt(1.0 - ab_prev)
-        return (sigma_prev / sigma_t) * x_t - math.sqrt(ab_prev) * math.expm1(-h) * d
+        noise_ratio = math.sqrt((1.0 - ab_prev) / (1.0 - ab_t))  # sigma_prev / sigma_t
+        return StepOutput(self._move(x_t, d, noise_ratio, ab_prev, h, generator), x0)
+
+    def _move(self, x_t, d, noise_ratio, ab_prev, h, generator) -> torch.Tensor:
+        """x_{t_prev} from x_t and the (first- or second-order) data estimate d."""
+        return noise_ratio * x_t - math.sqrt(ab_prev) * math.expm1(-h) * d
 
 
 class DPMSolverPlusPlusSDESampler(DPMSolverPlusPlusSampler):
@@ -367,16 +367,11 @@ class DPMSolverPlusPlusSDESampler(DPMSolverPlusPlusSampler):
     def visit_hint(self) -> str:
         return "pick them from ddim_timesteps(T, steps)"
 
-    def _move(self, x_t, d, t, t_prev, h, generator) -> torch.Tensor:
-        ab_t, ab_prev = _alpha_bar_at(self.schedule, t), _alpha_bar_at(self.schedule, t_prev)
-        sigma_t, sigma_prev = math.sqrt(1.0 - ab_t), math.sqrt(1.0 - ab_prev)
+    def _move(self, x_t, d, noise_ratio, ab_prev, h, generator) -> torch.Tensor:
         decay = math.exp(-h)
         kept = -math.expm1(-2.0 * h)  # 1 - e^-2h without cancellation for small h
-        return (
-            (sigma_prev / sigma_t) * decay * x_t
-            + math.sqrt(ab_prev) * kept * d
-            + sigma_prev * math.sqrt(kept) * self._noise(x_t, generator)
-        )
+        noise = math.sqrt((1.0 - ab_prev) * kept) * self._noise(x_t, generator)
+        return noise_ratio * decay * x_t + math.sqrt(ab_prev) * kept * d + noise
 
 
 # --------------------------------------------------------------------------------------
