@@ -10,6 +10,7 @@ subprocesses too (`test_end_to_end`), for the exit code and stderr as a user see
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -404,31 +405,37 @@ def _fill(text: str, files: dict[str, str]) -> str:
 
 # -- the entry: argv -> (exit code, what was printed) ---------------------------------------------
 def exit_of(entry: str, argv: list[str], capsys, tmp_path, data_root) -> tuple[int, str]:
-    from genlab import GenlabError
-    from genlab.cli import fail, precheck, start
+    from genlab.cli import start
+    from genlab.commands import _sample, _single_run_task
 
-    def train_main() -> None:  # Hydra's main: the same overrides composed, then train.py's task
-        cfg = compose(
-            "train", [f"paths.data_dir={data_root}", f"paths.output_dir={tmp_path}", *argv]
-        )
-        TRAIN.main.__wrapped__(cfg)
+    def hydra_main() -> None:  # a plain run is genlab.cli.run_once's, a sweep is refused first
+        raise AssertionError("Hydra's main started: its precheck let a bad command through")
 
-    def sweep_main() -> None:
-        raise AssertionError("the sweep started: its precheck let a bad job through")
-
-    with pytest.raises(SystemExit) as exited:
+    with pytest.raises(SystemExit) as exited, _outside_the_modules_hydra():
         if entry == "sample":
-            args = SAMPLE.quote_paths(argv)
-            try:
-                precheck(args, "sample")
-            except GenlabError as err:
-                fail(str(err))
-            SAMPLE.main.__wrapped__(compose("sample", [f"out_dir={tmp_path}", *args]))
+            args = [f"out_dir={tmp_path}", *SAMPLE.quote_paths(argv)]
+            start(hydra_main, _sample, args, "sample")
         else:
-            args = ["-m", *argv] if entry == "sweep" else argv
-            start(sweep_main if entry == "sweep" else train_main, args, "train")
+            paths = [f"paths.data_dir={data_root}", f"hydra.run.dir={tmp_path / 'run'}"]
+            args = ["-m", *argv] if entry == "sweep" else [*paths, *argv]
+            start(hydra_main, _single_run_task, args, "train")
     printed = capsys.readouterr()
     return exited.value.code, printed.out + printed.err
+
+
+@contextlib.contextmanager
+def _outside_the_modules_hydra():
+    """The command starts a Hydra of its own (genlab.cli.run_once), as `python train.py` does:
+    the module's is set aside meanwhile."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+        GlobalHydra.instance().initialize(hydra)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -470,7 +477,7 @@ def test_bad_input_exits_2_naming_the_key(
     argv = [_fill(a, files) for a in argv]
     code, text = exit_of(entry, argv, capsys, tmp_path, data_root)
     _assert_refused(code, text, _fill(named, files), fix)
-    assert not (tmp_path / "checkpoints").exists()  # nothing trained, nothing written
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written, no run dir
     assert not Path("/tmp/genlab-bad-inputs-pwned").exists()
 
 

@@ -1,12 +1,13 @@
-"""A run's config is validated once per entry point, by one rules module (issue 28, "The
-single-run path stays single"): `genlab.run_rules.validate_run_config` is counted through the
-real entry points (train.py, `python -m genlab.train`, a sweep, genlab.train, evaluate=,
-genlab.training.run; sample.py and genlab.load for a trained run's config), every caller of it
-is one of the entry points docs/architecture.md names, only it calls a model spec's `check`,
-and bad input is still refused with exit code 2 and the same message.
+"""A run's config is composed once and validated once per entry point, by one rules module
+(issue 28, "The single-run path stays single"): `genlab.run_rules.validate_run_config` is
+counted through the real entry points (train.py, `python -m genlab.train`, a sweep,
+genlab.train, evaluate=, genlab.training.run; sample.py and genlab.load for a trained run's
+config), every caller of it is one of the entry points docs/architecture.md names, only it calls
+a model spec's `check`, and bad input is still refused with exit code 2 and the same message.
 
 Each count is keyed by the module that called the rules, so a second check on the way (the
-precheck and then the training flow) shows as two entries.
+precheck and then the training flow) shows as two entries. Compositions are counted where
+every one of them happens, Hydra's config loader (its compose API and its main alike).
 """
 
 from __future__ import annotations
@@ -71,20 +72,42 @@ def validations(monkeypatch) -> Counter:
     return calls
 
 
+@pytest.fixture
+def compositions(monkeypatch) -> list:
+    """The configs composed in this process from now on (by config name): every composition,
+    Hydra's main's and its compose API's, is a call of its config loader's load_configuration."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    original, names = ConfigLoaderImpl.load_configuration, []
+
+    def counting(self, config_name, *args, **kwargs):
+        names.append(config_name)
+        return original(self, config_name, *args, **kwargs)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", counting)
+    return names
+
+
 # A command run as a user runs it (`train.py ...` or `-m genlab.train ...`), counting the rules'
-# calls in that process; the counts are written to $COUNTS at exit.
+# calls in that process and the configs it composes; they are written to $COUNTS at exit.
 DRIVER = """
 import atexit, json, os, runpy, sys
 from collections import Counter
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from genlab import run_rules
 original, calls = run_rules.validate_run_config, Counter()
 def counting(cfg, *args, **kwargs):
     calls[sys._getframe(1).f_globals["__name__"]] += 1
     return original(cfg, *args, **kwargs)
 run_rules.validate_run_config = counting
+load, composed = ConfigLoaderImpl.load_configuration, []
+def loading(self, config_name, *args, **kwargs):
+    composed.append(config_name)
+    return load(self, config_name, *args, **kwargs)
+ConfigLoaderImpl.load_configuration = loading
 def dump():
     with open(os.environ["COUNTS"], "w") as f:
-        json.dump(calls, f)
+        json.dump({"validated": calls, "composed": composed}, f)
 atexit.register(dump)
 target, args = sys.argv[1], sys.argv[2:]
 if target == "-m":
@@ -96,7 +119,11 @@ else:
 """
 
 
-def command(target: str, args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, dict]:
+def command(
+    target: str, args: list[str], tmp_path
+) -> tuple[subprocess.CompletedProcess, dict, list]:
+    """The command's result, validate_run_config's calls by calling module, the configs it
+    composed."""
     counts = tmp_path / f"counts-{len(list(tmp_path.glob('counts-*')))}.json"
     env = {
         **os.environ,
@@ -115,64 +142,80 @@ def command(target: str, args: list[str], tmp_path) -> tuple[subprocess.Complete
         timeout=600,
     )
     assert counts.exists(), result.stdout[-2000:] + result.stderr[-3000:]
-    return result, json.loads(counts.read_text())
+    counted = json.loads(counts.read_text())
+    return result, counted["validated"], counted["composed"]
 
 
 @pytest.fixture(scope="module")
 def trained(data_root, tmp_path_factory):
-    """`python train.py <TINY>` (two training steps): its output and the rules' calls."""
+    """`python train.py <TINY>` (two training steps): its output, the rules' calls and the
+    configs composed."""
     tmp = tmp_path_factory.mktemp("train_py")
     args = [f"paths.data_dir={data_root}", f"hydra.run.dir={tmp / 'run'}", *TINY]
-    result, counts = command(str(REPO / "train.py"), args, tmp)
+    result, counts, composed = command(str(REPO / "train.py"), args, tmp)
     assert result.returncode == 0, result.stderr[-3000:]
-    return tmp / "run", counts
+    return tmp / "run", counts, composed
 
 
 # -- per entry point ------------------------------------------------------------------------------
-def test_train_py_validates_once_in_its_precheck(trained):
-    run_dir, counts = trained
+def test_train_py_composes_and_validates_once(trained):
+    run_dir, counts, composed = trained
     assert counts == {"genlab.cli": 1}
+    assert composed == ["train"]
     assert (run_dir / "metrics.json").exists() and (run_dir / "checkpoints").is_dir()
+    # The run Hydra's main would have run: its records of the command line, its log file.
+    hydra = (run_dir / ".hydra" / "hydra.yaml").read_text()
+    assert f"- hydra.run.dir={run_dir}\n    - hydra.mode=RUN\n" in hydra
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert overrides.splitlines()[1:] == [f"- {o}" for o in TINY]  # after paths.data_dir
+    assert "final metrics" in (run_dir / "train.log").read_text()
 
 
 def test_python_m_genlab_train_with_evaluate_validates_once(trained, data_root, tmp_path):
-    run_dir, _ = trained
+    run_dir, *_ = trained
     out = tmp_path / "evaluated"
     args = [f"paths.data_dir={data_root}", f"hydra.run.dir={out}", *TINY, f"evaluate={run_dir}"]
-    result, counts = command("-m", args, tmp_path)
+    result, counts, composed = command("-m", args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert counts == {"genlab.cli": 1}
+    assert composed == ["train"]
     assert "val/loss" in json.loads((out / "metrics.json").read_text())
 
 
-def test_genlab_train_validates_once(validations, data_root, tmp_path):
+def test_genlab_train_composes_and_validates_once(validations, compositions, data_root, tmp_path):
     run = genlab.train([f"paths.data_dir={data_root}", f"hydra.run.dir={tmp_path / 'run'}", *TINY])
     assert validations == {"genlab.cli": 1}
+    assert compositions == ["train"]
     assert run.metrics and (run.run_dir / "metrics.json").exists()
 
 
-def test_genlab_train_with_evaluate_validates_once(trained, validations, data_root, tmp_path):
-    run_dir, _ = trained
+def test_genlab_train_with_evaluate_validates_once(
+    trained, validations, compositions, data_root, tmp_path
+):
+    run_dir, *_ = trained
     out = tmp_path / "evaluated"
     overrides = [f"paths.data_dir={data_root}", f"hydra.run.dir={out}", *TINY]
     evaluated = genlab.train([*overrides, f"evaluate={run_dir}"])
     assert validations == {"genlab.cli": 1}
+    assert compositions == ["train"]
     assert "val/loss" in evaluated.metrics
 
 
 def test_sample_py_checks_the_runs_config_once(trained, tmp_path):
-    run_dir, _ = trained
+    run_dir, *_ = trained
     args = [f"run={run_dir}", "task=samples", "n=4", f"out_dir={tmp_path / 'samples'}"]
-    result, counts = command(str(REPO / "sample.py"), args, tmp_path)
+    result, counts, composed = command(str(REPO / "sample.py"), args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert counts == {"genlab.runs": 1}
+    assert composed == ["sample"]  # the run's own config.yaml is read, not composed
     assert list((tmp_path / "samples").glob("*.png"))
 
 
-def test_genlab_load_checks_the_runs_config_once(trained, validations):
-    run_dir, _ = trained
+def test_genlab_load_checks_the_runs_config_once(trained, validations, compositions):
+    run_dir, *_ = trained
     pipeline = genlab.load(run_dir)
     assert validations == {"genlab.runs": 1}
+    assert compositions == []
     assert tuple(pipeline.sample(2).shape) == (2, 1, 28, 28)
 
 
@@ -192,7 +235,7 @@ def test_a_sweep_checks_each_job_before_it_starts_and_each_job_once(data_root, t
     never composed), not a third time."""
     args = ["-m", f"paths.data_dir={data_root}", *TINY, "model.latent_dim=2,3"]
     args.append("hydra.callbacks.genlab_sweep.report=false")
-    result, counts = command(str(REPO / "train.py"), args, tmp_path)
+    result, counts, _ = command(str(REPO / "train.py"), args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert counts == {"genlab.sweep.precheck": 2, "genlab.training": 2}
     statuses = sorted((tmp_path / "outputs").rglob("status.json"))
@@ -203,17 +246,20 @@ def test_a_sweep_checks_each_job_before_it_starts_and_each_job_once(data_root, t
 def test_bad_input_is_refused_by_train_py_with_exit_2_and_the_message(
     validations, data_root, tmp_path, capsys
 ):
-    """In-process, the way train.py runs: genlab.cli.start refuses before Hydra's main runs."""
+    """In-process, the way train.py runs: genlab.cli.start refuses where it composed the run's
+    config, before the run's dir, Hydra's main or the task."""
     from genlab.cli import start
 
-    def hydra_main():
-        raise AssertionError("Hydra's main ran: the precheck let a bad value through")
+    def never(*args):
+        raise AssertionError("the run started: a bad value got through")
 
+    args = [f"paths.data_dir={data_root}", f"hydra.run.dir={tmp_path / 'run'}", *TINY, BAD]
     with pytest.raises(SystemExit) as exited:
-        start(hydra_main, [f"paths.data_dir={data_root}", *TINY, BAD], "train")
+        start(never, never, args, "train")
     assert exited.value.code == 2
     assert MESSAGE in capsys.readouterr().err
     assert validations == {"genlab.cli": 1}
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_input_is_refused_by_genlab_train_with_the_message(validations, data_root, tmp_path):
@@ -225,12 +271,12 @@ def test_bad_input_is_refused_by_genlab_train_with_the_message(validations, data
 
 
 def test_without_a_precheck_the_run_validates_once_and_refuses_the_same(data_root, tmp_path):
-    """Hydra's own flags (here --config-name) keep the precheck from composing the run's
-    config: the run checks it instead, once, with the same message and exit code. (--config-dir
-    becomes hydra.searchpath, which the precheck composes: genlab.cli.config_dir_as_searchpath.)"""
+    """Hydra's own flags (here --config-name) leave the run to Hydra's main, which composes it
+    itself: the run checks its config instead, once, with the same message and exit code.
+    (--config-dir becomes hydra.searchpath, which genlab composes: genlab.cli.single_run.)"""
     args = ["--config-name", "train", f"paths.data_dir={data_root}", *TINY, BAD]
     args.append(f"hydra.run.dir={tmp_path / 'run'}")
-    result, counts = command(str(REPO / "train.py"), args, tmp_path)
+    result, counts, _ = command(str(REPO / "train.py"), args, tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert MESSAGE in result.stderr and "Traceback" not in result.stderr
     assert counts == {"genlab.training": 1}
@@ -294,12 +340,13 @@ def test_the_callers_of_the_rules_are_the_entry_points_the_docs_name():
         assert f"`{short}." in section or f"`{module}." in section, module
 
 
-def test_a_config_dir_run_is_prechecked_once(data_root, tmp_path):
-    """--config-dir is composed by the precheck (as hydra.searchpath): it refuses, once, and
-    the run never starts."""
+def test_a_config_dir_run_is_composed_and_refused_once(data_root, tmp_path):
+    """--config-dir (as hydra.searchpath) is composed by genlab: a bad value is refused there,
+    once, and the run never starts."""
     args = ["--config-dir", str(REPO / "conf"), f"paths.data_dir={data_root}", *TINY, BAD]
     args.append(f"hydra.run.dir={tmp_path / 'run'}")
-    result, counts = command(str(REPO / "train.py"), args, tmp_path)
+    result, counts, composed = command(str(REPO / "train.py"), args, tmp_path)
     assert result.returncode == 2 and MESSAGE in result.stderr, result.stderr[-3000:]
     assert counts == {"genlab.cli": 1}
+    assert composed == ["train"]
     assert not (tmp_path / "run").exists()

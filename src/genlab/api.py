@@ -79,15 +79,14 @@ def override_list(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
 
 
 def train(overrides: Sequence[str] | Mapping[str, Any] = ()) -> Trained:
-    """Run what `python train.py <overrides>` runs: the same composition, checks and messages
-    (genlab.cli.precheck), Hydra's run with its callbacks (the run dir's lock, .hydra/ records,
-    train.log), genlab.training.run. Bad input raises GenlabError with the message train.py prints;
-    an interruption raises TrainingInterrupted. Sweeps (-m) stay on the command line."""
-    from hydra import initialize_config_dir
+    """Run what `python train.py <overrides>` runs (genlab.cli.run_once): the config composed
+    and validated once, with the same messages, Hydra's run with its callbacks (the run dir's
+    lock, .hydra/ records, train.log), genlab.training.run. Bad input raises GenlabError with
+    the message train.py prints; an interruption raises TrainingInterrupted. Sweeps (-m) stay on
+    the command line."""
     from hydra.core.global_hydra import GlobalHydra
 
     from genlab import cli
-    from genlab.composition import CONF_DIR, HYDRA_VERSION_BASE, register_resolvers
 
     args = override_list(overrides)
     flags = [a for a in args if a.startswith("-")]
@@ -101,8 +100,6 @@ def train(overrides: Sequence[str] | Mapping[str, Any] = ()) -> Trained:
             "genlab.train starts a Hydra app of its own: call it outside @hydra.main and "
             "hydra.initialize(...) blocks."
         )
-    register_resolvers()
-    validated = cli.precheck(args, "train")  # (True: overrides only, no flags)
     done: dict[str, Any] = {}
 
     def task(cfg) -> dict:
@@ -110,16 +107,11 @@ def train(overrides: Sequence[str] | Mapping[str, Any] = ()) -> Trained:
 
         cli.redact_hydra_records(cfg)
         done["run_dir"] = Path(cfg.paths.output_dir)
-        return run(cfg, validated=validated)
+        return run(cfg, validated=True)  # by run_once, where it composed the config
 
-    # The job name makes Hydra's log file train.log, as for `python train.py`.
-    with (
-        _caller_logging_kept(),
-        cli.raising_errors(),
-        initialize_config_dir(str(CONF_DIR), version_base=HYDRA_VERSION_BASE, job_name="train"),
-    ):
-        result = GlobalHydra.instance().hydra.run("train", task, args, with_log_configuration=True)
-    return Trained(metrics=dict(result.return_value), run_dir=done["run_dir"])
+    with _caller_logging_kept(), cli.raising_errors():
+        metrics = cli.run_once(task, args, "train")
+    return Trained(metrics=dict(metrics), run_dir=done["run_dir"])
 
 
 @contextlib.contextmanager

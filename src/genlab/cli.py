@@ -1,12 +1,15 @@
 """Command-line front door: friendlier errors than a raw Hydra failure, and exit codes.
 
-- `precheck`: before Hydra starts a run, the same overrides are composed once through the
-  compose API, so a typo gets "did you mean" and a bad value gets one readable paragraph, with
-  nothing written; a single run's config is validated there, once (`prechecked`)
+- `run_once`: a plain single run (`python train.py model=vae ...`): its config composed once,
+  validated once (`checked_config`: a typo gets "did you mean", a bad value one readable
+  paragraph, with nothing written), then run as Hydra's main would run it
+- `precheck`: any other command (a multirun, --cfg, --help): the same overrides composed and
+  checked before Hydra's main starts, with the same messages
 - `task_wrapper`: the one failure policy around a task run by a Hydra main
   (`genlab.training.run`): a single run exits with a message and a code; a sweep job records its
   outcome and returns
-- `start`: what `python train.py` does: precheck, Hydra's main, the sweep's exit code
+- `start`: what `python train.py` does: `run_once`, or precheck, Hydra's main and the sweep's
+  exit code
 
 A single run imports nothing of genlab.sweep: the sweep's code is imported for a multirun (its
 precheck, its callback's hooks, its jobs) only.
@@ -15,7 +18,6 @@ precheck, its callback's hooks, its jobs) only.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import os
 import sys
@@ -114,64 +116,140 @@ def is_multirun(argv: list[str]) -> bool:
     return bool(flags) and all(f in MULTIRUN_FLAGS for f in flags)
 
 
-def precheck(argv: list[str], config_name: str) -> bool:
-    """Compose and validate the config for `argv`; raise GenlabError with a friendly message.
-    True when it has validated the config of the single run `argv` starts
-    (genlab.run_rules.validate_run_config), so that run's task does not check it again.
+def single_run(argv: list[str]) -> list[str] | None:
+    """`argv` itself when it starts one plain run: overrides only (`--config-dir` is
+    hydra.searchpath by now), no `hydra.mode=` of its own. genlab composes that run's config
+    once and runs it (`run_once`). None for any other command: Hydra's main runs it (-m, --cfg,
+    --help, --config-name, ...)."""
+    for arg in argv:
+        if arg.startswith("-") or arg.lstrip("+~").startswith("hydra.mode="):
+            return None
+    return list(argv)
 
-    A multirun (`-m`) is expanded and each job's config checked (genlab.sweep.precheck); each
-    job still validates its own config when it runs (a sweeper may choose values the precheck
-    never composed; a Slurm job checks the accelerator of its node)."""
+
+def _command_line_first(argv: list[str]) -> None:
+    """What is read of the command line before anything is composed: the extras its options
+    need, and the modules its `plugins=` names (model=<a plugin's> needs its schema node)."""
     from genlab.extras import check_argv
     from genlab.models.catalog import load_plugins, plugins_in
 
     check_argv(argv)
-    load_plugins(plugins_in(argv))  # before composing: model=<a plugin's> needs its schema node
-    if is_multirun(argv):
-        from genlab.sweep.precheck import check_multirun
+    load_plugins(plugins_in(argv))
 
-        check_multirun(argv, config_name)
-        return False
+
+def checked_config(overrides: list[str], config_name: str, *, with_hydra: bool = False):
+    """The config `overrides` compose (with the plugins it names), validated when it is a
+    training run's (genlab.run_rules.validate_run_config); a composition error or a bad value
+    raises GenlabError with one readable paragraph. Nothing is written. `with_hydra`: with
+    Hydra's own node, as a run needs it (validated without it, as the task gets it)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from genlab.composition import compose, friendly_message
     from genlab.run_rules import validate_run_config
 
+    try:
+        cfg = compose(config_name, overrides, return_hydra_config=with_hydra, user_plugins=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: `=1`
+        message = friendly_message(err, overrides, config_name, config_name == "train")
+        raise GenlabError(message) from None
+    if config_name == "train":
+        validate_run_config(_without_hydra(cfg) if with_hydra else cfg)
+    return cfg
+
+
+def _without_hydra(cfg):
+    """A copy of `cfg` without Hydra's node: what Hydra hands a task (hydra.core.utils.run_job)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    task_cfg = copy.deepcopy(cfg)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+def precheck(argv: list[str], config_name: str) -> None:
+    """Compose and check the config(s) the command `argv` would run, raising GenlabError with a
+    friendly message; nothing is written and nothing runs.
+
+    A plain single run: `checked_config`, as `run_once` composes it. A multirun (`-m`): each job's
+    config checked (genlab.sweep.precheck); each job still validates its own config when it runs
+    (a sweeper may choose values the precheck never composed; a Slurm job checks the
+    accelerator of its node). Hydra's own jobs (--cfg, --help, --config-name, ...): composed for
+    genlab's message on a bad override only, since Hydra's main composes them."""
+    _command_line_first(argv)
+    if is_multirun(argv):
+        from genlab.sweep.precheck import check_multirun
+
+        check_multirun(argv, config_name)
+        return
+    single = single_run(argv)
+    if single is not None:
+        checked_config(single, config_name)
+        return
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from genlab.composition import compose, friendly_message
+
     overrides = _user_overrides(argv)
     if overrides is None:  # Hydra's own job (--help, --info): it composes, with the plugins
         with contextlib.suppress(GenlabError, HydraException, OmegaConfBaseException, ValueError):
             plain = [a for a in argv if "=" in a and not a.startswith("-")]
             compose(config_name, _composed_by_genlab(plain), user_plugins=True)
-        return False
-
-    try:
-        cfg = compose(config_name, overrides, user_plugins=True)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:  # ValueError: `=1`
+        return
+    try:  # --cfg: the config is shown as it is, not validated
+        compose(config_name, overrides, user_plugins=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
         message = friendly_message(err, overrides, config_name, config_name == "train")
         raise GenlabError(message) from None
-    if config_name != "train" or _shows_config(argv):  # a config is shown as it is
-        return False
-    validate_run_config(cfg)
-    return True
 
 
-# Set by `start` while Hydra's main runs: whether the precheck validated the config of the
-# single run that main starts. Only the command line's run is covered: a sweep's jobs, a Slurm
-# job on its node and a Hydra main called otherwise validate their own config.
-_PRECHECKED = contextvars.ContextVar("genlab_prechecked", default=False)
+def run_once(task: Callable[[Any], Any], overrides: list[str], app: str) -> Any:
+    """Run the single run of the app (`train`, `sample`: its config file) that `overrides`
+    start, its config composed once and validated once (`checked_config`: a bad override or
+    value raises GenlabError before anything is written), then run as Hydra's main runs one
+    (hydra 1.3's Hydra.run): hydra.callbacks' on_run_start
+    (RunDirGuard), the run dir with .hydra/ and the log file (hydra.core.utils.run_job),
+    `task(cfg)`, on_run_end. Returns the task's value, or raises what the task raised.
+    Hydra's main would compose the same config twice more (its mode, then its run)."""
+    from hydra import initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext
 
+    from genlab.composition import CONF_DIR, HYDRA_VERSION_BASE, register_resolvers
 
-def prechecked() -> bool:
-    """Whether this command's precheck has validated the config Hydra's main now runs (not
-    when that main runs a multirun: `hydra.mode=MULTIRUN` given as an override starts a sweep
-    whose jobs the precheck never expanded)."""
-    if not _PRECHECKED.get():
-        return False
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
+    if single_run(overrides) is None:
+        other = [a for a in overrides if a.startswith("-") or "hydra.mode=" in a]
+        raise GenlabError(
+            f"One run takes overrides only, not {' '.join(other)}: run a sweep or Hydra's "
+            "options (-m, hydra.mode=MULTIRUN, --cfg, --help) with `python train.py`."
+        )
+    _command_line_first(overrides)
+    register_resolvers()
+    with initialize_config_dir(str(CONF_DIR), version_base=HYDRA_VERSION_BASE, job_name=app):
+        # hydra.mode=RUN: what Hydra's main adds to a run's overrides (.hydra/hydra.yaml).
+        run_overrides = [*overrides, "hydra.mode=RUN"]
+        cfg = checked_config(run_overrides, app, with_hydra=True)
+        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name=app)
+        result = run_job(
+            hydra_context=HydraContext(
+                config_loader=GlobalHydra.instance().hydra.config_loader, callbacks=callbacks
+            ),
+            task_function=task,
+            config=cfg,
+            job_dir_key="hydra.run.dir",
+            job_subdir_key=None,
+            configure_logging=True,
+        )
+        callbacks.on_run_end(config=cfg, config_name=app, job_return=result)
+        return result.return_value
 
 
 class RunRefused(BaseException):
@@ -299,16 +377,22 @@ class SweepHooks(Callback):
         self._callback().on_multirun_end(config, **kwargs)
 
 
-def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> None:
-    """Precheck `argv`, run Hydra's main, exit with the sweep's code (0 for a single run).
-    A sweep stopped early (Ctrl-C, a sweeper error) still reports the jobs it ran."""
+def start(
+    hydra_main: Callable[[], Any], run_task: Callable[[Any], Any], argv: list[str], config_name: str
+) -> None:
+    """What `python train.py <argv>` (and sample.py) does. A plain single run: `run_once` with
+    `run_task`, its config composed and validated once. Any other command: `precheck`, then
+    Hydra's main; a sweep exits with its code (a run returns: exit code 0). A sweep stopped
+    early (Ctrl-C, a sweeper error) still reports the jobs it ran."""
+    single = single_run(argv)
     try:
-        validated = precheck(argv, config_name)
-    except GenlabError as err:
+        if single is None:
+            precheck(argv, config_name)
+            hydra_main()
+        else:
+            run_once(run_task, single, config_name)
+    except GenlabError as err:  # bad input, before anything ran (a task exits on its own)
         fail(str(err))
-    token = _PRECHECKED.set(validated)
-    try:
-        hydra_main()
     except RunRefused as refused:
         fail(str(refused))
     except SystemExit as err:
@@ -318,10 +402,9 @@ def start(hydra_main: Callable[[], Any], argv: list[str], config_name: str) -> N
     except BaseException:
         _finish_sweep()
         raise
-    finally:
-        _PRECHECKED.reset(token)
     sweep = _sweep_run()
-    sys.exit(sweep.sweep_exit_code() if sweep else 0)
+    if sweep is not None:
+        sys.exit(sweep.sweep_exit_code())
 
 
 def _sweep_run():

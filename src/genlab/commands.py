@@ -21,6 +21,7 @@ did not complete, 2 when the sweep is refused before it starts.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 
@@ -28,34 +29,36 @@ import hydra
 from omegaconf import DictConfig
 
 from genlab import GenlabError, __version__
-from genlab.cli import config_dir_as_searchpath, precheck, prechecked, start, task_wrapper
+from genlab.cli import config_dir_as_searchpath, start, task_wrapper
 from genlab.composition import CONF_DIR, HYDRA_VERSION_BASE, register_resolvers
 from genlab.exits import fail, one_line_on_stop
 
 register_resolvers()  # before Hydra composes: conf/train.yaml interpolates ${genlab_pid:} ...
 
 
-def _train(cfg: DictConfig) -> dict:
+def _train(cfg: DictConfig, validated: bool = False) -> dict:
     from genlab.models.catalog import load_plugins
     from genlab.training import run
 
     # The command line's (a Slurm job runs this without the command line's precheck).
     load_plugins(cfg.get("plugins") or ())
-    # Validated once: by this command's precheck where it ran, else here (a sweep's job, a
-    # Slurm job on its node).
-    return run(cfg, validated=prechecked())
+    return run(cfg, validated=validated)
 
 
+# A plain single run's config was validated where it was composed (genlab.cli.run_once); a
+# sweep's job, a Slurm job on its node and a --config-name run validate theirs in the run.
+_single_run_task = task_wrapper(functools.partial(_train, validated=True))
 _train_task = task_wrapper(_train)
 
 
 @hydra.main(version_base=HYDRA_VERSION_BASE, config_path=str(CONF_DIR), config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
+    """Hydra's main for the commands genlab.cli.run_once does not run itself (-m, a sweep's
+    job, --cfg, --help, --config-name)."""
     return _train_task(cfg)
 
 
-@hydra.main(version_base=HYDRA_VERSION_BASE, config_path=str(CONF_DIR), config_name="sample")
-def sample_main(cfg: DictConfig) -> None:
+def _sample(cfg: DictConfig) -> None:
     """Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130/143 stopped
     by Ctrl-C/SIGTERM (one line; a file being written is removed, those written before stay)."""
     from genlab.sample import run
@@ -68,6 +71,12 @@ def sample_main(cfg: DictConfig) -> None:
         fail(str(err))
     for path in written:
         print(f"wrote {path}")
+
+
+@hydra.main(version_base=HYDRA_VERSION_BASE, config_path=str(CONF_DIR), config_name="sample")
+def sample_main(cfg: DictConfig) -> None:
+    """Hydra's main for sample.py's --help and --cfg (a plain call is genlab.cli.run_once)."""
+    _sample(cfg)
 
 
 # Options of sample's whose values are paths. Lightning names checkpoints
@@ -110,7 +119,7 @@ def train() -> None:
     """genlab-train / python train.py: Hydra's command line (sys.argv)."""
     _answer_version(sys.argv[1:])
     _config_dirs_as_searchpath()
-    start(train_main, sys.argv[1:], "train")
+    start(train_main, _single_run_task, sys.argv[1:], "train")
 
 
 def sample() -> None:
@@ -118,11 +127,7 @@ def sample() -> None:
     _answer_version(sys.argv[1:])
     sys.argv[1:] = quote_paths(sys.argv[1:])
     _config_dirs_as_searchpath()
-    try:
-        precheck(sys.argv[1:], "sample")
-    except GenlabError as err:
-        fail(str(err))
-    sample_main()
+    start(sample_main, _sample, sys.argv[1:], "sample")
 
 
 def export() -> None:
