@@ -191,6 +191,15 @@ def test_config_dir_becomes_the_first_folder_of_hydra_searchpath(tmp_path):
         "--cfg",
         "job",
     ]
+    # A primary config of the folder's: Hydra's main looks for it in its own search path only.
+    assert config_dir_as_searchpath(["-cd", f"{mine}/.", "-cn", "my_train", "a=1"]) == [
+        "-cd",
+        str(mine),
+        "-cn",
+        "my_train",
+        f"hydra.searchpath=['file://{mine}']",
+        "a=1",
+    ]
     with pytest.raises(GenlabError, match="--config-dir nowhere: no such folder"):
         config_dir_as_searchpath(["--config-dir", "nowhere"])
 

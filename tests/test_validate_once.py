@@ -350,3 +350,23 @@ def test_a_config_dir_run_is_composed_and_refused_once(data_root, tmp_path):
     assert counts == {"genlab.cli": 1}
     assert composed == ["train"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_primary_config_of_ones_own_folder_trains_validated_once(data_root, tmp_path):
+    """`--config-dir my_conf --config-name my_train`: Hydra's main runs it (it finds a primary
+    config in its own search path only, where --config-dir stays for it), and the run checks
+    its config once."""
+    conf = tmp_path / "my_conf"
+    conf.mkdir()
+    (conf / "my_train.yaml").write_text(
+        "defaults:\n  - train\n  - _self_\nmodel:\n  latent_dim: 3\n"
+    )
+    run_dir = tmp_path / "run"
+    args = ["--config-dir", str(conf), "--config-name", "my_train", f"paths.data_dir={data_root}"]
+    args += [a for a in TINY if not a.startswith("model.latent_dim")]
+    result, counts, _ = command(
+        str(REPO / "train.py"), [*args, f"hydra.run.dir={run_dir}"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert counts == {"genlab.training": 1}
+    assert "latent_dim: 3" in (run_dir / "config.yaml").read_text()

@@ -64,8 +64,9 @@ def _composed_by_genlab(overrides: list[str]) -> list[str]:
     ]
 
 
-# Hydra's flag that adds a config folder of the user's.
+# Hydra's flags that add a config folder of the user's, and that name the primary config.
 _CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+_CONFIG_NAME_FLAGS = ("--config-name", "-cn")
 
 
 def config_dir_as_searchpath(argv: list[str]) -> list[str]:
@@ -73,7 +74,10 @@ def config_dir_as_searchpath(argv: list[str]) -> list[str]:
     `hydra.searchpath=[file://<X absolute>,...]` (Hydra puts it before hydra.searchpath's own
     folders): then every composition of genlab's sees the folder, the precheck and the plugins
     a file there names included, and a sweep's jobs in processes of their own get it with
-    hydra.searchpath."""
+    hydra.searchpath. With `--config-name` (a primary config of the folder's, which Hydra looks
+    for only in its own search path, not in hydra.searchpath) `--config-dir <X absolute>` stays
+    too, for Hydra's main, which runs such a command."""
+    names_primary = any(a.partition("=")[0] in _CONFIG_NAME_FLAGS for a in argv)
     folders, rest, args = [], [], iter(argv)
     for arg in args:
         flag, eq, value = arg.partition("=")
@@ -88,6 +92,8 @@ def config_dir_as_searchpath(argv: list[str]) -> list[str]:
                 "--config-dir my_conf (as hydra.searchpath=[file:///abs/my_conf])."
             )
         folders.append(f"file://{path}")
+        if names_primary:
+            rest += [flag, path]
     if not folders:
         return argv
     from hydra.core.override_parser.overrides_parser import OverridesParser
