@@ -370,3 +370,27 @@ def test_a_primary_config_of_ones_own_folder_trains_validated_once(data_root, tm
     assert result.returncode == 0, result.stderr[-3000:]
     assert counts == {"genlab.training": 1}
     assert "latent_dim: 3" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_sweep_on_a_primary_config_of_ones_own_folder_gives_each_job_it(data_root, tmp_path):
+    """The same with -m on genlab's local_parallel launcher: each job runs in a process of its
+    own (`python -m genlab.train`), which is told the folder and the primary config
+    (genlab.sweep.own_process), so each job trains the user's config, not genlab's train.yaml."""
+    conf = tmp_path / "my_conf"
+    conf.mkdir()
+    (conf / "my_train.yaml").write_text(
+        "defaults:\n  - train\n  - _self_\nmodel:\n  latent_dim: 3\n"
+    )
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "--config-dir", str(conf), "--config-name", "my_train"]
+    args += [f"paths.data_dir={data_root}", *[a for a in TINY if not a.startswith("model.latent")]]
+    args += ["model.beta=1,2", "hydra/launcher=local_parallel", f"hydra.sweep.dir={sweep_dir}"]
+    args.append("hydra.callbacks.genlab_sweep.report=false")
+    result, counts, _ = command(str(REPO / "train.py"), args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    configs = sorted(sweep_dir.glob("*/config.yaml"))
+    assert len(configs) == 2
+    for config in configs:
+        text = config.read_text()
+        assert "latent_dim: 3" in text, text
+    assert sorted("beta: 1" in c.read_text() for c in configs) == [False, True]

@@ -274,7 +274,12 @@ class LocalParallelLauncher(Launcher):
 
         try:
             value = run_in_own_process(
-                None, job, env=env, started=started, searchpath=self.config.hydra.searchpath
+                None,
+                job,
+                env=env,
+                started=started,
+                searchpath=self.config.hydra.searchpath,
+                config_name=self.config.hydra.job.config_name,
             )
         except SystemExit:
             return math.nan  # the job was interrupted; launch() stops the sweep after all end

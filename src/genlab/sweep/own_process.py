@@ -83,6 +83,30 @@ def _searchpath_override(searchpath) -> list[str]:
     return [f"hydra.searchpath=[{','.join(quoted)}]"] if paths else []
 
 
+def _primary_config_flags(config_name: str | None, searchpath) -> list[str]:
+    """`--config-dir <folder> --config-name <name>` when the sweep composes a primary config of
+    the user's (`--config-name`, `config_name`; default: the running job's) from one of the
+    `searchpath` folders: Hydra looks for a primary config in its own search path only, not in
+    hydra.searchpath, so the job's process is told the folder. [] for genlab's own."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from genlab.composition import CONF_DIR
+
+    if config_name is None:
+        try:
+            config_name = HydraConfig.get().job.config_name
+        except ValueError:  # no job of a Hydra app in this process
+            return []
+        searchpath = HydraConfig.get().searchpath if searchpath is None else searchpath
+    if not config_name or (CONF_DIR / f"{config_name}.yaml").is_file():
+        return []  # genlab's own (Hydra finds genlab's conf/ first)
+    for path in searchpath or []:
+        folder = str(path).removeprefix("file://")
+        if Path(folder, f"{config_name}.yaml").is_file():
+            return ["--config-dir", folder, "--config-name", str(config_name)]
+    return []
+
+
 def run_in_own_process(
     cfg: DictConfig | None,
     job: JobInfo,
@@ -90,6 +114,7 @@ def run_in_own_process(
     env: dict[str, str] | None = None,
     keep_hydra_dir: bool = False,
     searchpath: Sequence[str] | None = None,
+    config_name: str | None = None,
     started: Callable[[subprocess.Popen], None] | None = None,
 ) -> float | None:
     """Run `job` as `python -m genlab.train <overrides> hydra.run.dir=<job dir>` and wait; return
@@ -97,11 +122,12 @@ def run_in_own_process(
     could write one). `keep_hydra_dir`: the sweep already wrote <job dir>/.hydra (a DDP job of
     Hydra's own launchers), so the process must not write it again. `started` is told of the
     process (genlab's local launcher forwards signals to every job it runs). `searchpath`: the
-    sweep's hydra.searchpath (default: the running job's)."""
+    sweep's hydra.searchpath, `config_name` its primary config (default: the running job's)."""
     output_dir = Path(job.output_dir)
     command = [
         sys.executable,
         *TRAIN_COMMAND,
+        *_primary_config_flags(config_name, searchpath),
         *job.overrides,
         *_searchpath_override(searchpath),
         f'hydra.run.dir="{output_dir.resolve()}"',
