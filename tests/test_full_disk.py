@@ -88,6 +88,7 @@ def test_kill_during_a_large_checkpoint_write_leaves_nothing_in_the_temp_dir(tmp
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(target)], env={**os.environ, "TMPDIR": str(system_tmp)}
     )
+
     # A loaded machine (the whole suite, other jobs) can take minutes to import torch and fill
     # 512 MiB: wait for the write to begin, however long that takes within the test's limit.
     # The write has begun when its file is in the run dir. (Starting, torch makes files of its

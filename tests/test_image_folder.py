@@ -282,6 +282,7 @@ def test_bad_folders_exit_2_with_one_message(tmp_path, capsys):
     folders = {k: str(v) for k, v in _bad_folders(tmp_path / "bad").items()}
     folders["missing"] = str(tmp_path / "nowhere")
     common = [f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
+    handlers = list(logging.getLogger().handlers)
     for argv, message in BAD:
         argv = ["data=image_folder", *FAST, *(a.format(**folders) for a in argv)]
         with pytest.raises(SystemExit) as exited:  # what train.py runs
@@ -291,3 +292,5 @@ def test_bad_folders_exit_2_with_one_message(tmp_path, capsys):
         assert message in printed and printed.count("genlab: error:") == 1, (argv, printed)
         assert "data." in printed and "Traceback" not in printed, printed
         assert not os.path.exists(tmp_path / "run"), argv  # a refused run leaves no run dir
+        # The process's logging as it was (no handler left on the removed run dir's train.log).
+        assert logging.getLogger().handlers == handlers, argv

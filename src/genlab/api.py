@@ -9,8 +9,6 @@ by the calls, so `import genlab` stays cheap.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -109,25 +107,6 @@ def train(overrides: Sequence[str] | Mapping[str, Any] = ()) -> Trained:
         done["run_dir"] = Path(cfg.paths.output_dir)
         return run(cfg, validated=True)  # by run_once, where it composed the config
 
-    with _caller_logging_kept(), cli.raising_errors():
+    with cli.raising_errors():
         metrics = cli.run_once(task, args, "train")
     return Trained(metrics=dict(metrics), run_dir=done["run_dir"])
-
-
-@contextlib.contextmanager
-def _caller_logging_kept():
-    """Hydra configures the root logger for the run (console and train.log): afterwards the
-    caller's handlers and level are put back, and train.log is closed."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        yield
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        for handler in handlers:
-            if handler not in root.handlers:
-                root.addHandler(handler)
-        root.setLevel(level)

@@ -206,7 +206,7 @@ def precheck(argv: list[str], config_name: str) -> None:
             plain = [a for a in argv if "=" in a and not a.startswith("-")]
             compose(config_name, _composed_by_genlab(plain), user_plugins=True)
         return
-    try:  # --cfg: the config is shown as it is, not validated
+    try:  # --cfg (the config shown as it is), hydra.mode=: Hydra's main runs it, its run validates
         compose(config_name, overrides, user_plugins=True)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         message = friendly_message(err, overrides, config_name, config_name == "train")
@@ -219,7 +219,8 @@ def run_once(task: Callable[[Any], Any], overrides: list[str], app: str) -> Any:
     value raises GenlabError before anything is written), then run as Hydra's main runs one
     (hydra 1.3's Hydra.run): hydra.callbacks' on_run_start
     (RunDirGuard), the run dir with .hydra/ and the log file (hydra.core.utils.run_job),
-    `task(cfg)`, on_run_end. Returns the task's value, or raises what the task raised.
+    `task(cfg)`, on_run_end; the caller's logging is put back afterwards. Returns the task's
+    value, or raises what the task raised.
     Hydra's main would compose the same config twice more (its mode, then its run)."""
     from hydra import initialize_config_dir
     from hydra._internal.callbacks import Callbacks
@@ -237,7 +238,10 @@ def run_once(task: Callable[[Any], Any], overrides: list[str], app: str) -> Any:
         )
     _command_line_first(overrides)
     register_resolvers()
-    with initialize_config_dir(str(CONF_DIR), version_base=HYDRA_VERSION_BASE, job_name=app):
+    with (
+        _logging_kept(),
+        initialize_config_dir(str(CONF_DIR), version_base=HYDRA_VERSION_BASE, job_name=app),
+    ):
         # hydra.mode=RUN: what Hydra's main adds to a run's overrides (.hydra/hydra.yaml).
         run_overrides = [*overrides, "hydra.mode=RUN"]
         cfg = checked_config(run_overrides, app, with_hydra=True)
@@ -256,6 +260,28 @@ def run_once(task: Callable[[Any], Any], overrides: list[str], app: str) -> Any:
         )
         callbacks.on_run_end(config=cfg, config_name=app, job_return=result)
         return result.return_value
+
+
+@contextlib.contextmanager
+def _logging_kept():
+    """Hydra configures the root logger for a run (console and train.log): afterwards the
+    caller's handlers and level are put back and train.log is closed, so a caller in the same
+    process (genlab.train, a test) is left as it was."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
 
 
 class RunRefused(BaseException):
