@@ -112,10 +112,6 @@ def config_dir_as_searchpath(argv: list[str]) -> list[str]:
     return [*rest[:at], f"hydra.searchpath=[{quoted}]", *rest[at:]]
 
 
-def _shows_config(argv: list[str]) -> bool:
-    return any(arg.split("=", 1)[0] in _SHOW_FLAGS for arg in argv)
-
-
 def is_multirun(argv: list[str]) -> bool:
     """A plain multirun: -m / --multirun and no other flag (--cfg, --help, ... are Hydra's)."""
     flags = [a for a in argv if a.startswith("-")]
@@ -264,9 +260,8 @@ def run_once(task: Callable[[Any], Any], overrides: list[str], app: str) -> Any:
 
 @contextlib.contextmanager
 def _logging_kept():
-    """Hydra configures the root logger for a run (console and train.log): afterwards the
-    caller's handlers and level are put back and train.log is closed, so a caller in the same
-    process (genlab.train, a test) is left as it was."""
+    """After a run (Hydra configures the root logger: console, train.log), the caller's handlers
+    and level put back and train.log closed: the process's logging is left as it was."""
     import logging
 
     root = logging.getLogger()
