@@ -124,6 +124,9 @@ def test_dict_overrides_are_the_command_lines():
     ]
     with pytest.raises(GenlabError, match="-m"):
         genlab.train(["-m", "model.beta=1,2"])
+    # A multirun asked for by override is refused too, naming it, before Hydra starts.
+    with pytest.raises(GenlabError, match=r"not hydra\.mode=MULTIRUN: run a sweep"):
+        genlab.train(["hydra.mode=MULTIRUN", "model.beta=1,2"])
 
 
 # -- genlab.load and the Pipeline ------------------------------------------------------------------

@@ -87,11 +87,12 @@ def train(overrides: Sequence[str] | Mapping[str, Any] = ()) -> Trained:
     from genlab import cli
 
     args = override_list(overrides)
-    flags = [a for a in args if a.startswith("-")]
-    if flags:
+    if cli.single_run(args) is None:  # what genlab.cli.run_once runs: one run, overrides only
+        other = [a for a in args if a.startswith("-") or a.lstrip("+~").startswith("hydra.mode=")]
         raise GenlabError(
-            f"genlab.train runs one run and takes overrides only, not {', '.join(flags)}: run a "
-            "sweep (-m) or Hydra's options (--cfg, --help) with `python train.py`."
+            f"genlab.train runs one run and takes overrides only, not {', '.join(other)}: run a "
+            "sweep (-m, hydra.mode=MULTIRUN) or Hydra's options (--cfg, --help) with "
+            "`python train.py`."
         )
     if GlobalHydra.instance().is_initialized():
         raise GenlabError(

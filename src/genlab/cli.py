@@ -211,12 +211,12 @@ def precheck(argv: list[str], config_name: str) -> None:
 
 def run_once(task: Callable[[Any], Any], overrides: list[str], app: str) -> Any:
     """Run the single run of the app (`train`, `sample`: its config file) that `overrides`
-    start, its config composed once and validated once (`checked_config`: a bad override or
-    value raises GenlabError before anything is written), then run as Hydra's main runs one
-    (hydra 1.3's Hydra.run): hydra.callbacks' on_run_start
-    (RunDirGuard), the run dir with .hydra/ and the log file (hydra.core.utils.run_job),
-    `task(cfg)`, on_run_end; the caller's logging is put back afterwards. Returns the task's
-    value, or raises what the task raised.
+    start (overrides only, as `single_run` says: its callers check). Its config is composed
+    once and validated once (`checked_config`: a bad override or value raises GenlabError
+    before anything is written), then run as Hydra's main runs one (hydra 1.3's Hydra.run):
+    hydra.callbacks' on_run_start (RunDirGuard), the run dir with .hydra/ and the log file
+    (hydra.core.utils.run_job), `task(cfg)`, on_run_end; the caller's logging is put back
+    afterwards. Returns the task's value, or raises what the task raised.
     Hydra's main would compose the same config twice more (its mode, then its run)."""
     from hydra import initialize_config_dir
     from hydra._internal.callbacks import Callbacks
@@ -226,12 +226,6 @@ def run_once(task: Callable[[Any], Any], overrides: list[str], app: str) -> Any:
 
     from genlab.composition import CONF_DIR, HYDRA_VERSION_BASE, register_resolvers
 
-    if single_run(overrides) is None:
-        other = [a for a in overrides if a.startswith("-") or "hydra.mode=" in a]
-        raise GenlabError(
-            f"One run takes overrides only, not {' '.join(other)}: run a sweep or Hydra's "
-            "options (-m, hydra.mode=MULTIRUN, --cfg, --help) with `python train.py`."
-        )
     _command_line_first(overrides)
     register_resolvers()
     with (

@@ -68,16 +68,20 @@ def needs_own_process(cfg: DictConfig) -> bool:
     return many or int(trainer.get("num_nodes", 1) or 1) > 1
 
 
-def _searchpath_override(searchpath) -> list[str]:
-    """The user's own config folders (hydra.searchpath: `searchpath`, else the running job's),
-    which Hydra keeps out of a job's overrides: the job's process must compose from them too."""
+def _running_job_source() -> tuple[list, str | None]:
+    """The running job's hydra.searchpath and primary config name ([], None outside a job of a
+    Hydra app): what a job's process must compose from, which Hydra keeps out of its overrides."""
     from hydra.core.hydra_config import HydraConfig
 
-    if searchpath is None:
-        try:
-            searchpath = HydraConfig.get().searchpath
-        except ValueError:  # no job of a Hydra app in this process
-            searchpath = []
+    try:
+        hydra = HydraConfig.get()
+    except ValueError:  # no job of a Hydra app in this process
+        return [], None
+    return list(hydra.searchpath), hydra.job.config_name
+
+
+def _searchpath_override(searchpath) -> list[str]:
+    """The user's own config folders as the job's hydra.searchpath override."""
     paths = [str(p) for p in searchpath]
     quoted = [f'"{p}"' if "'" in p else f"'{p}'" for p in paths]
     return [f"hydra.searchpath=[{','.join(quoted)}]"] if paths else []
@@ -85,22 +89,14 @@ def _searchpath_override(searchpath) -> list[str]:
 
 def _primary_config_flags(config_name: str | None, searchpath) -> list[str]:
     """`--config-dir <folder> --config-name <name>` when the sweep composes a primary config of
-    the user's (`--config-name`, `config_name`; default: the running job's) from one of the
-    `searchpath` folders: Hydra looks for a primary config in its own search path only, not in
-    hydra.searchpath, so the job's process is told the folder. [] for genlab's own."""
-    from hydra.core.hydra_config import HydraConfig
-
+    the user's (`--config-name`) from one of the `searchpath` folders: Hydra looks for a primary
+    config in its own search path only, not in hydra.searchpath, so the job's process is told
+    the folder. [] for genlab's own."""
     from genlab.composition import CONF_DIR
 
-    if config_name is None:
-        try:
-            config_name = HydraConfig.get().job.config_name
-        except ValueError:  # no job of a Hydra app in this process
-            return []
-        searchpath = HydraConfig.get().searchpath if searchpath is None else searchpath
     if not config_name or (CONF_DIR / f"{config_name}.yaml").is_file():
         return []  # genlab's own (Hydra finds genlab's conf/ first)
-    for path in searchpath or []:
+    for path in searchpath:
         folder = str(path).removeprefix("file://")
         if Path(folder, f"{config_name}.yaml").is_file():
             return ["--config-dir", folder, "--config-name", str(config_name)]
@@ -122,8 +118,12 @@ def run_in_own_process(
     could write one). `keep_hydra_dir`: the sweep already wrote <job dir>/.hydra (a DDP job of
     Hydra's own launchers), so the process must not write it again. `started` is told of the
     process (genlab's local launcher forwards signals to every job it runs). `searchpath`: the
-    sweep's hydra.searchpath, `config_name` its primary config (default: the running job's)."""
+    sweep's hydra.searchpath, `config_name` its primary config (defaults: the running job's)."""
     output_dir = Path(job.output_dir)
+    if searchpath is None or config_name is None:
+        running_searchpath, running_name = _running_job_source()
+        searchpath = running_searchpath if searchpath is None else searchpath
+        config_name = running_name if config_name is None else config_name
     command = [
         sys.executable,
         *TRAIN_COMMAND,
